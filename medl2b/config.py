@@ -1,0 +1,187 @@
+"""Run configuration: YAML in ``configs/`` validated into one dataclass.
+
+A task file (``configs/prostate-seg.yaml``) holds the paper's defaults at the top
+level and named profiles under ``profiles:`` (``cpu`` is a small profile that
+finishes in minutes on a 2-core machine). Precedence, lowest first: dataclass
+defaults < task YAML < profile < ``--config`` file < command-line flags.
+
+An unknown key anywhere is an :class:`~medl2b.errors.InputError` naming the key
+and the file it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medl2b.errors import InputError, atomic_file
+
+__all__ = ["TASKS", "METHODS", "TrainConfig", "load_config", "save_config", "task_config_path"]
+
+TASKS = ("prostate-seg", "skin-lesion-cls")
+METHODS = ("ce", "bootstrap", "l2rw", "l2b", "l2b-sum1")
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run. See ``configs/*.yaml`` for the per-task defaults."""
+
+    task: str = "prostate-seg"
+    data: str | None = None            # prepared dataset folder
+    out: str | None = None             # run folder
+    method: str = "l2b"                # ce | bootstrap | l2rw | l2b | l2b-sum1
+    meta_set: str = "clean"            # clean (trusted meta split) | gmm (online, no trusted set)
+    label_source: str = "noisy"        # noisy | clean (clean = the oracle ceiling)
+    # optimisation (paper: SGD, momentum 0.9, wd 5e-4, cosine annealing, gradient clipping)
+    epochs: int = 30
+    warmup_epochs: int = 1
+    batch_size: int = 64
+    meta_batch_size: int = 64
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    clip_grad: float = 0.8
+    steps_per_epoch: int | None = None  # None = one pass over the training set
+    # method knobs
+    bootstrap_beta: float = 0.8         # weight of the given label in `bootstrap`
+    meta_impl: str = "fast"             # fast (forward-mode JVP) | reference (double backward)
+    meta_scope: str = "all"             # all | last (FaMUS-style: virtual step on the head only)
+    pseudo_label_tta: bool = False      # segmentation: average flipped predictions first
+    gmm_threshold: float = 0.5          # P(clean) above which a sample joins the online meta set
+    # model
+    features: list[int] = field(default_factory=lambda: [32, 32, 64, 128, 256, 32])  # UNet++ widths
+    width: float = 1.0                  # ResNet-50 widen factor
+    image_size: int | None = None       # classification: crop/resize side; None = prepared size
+    pretrained: str | None = None       # local torchvision-layout ImageNet state dict
+    # run
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"                # auto | cpu | cuda
+    amp: bool = True                    # autocast on CUDA only
+    num_workers: int = 0
+    log_every: int = 10
+
+    def validate(self, where: str = "config") -> "TrainConfig":
+        """Check values; raise :class:`InputError` naming the key."""
+        choices = {"task": TASKS, "method": METHODS, "meta_set": ("clean", "gmm"),
+                   "label_source": ("noisy", "clean"), "meta_impl": ("fast", "reference"),
+                   "meta_scope": ("all", "last"), "device": ("auto", "cpu", "cuda")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise InputError(where, f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
+        positive = ("epochs", "batch_size", "meta_batch_size", "lr")
+        for key in positive:
+            if not getattr(self, key) > 0:
+                raise InputError(where, f"{key} must be > 0, got {getattr(self, key)!r}")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise InputError(where, f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
+        if not 0.0 <= self.bootstrap_beta <= 1.0:
+            raise InputError(where, f"bootstrap_beta must be in [0, 1], got {self.bootstrap_beta}")
+        if not 0.0 < self.gmm_threshold < 1.0:
+            raise InputError(where, f"gmm_threshold must be in (0, 1), got {self.gmm_threshold}")
+        if self.meta_set == "gmm" and self.method not in ("l2rw", "l2b", "l2b-sum1"):
+            raise InputError(where, f"meta_set gmm only applies to meta-learning methods, not {self.method!r}")
+        return self
+
+    @property
+    def uses_meta(self) -> bool:
+        return self.method in ("l2rw", "l2b", "l2b-sum1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def task_config_path(task: str) -> Path:
+    """The packaged YAML of a task (``configs/`` at the repo top level links to the same files)."""
+    if task not in TASKS:
+        raise InputError("--task", f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    return Path(str(resources.files("medl2b") / "configs" / f"{task}.yaml"))
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.exists():
+        raise InputError(path, "config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(path, f"not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise InputError(path, "a config must be a mapping of keys to values")
+    return data
+
+
+def _coerce(key: str, value: Any, where: str) -> Any:
+    """Check that ``key`` exists and convert ``value`` (maybe a CLI string) to the field's type."""
+    if key not in _FIELDS:
+        raise InputError(where, f"unknown config key {key!r}")
+    default = _FIELDS[key].default
+    if default is dataclasses.MISSING:
+        default = _FIELDS[key].default_factory()  # type: ignore[misc]
+    if value is None:
+        return None
+    if isinstance(value, str) and not isinstance(default, str) and default is not None:
+        value = yaml.safe_load(value)
+    try:
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError
+        elif isinstance(default, int) and not isinstance(default, bool):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            value = int(value)
+        elif isinstance(default, float):
+            value = float(value)
+        elif isinstance(default, list):
+            value = [int(v) for v in value]
+    except (TypeError, ValueError):
+        raise InputError(where, f"{key} has the wrong type: {value!r}") from None
+    return value
+
+
+def _apply(values: dict, overrides: dict, where: str) -> None:
+    for key, value in overrides.items():
+        key = key.replace("-", "_")
+        values[key] = _coerce(key, value, where)
+
+
+def load_config(task: str, *, profile: str | None = None, config_file: str | os.PathLike | None = None,
+                overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Resolve a run configuration.
+
+    Args:
+        task: ``prostate-seg`` or ``skin-lesion-cls``.
+        profile: a profile name from the task YAML (e.g. ``cpu``).
+        config_file: an extra YAML file of keys, applied after the profile.
+        overrides: keys from command-line flags, applied last (``None`` values are skipped).
+    """
+    path = task_config_path(task)
+    base = _read_yaml(path)
+    profiles = base.pop("profiles", {}) or {}
+    values: dict[str, Any] = {}
+    _apply(values, base, str(path))
+    if profile is not None:
+        if profile not in profiles:
+            raise InputError(path, f"unknown profile {profile!r}; available: {', '.join(profiles) or 'none'}")
+        _apply(values, profiles[profile], f"{path} (profile {profile})")
+    if config_file is not None:
+        extra = _read_yaml(Path(config_file))
+        extra.pop("profiles", None)
+        _apply(values, extra, str(config_file))
+    _apply(values, {k: v for k, v in (overrides or {}).items() if v is not None}, "command line")
+    values["task"] = task
+    return TrainConfig(**values).validate()
+
+
+def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,169 @@
+"""The meta step: exact gradients, equal implementations, BatchNorm bookkeeping, skipped batches."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from medl2b.meta import meta_weights, normalise_weights
+from medl2b.models import build_resnet50, build_unetpp, head_parameter_names
+
+
+class TinyCls(nn.Module):
+    def __init__(self, c=3, k=4):
+        super().__init__()
+        self.conv = nn.Conv2d(c, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6, k)
+
+    def forward(self, x):
+        h = F.relu(self.bn(self.conv(x)))
+        return self.fc(h.mean((2, 3)))
+
+
+class TinySeg(nn.Module):
+    def __init__(self, c=1, k=2):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, 5, 3, padding=1)
+        self.bn = nn.BatchNorm2d(5)
+        self.conv2 = nn.Conv2d(5, k, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv2(torch.tanh(self.bn(self.conv1(x))))
+
+
+def two_terms(target):
+    def terms(logits):
+        pseudo = logits.detach().argmax(1)
+        return [F.cross_entropy(logits, target, reduction="none"), F.cross_entropy(logits, pseudo, reduction="none")]
+    return terms
+
+
+def meta_ce(target):
+    return lambda logits: F.cross_entropy(logits, target)
+
+
+def fd_meta_grad(model, x, y, xm, ym, lr, term, index, h=1e-4):
+    """Central finite difference of L_meta(θ'(ε)) w.r.t. one ε entry, all in float64."""
+    params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
+
+    def f(e_val):
+        bufs = {n: b.clone() for n, b in model.named_buffers()}
+        logits = functional_call(model, {**params, **bufs}, (x,))
+        losses = two_terms(y)(logits)
+        eps = [torch.zeros_like(l) for l in losses]
+        eps[term][index] = e_val
+        total = sum((e * l).sum() for e, l in zip(eps, losses))
+        grads = torch.autograd.grad(total, list(params.values()), allow_unused=True)
+        new = {n: p - lr * (0 if g is None else g) for (n, p), g in zip(params.items(), grads)}
+        bufs = {n: b.clone() for n, b in model.named_buffers()}
+        return F.cross_entropy(functional_call(model, {**new, **bufs}, (xm,)), ym).item()
+
+    return (f(h) - f(-h)) / (2 * h)
+
+
+@pytest.mark.parametrize("kind", ["cls", "seg"])
+@pytest.mark.parametrize("impl", ["reference", "fast"])
+def test_meta_gradient_matches_finite_differences(kind, impl):
+    torch.manual_seed(0)
+    if kind == "cls":
+        model = TinyCls().double().train()
+        x, y = torch.randn(6, 3, 5, 5, dtype=torch.float64), torch.randint(0, 4, (6,))
+        xm, ym = torch.randn(4, 3, 5, 5, dtype=torch.float64), torch.randint(0, 4, (4,))
+        indices = [(0,), (3,), (5,)]
+    else:
+        model = TinySeg().double().train()
+        x, y = torch.randn(2, 1, 6, 6, dtype=torch.float64), torch.randint(0, 2, (2, 6, 6))
+        xm, ym = torch.randn(2, 1, 6, 6, dtype=torch.float64), torch.randint(0, 2, (2, 6, 6))
+        indices = [(0, 1, 2), (1, 4, 4), (1, 0, 5)]
+    lr = 0.5
+    out = meta_weights(model, x, two_terms(y), xm, meta_ce(ym), lr=lr, impl=impl)
+    for term in (0, 1):
+        for idx in indices:
+            expected = fd_meta_grad(model, x, y, xm, ym, lr, term, idx)
+            got = float(out.meta_grads[term][idx])
+            assert got == pytest.approx(expected, rel=1e-4, abs=1e-9), (term, idx)
+
+
+def test_fast_equals_reference_with_batchnorm_and_both_networks():
+    torch.manual_seed(1)
+    cases = [
+        (build_resnet50(num_classes=3, width=0.125), torch.randn(4, 3, 32, 32), torch.randint(0, 3, (4,)),
+         torch.randn(3, 3, 32, 32), torch.randint(0, 3, (3,))),
+        (build_unetpp(features=(4, 4, 8, 8, 16, 4)), torch.randn(2, 1, 32, 32), torch.randint(0, 2, (2, 32, 32)),
+         torch.randn(2, 1, 32, 32), torch.randint(0, 2, (2, 32, 32))),
+    ]
+    for model, x, y, xm, ym in cases:
+        model = model.double().train()
+        x, xm = x.double(), xm.double()
+        ref_model = copy.deepcopy(model)
+        fast = meta_weights(model, x, two_terms(y), xm, meta_ce(ym), lr=0.1, impl="fast")
+        ref = meta_weights(ref_model, x, two_terms(y), xm, meta_ce(ym), lr=0.1, impl="reference")
+        for a, b in zip(fast.meta_grads, ref.meta_grads):
+            assert torch.allclose(a, b, rtol=1e-6, atol=1e-12 * float(b.abs().max()) + 1e-18)
+        for a, b in zip(fast.weights, ref.weights):
+            assert torch.allclose(a, b, rtol=1e-6, atol=1e-9)
+        # the real step's gradients and the BN statistics agree as well
+        for m, out in ((model, fast), (ref_model, ref)):
+            sum((w * l).sum() for w, l in zip(out.weights, out.losses)).backward()
+        for (n, p), (_, q) in zip(model.named_parameters(), ref_model.named_parameters()):
+            if p.grad is not None:
+                assert torch.allclose(p.grad, q.grad, rtol=1e-6, atol=1e-12), n
+        for (n, b), (_, c) in zip(model.named_buffers(), ref_model.named_buffers()):
+            assert torch.allclose(b.double(), c.double()), n
+
+
+@pytest.mark.parametrize("impl", ["reference", "fast"])
+def test_batchnorm_statistics_move_exactly_as_one_plain_step(impl):
+    torch.manual_seed(2)
+    model = build_resnet50(num_classes=3, width=0.125).train()
+    plain = copy.deepcopy(model)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 3, (4,))
+    xm, ym = torch.randn(3, 3, 32, 32), torch.randint(0, 3, (3,))
+    F.cross_entropy(plain(x), y).backward()  # one plain CE step's forward
+    meta_weights(model, x, two_terms(y), xm, meta_ce(ym), lr=0.1, impl=impl)
+    n_checked = 0
+    for (n, b), (_, c) in zip(model.named_buffers(), plain.named_buffers()):
+        if n.endswith("num_batches_tracked"):
+            assert int(b) == int(c) == 1, n
+        else:
+            assert torch.allclose(b, c, atol=1e-6), n
+        n_checked += 1
+    assert n_checked > 100
+
+
+def test_all_zero_weights_skip():
+    ws, skipped = normalise_weights([torch.tensor([-1.0, 0.0]), torch.tensor([-0.5, -2.0])], mode="batch")
+    assert skipped and all(float(w.abs().sum()) == 0 for w in ws)
+    ws, skipped = normalise_weights([torch.tensor([1.0, -1.0]), torch.tensor([3.0, 0.0])], mode="batch")
+    assert not skipped
+    assert torch.allclose(ws[0], torch.tensor([0.25, 0.0])) and torch.allclose(ws[1], torch.tensor([0.75, 0.0]))
+
+
+def test_element_normalisation_sums_to_one_per_element():
+    ga, gb = torch.tensor([1.0, -1.0, 0.0, 2.0]), torch.tensor([3.0, 2.0, -1.0, 2.0])
+    (a, b), skipped = normalise_weights([ga, gb], mode="element")
+    assert not skipped
+    assert torch.allclose((a + b) * 4, torch.ones(4))
+    assert torch.allclose(a * 4, torch.tensor([0.25, 0.0, 0.5, 0.5]))
+
+
+def test_meta_scope_last_only_uses_the_head():
+    torch.manual_seed(3)
+    model = build_unetpp(features=(4, 4, 8, 8, 16, 4)).double().train()
+    x, y = torch.randn(2, 1, 32, 32, dtype=torch.float64), torch.randint(0, 2, (2, 32, 32))
+    xm, ym = torch.randn(2, 1, 32, 32, dtype=torch.float64), torch.randint(0, 2, (2, 32, 32))
+    head = head_parameter_names(model)
+    assert head == ["net.final_conv_0_4.weight", "net.final_conv_0_4.bias"]
+    fast = meta_weights(copy.deepcopy(model), x, two_terms(y), xm, meta_ce(ym), lr=0.1, impl="fast", param_names=head)
+    ref = meta_weights(copy.deepcopy(model), x, two_terms(y), xm, meta_ce(ym), lr=0.1, impl="reference",
+                       param_names=head)
+    full = meta_weights(copy.deepcopy(model), x, two_terms(y), xm, meta_ce(ym), lr=0.1, impl="fast")
+    for a, b, c in zip(fast.meta_grads, ref.meta_grads, full.meta_grads):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-15)
+        assert not torch.allclose(a, c)
