@@ -1,0 +1,427 @@
+"""Evaluation metrics: Dice / HD95 / ASD per 3-D case, and classification accuracy.
+
+Segmentation
+    :func:`compute_case_metrics` scores one binary case on its voxel grid, in mm,
+    with MONAI's metric functions (``compute_dice``, ``compute_hausdorff_distance``
+    with ``percentile=95``, ``compute_average_surface_distance`` with
+    ``symmetric=True``). The voxel spacing is passed per axis, so anisotropic
+    grids (PROMISE12: ~0.27 x 0.27 x 2.2 mm) are measured in millimetres.
+
+    Empty masks are decided here, never by MONAI. In MONAI 1.6.1, an empty
+    prediction or an empty ground truth makes ``compute_hausdorff_distance``
+    return NaN and ``compute_average_surface_distance`` return inf (NaN when
+    both are empty); ``compute_dice`` returns NaN for an empty ground truth with
+    its default ``ignore_empty=True``; and the metric classes' ``aggregate()``
+    drops NaN from the mean without saying so (MONAI issue #9095). A missed
+    prostate would then simply vanish from the mean HD95. The policy
+    (:class:`EmptyPolicy`) is therefore explicit:
+
+    - ``ok`` (both masks non-empty): Dice, HD95 and ASD from MONAI.
+    - ``missed`` (empty prediction, non-empty truth): Dice 0; HD95 = ASD = the
+      volume diagonal under ``"worst"``.
+    - ``false_positive`` (empty truth, non-empty prediction): Dice 0; HD95 = ASD =
+      the volume diagonal under ``"worst"``.
+    - ``both_empty``: Dice 1; HD95 = ASD = 0 under ``"worst"``.
+
+    The diagonal is that of the whole volume in mm,
+    ``sqrt(sum((shape * spacing) ** 2))``, an upper bound on the distance between
+    any two voxels of the case. With ``empty_policy="nan"`` HD95 and ASD are NaN in all three empty
+    cases (Dice is as above), and :func:`summarize_cases` counts them.
+
+    :func:`summarize_cases` reports the mean, std and median of each metric over
+    the finite values, with ``n_nan`` counting the values left out, and
+    ``n_failed`` counting the ``missed`` and ``false_positive`` cases.
+
+Classification
+    :func:`confusion_matrix` (rows = truth) and :func:`classification_metrics`:
+    accuracy, and balanced accuracy (the mean recall over the classes present in
+    ``y_true``, the ISIC challenge metric).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "CASE_STATUSES",
+    "EmptyPolicy",
+    "FAILED_STATUSES",
+    "SEG_KEYS",
+    "SegmentationMetrics",
+    "classification_metrics",
+    "compute_case_metrics",
+    "confusion_matrix",
+    "summarize_cases",
+    "volume_diagonal",
+]
+
+#: Metric keys of one segmentation case, in report order.
+SEG_KEYS: tuple[str, ...] = ("dice", "hd95", "asd")
+#: Every value ``compute_case_metrics(...)["status"]`` can take.
+CASE_STATUSES: tuple[str, ...] = ("ok", "missed", "false_positive", "both_empty")
+#: Statuses counted as failures in ``n_failed``.
+FAILED_STATUSES: tuple[str, ...] = ("missed", "false_positive")
+
+
+class EmptyPolicy(str, Enum):
+    """What HD95 and ASD are when a mask is empty (see the module docstring).
+
+    - ``WORST`` (``"worst"``): a missed structure or a false positive scores the
+      volume diagonal in mm; two empty masks score 0.
+    - ``NAN`` (``"nan"``): HD95 and ASD are NaN whenever a mask is empty; summaries
+      count them in ``n_nan``.
+
+    Dice is the same under both: 0 for ``missed`` and ``false_positive``, 1 for
+    ``both_empty``.
+    """
+
+    WORST = "worst"
+    NAN = "nan"
+
+
+def _empty_policy(value: str | EmptyPolicy) -> EmptyPolicy:
+    try:
+        return EmptyPolicy(value)
+    except ValueError:
+        choices = ", ".join(repr(p.value) for p in EmptyPolicy)
+        raise ValueError(f"empty_policy must be one of {choices}, got {value!r}") from None
+
+
+def _as_mask(x: Any, name: str) -> np.ndarray:
+    """Return ``x`` as a boolean array; it must hold only 0 and 1 (or bools)."""
+    if hasattr(x, "detach"):  # torch tensor, possibly on an accelerator
+        x = x.detach().cpu().numpy()
+    arr = np.asarray(x)
+    if arr.dtype == bool:
+        return arr
+    if not (np.issubdtype(arr.dtype, np.number)):
+        raise ValueError(f"{name} must be a boolean or 0/1 numeric array, got dtype {arr.dtype}")
+    if arr.size and not ((arr == 0) | (arr == 1)).all():
+        raise ValueError(f"{name} must hold only 0 and 1 (threshold or argmax it first); "
+                         f"found values in [{arr.min()}, {arr.max()}]")
+    return arr.astype(bool)
+
+
+def _as_spacing(spacing: Any, ndim: int) -> np.ndarray:
+    """Return the spacing as a float array of shape (ndim,), checked finite and positive."""
+    if spacing is None:
+        raise ValueError("spacing is required (voxel size in mm per axis, in the array's axis order)")
+    try:
+        sp = np.asarray(spacing, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"spacing must be numbers, got {spacing!r}") from None
+    if sp.ndim == 0:
+        sp = np.full(ndim, float(sp))
+    if sp.shape != (ndim,):
+        raise ValueError(f"spacing must have one value per axis ({ndim}), got {spacing!r}")
+    if not (np.isfinite(sp).all() and (sp > 0).all()):
+        raise ValueError(f"spacing must be finite and positive, got {spacing!r}")
+    return sp
+
+
+def volume_diagonal(shape: Sequence[int], spacing: Sequence[float]) -> float:
+    """Length in mm of the diagonal of a voxel grid: ``sqrt(sum((shape * spacing) ** 2))``.
+
+    Args:
+        shape: grid size per axis, e.g. (X, Y, Z).
+        spacing: voxel size in mm per axis, same order as ``shape``.
+    """
+    shape_arr = np.asarray(shape, dtype=float)
+    sp = _as_spacing(spacing, shape_arr.size)
+    return float(np.sqrt(np.sum((shape_arr * sp) ** 2)))
+
+
+def _monai_scores(pred: np.ndarray, truth: np.ndarray, spacing: np.ndarray) -> tuple[float, float, float]:
+    """Dice, HD95 (mm) and symmetric ASD (mm) from MONAI for two non-empty masks."""
+    import torch
+    from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance
+
+    # One foreground channel, shape (B=1, C=1, *spatial); background is not scored.
+    p = torch.from_numpy(np.ascontiguousarray(pred, dtype=np.float32))[None, None]
+    t = torch.from_numpy(np.ascontiguousarray(truth, dtype=np.float32))[None, None]
+    sp = tuple(float(s) for s in spacing)
+    with warnings.catch_warnings():
+        # MONAI 1.5-1.6 warn about an internal deprecated argument on every call.
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
+        dice = compute_dice(p, t, include_background=True)
+        hd95 = compute_hausdorff_distance(p, t, include_background=True, percentile=95, spacing=sp)
+        asd = compute_average_surface_distance(p, t, include_background=True, symmetric=True, spacing=sp)
+    return float(dice.reshape(-1)[0]), float(hd95.reshape(-1)[0]), float(asd.reshape(-1)[0])
+
+
+def compute_case_metrics(
+    pred: Any,
+    truth: Any,
+    spacing: Sequence[float] | float,
+    *,
+    empty_policy: str | EmptyPolicy = EmptyPolicy.WORST,
+) -> dict[str, Any]:
+    """Dice, HD95 and ASD of one binary case on its voxel grid, in mm.
+
+    HD95 is MONAI's percentile Hausdorff distance: the larger of the two directed
+    95th percentiles of the distances between the surface voxels of ``pred`` and
+    ``truth``. ASD is the symmetric average surface distance: the mean over the
+    surface voxels of both masks of the distance to the other mask's surface.
+
+    Args:
+        pred: predicted mask, shape (X, Y, Z) (or (X, Y)), bool or 0/1.
+        truth: ground-truth mask, same shape as ``pred``.
+        spacing: voxel size in mm per axis, in the arrays' axis order, e.g.
+            (sx, sy, sz) for (X, Y, Z) arrays; a single number means isotropic.
+        empty_policy: ``"worst"`` (default) or ``"nan"``; see :class:`EmptyPolicy`.
+
+    Returns:
+        ``{"dice": float, "hd95": float, "asd": float, "status": str}`` with
+        ``status`` one of ``"ok"``, ``"missed"`` (empty prediction, non-empty
+        truth), ``"false_positive"`` (empty truth, non-empty prediction) and
+        ``"both_empty"``. Dice is a fraction in [0, 1]; distances are in mm.
+
+    Raises:
+        ValueError: if the masks differ in shape, are not 2-D/3-D, are not binary,
+            or ``spacing`` / ``empty_policy`` is invalid.
+    """
+    policy = _empty_policy(empty_policy)
+    p = _as_mask(pred, "pred")
+    t = _as_mask(truth, "truth")
+    if p.shape != t.shape:
+        raise ValueError(f"pred and truth must have the same shape, got {p.shape} and {t.shape}")
+    if p.ndim not in (2, 3):
+        raise ValueError(f"pred must be a 3-D (X, Y, Z) or 2-D (X, Y) mask, got shape {p.shape}")
+    sp = _as_spacing(spacing, p.ndim)
+
+    p_any, t_any = bool(p.any()), bool(t.any())
+    if p_any and t_any:
+        dice, hd95, asd = _monai_scores(p, t, sp)
+        return {"dice": dice, "hd95": hd95, "asd": asd, "status": "ok"}
+
+    if not p_any and not t_any:
+        status, dice, worst = "both_empty", 1.0, 0.0
+    else:
+        status = "missed" if t_any else "false_positive"
+        dice, worst = 0.0, volume_diagonal(p.shape, sp)
+    dist = worst if policy is EmptyPolicy.WORST else math.nan
+    return {"dice": dice, "hd95": dist, "asd": dist, "status": status}
+
+
+def _to_float(value: Any, where: str) -> float:
+    if value is None:  # JSON null
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} must be a number or None, got {value!r}") from None
+
+
+def summarize_cases(per_case: Sequence[Mapping[str, Any]], *, keys: Sequence[str] = SEG_KEYS) -> dict[str, Any]:
+    """Mean, std and median of per-case metrics, never dropping NaN silently.
+
+    Non-finite values (NaN, inf, or ``None`` as read back from JSON) are left out
+    of the statistics and counted in ``n_nan``. The std is the population std
+    (``ddof=0``) over the same finite values.
+
+    Args:
+        per_case: one mapping per case with each of ``keys`` and a ``"status"``
+            from :data:`CASE_STATUSES` (the output of :func:`compute_case_metrics`,
+            possibly with a ``"case"`` name).
+        keys: the metric keys to summarise.
+
+    Returns:
+        ``{"mean": {key: float}, "std": {...}, "median": {...}, "n": int,
+        "n_failed": int, "n_nan": {key: int}, "status_counts": {status: int}}``.
+        ``n`` is the number of cases; a statistic is NaN when a key has no
+        finite value at all. ``n_failed`` counts ``missed`` and
+        ``false_positive`` cases.
+
+    Raises:
+        ValueError: if ``per_case`` is empty, or a case lacks a key or has an
+            unknown status.
+    """
+    if isinstance(per_case, Mapping) or not isinstance(per_case, Sequence):
+        raise ValueError(f"per_case must be a list of dicts, got {type(per_case).__name__}")
+    if len(per_case) == 0:
+        raise ValueError("per_case is empty: there is nothing to summarise")
+    keys = tuple(keys)
+    if not keys:
+        raise ValueError("keys must name at least one metric")
+
+    values = {k: np.empty(len(per_case)) for k in keys}
+    status_counts = {s: 0 for s in CASE_STATUSES}
+    for i, case in enumerate(per_case):
+        if not isinstance(case, Mapping):
+            raise ValueError(f"per_case[{i}] must be a dict, got {type(case).__name__}")
+        name = case.get("case", i)
+        status = case.get("status")
+        if status not in status_counts:
+            raise ValueError(f"per_case[{i}] (case {name!r}): status must be one of {CASE_STATUSES}, got {status!r}")
+        status_counts[status] += 1
+        for k in keys:
+            if k not in case:
+                raise ValueError(f"per_case[{i}] (case {name!r}) has no {k!r}")
+            values[k][i] = _to_float(case[k], f"per_case[{i}][{k!r}]")
+
+    mean, std, median, n_nan = {}, {}, {}, {}
+    for k in keys:
+        v = values[k]
+        finite = v[np.isfinite(v)]
+        n_nan[k] = int(v.size - finite.size)
+        if finite.size:
+            mean[k], std[k], median[k] = float(finite.mean()), float(finite.std()), float(np.median(finite))
+        else:
+            mean[k] = std[k] = median[k] = math.nan
+    return {
+        "mean": mean,
+        "std": std,
+        "median": median,
+        "n": len(per_case),
+        "n_failed": sum(status_counts[s] for s in FAILED_STATUSES),
+        "n_nan": n_nan,
+        "status_counts": status_counts,
+    }
+
+
+class SegmentationMetrics:
+    """Accumulate :func:`compute_case_metrics` over cases, MONAI style.
+
+    Example::
+
+        metric = SegmentationMetrics(empty_policy="worst")
+        for case in cases:
+            metric(pred, truth, spacing, case=case.name)
+        summary = metric.aggregate()   # summarize_cases(...) + "empty_policy"
+        rows = metric.per_case         # for write_seg_report
+        metric.reset()
+    """
+
+    def __init__(self, *, empty_policy: str | EmptyPolicy = EmptyPolicy.WORST) -> None:
+        self.empty_policy = _empty_policy(empty_policy)
+        self._cases: list[dict[str, Any]] = []
+
+    def __call__(self, pred: Any, truth: Any, spacing: Sequence[float] | float, *, case: str | None = None) -> dict:
+        """Score one case (see :func:`compute_case_metrics`), store it and return its row.
+
+        The row is ``{"case", "dice", "hd95", "asd", "status"}``; ``case`` defaults to
+        ``"case_NNN"`` by arrival order and must be unique.
+        """
+        name = f"case_{len(self._cases):03d}" if case is None else str(case)
+        if any(row["case"] == name for row in self._cases):
+            raise ValueError(f"case {name!r} was already scored; case names must be unique")
+        row = {"case": name, **compute_case_metrics(pred, truth, spacing, empty_policy=self.empty_policy)}
+        self._cases.append(row)
+        return dict(row)
+
+    @property
+    def per_case(self) -> list[dict[str, Any]]:
+        """Copies of the stored rows, in arrival order."""
+        return [dict(row) for row in self._cases]
+
+    def aggregate(self) -> dict[str, Any]:
+        """:func:`summarize_cases` of the stored rows, plus ``"empty_policy"``."""
+        summary = summarize_cases(self._cases)
+        summary["empty_policy"] = self.empty_policy.value
+        return summary
+
+    def reset(self) -> None:
+        """Forget every stored case."""
+        self._cases.clear()
+
+
+def _as_labels(y: Any, name: str) -> np.ndarray:
+    if hasattr(y, "detach"):
+        y = y.detach().cpu().numpy()
+    arr = np.asarray(y)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of class indices (N,), got shape {arr.shape}")
+    if arr.dtype == bool:
+        return arr.astype(np.int64)
+    if not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"{name} must hold integer class indices, got dtype {arr.dtype}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+            raise ValueError(f"{name} must hold integer class indices (argmax the scores first)")
+    return arr.astype(np.int64)
+
+
+def confusion_matrix(y_true: Any, y_pred: Any, n_classes: int) -> np.ndarray:
+    """Confusion matrix with rows = true class, columns = predicted class.
+
+    Args:
+        y_true: true class indices, shape (N,), values in [0, n_classes).
+        y_pred: predicted class indices, shape (N,).
+        n_classes: number of classes C.
+
+    Returns:
+        Integer array (C, C); entry [i, j] counts samples of class i predicted as j.
+    """
+    if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 1:
+        raise ValueError(f"n_classes must be a positive integer, got {n_classes!r}")
+    n_classes = int(n_classes)
+    t = _as_labels(y_true, "y_true")
+    p = _as_labels(y_pred, "y_pred")
+    if t.shape != p.shape:
+        raise ValueError(f"y_true and y_pred must have the same length, got {t.size} and {p.size}")
+    for name, arr in (("y_true", t), ("y_pred", p)):
+        if arr.size and (arr.min() < 0 or arr.max() >= n_classes):
+            raise ValueError(f"{name} has class indices outside [0, {n_classes}): "
+                             f"found [{arr.min()}, {arr.max()}]")
+    counts = np.bincount(t * n_classes + p, minlength=n_classes * n_classes)
+    return counts.reshape(n_classes, n_classes).astype(np.int64)
+
+
+def classification_metrics(
+    y_true: Any,
+    y_pred: Any,
+    *,
+    n_classes: int,
+    class_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Accuracy, balanced accuracy, per-class recall and the confusion matrix.
+
+    Balanced accuracy is the mean of the per-class recalls over the classes
+    present in ``y_true`` (the ISIC 2019 challenge metric, as
+    ``sklearn.metrics.balanced_accuracy_score``). A class absent from ``y_true``
+    has recall ``None`` and does not enter the mean.
+
+    Args:
+        y_true: true class indices, shape (N,).
+        y_pred: predicted class indices, shape (N,).
+        n_classes: number of classes C.
+        class_names: C unique names; defaults to ``"0"``, ``"1"``, ...
+
+    Returns:
+        ``{"accuracy": float, "balanced_accuracy": float,
+        "per_class_recall": {name: float | None}, "support": {name: int},
+        "confusion": list of C lists of C ints (rows = truth), "n": int,
+        "class_names": list[str]}``. Accuracies are fractions in [0, 1].
+    """
+    cm = confusion_matrix(y_true, y_pred, n_classes)
+    if class_names is None:
+        names = [str(i) for i in range(cm.shape[0])]
+    else:
+        if isinstance(class_names, str):
+            raise ValueError("class_names must be a sequence of names, not one string")
+        names = [str(c) for c in class_names]
+        if len(names) != cm.shape[0]:
+            raise ValueError(f"class_names must have n_classes={cm.shape[0]} names, got {len(names)}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"class_names must be unique, got {names}")
+    n = int(cm.sum())
+    if n == 0:
+        raise ValueError("y_true is empty: there is nothing to score")
+    support = cm.sum(axis=1)
+    recall = {name: (float(cm[i, i] / support[i]) if support[i] else None) for i, name in enumerate(names)}
+    present = [r for r in recall.values() if r is not None]
+    return {
+        "accuracy": float(np.trace(cm) / n),
+        "balanced_accuracy": float(np.mean(present)),
+        "per_class_recall": recall,
+        "support": {name: int(s) for name, s in zip(names, support)},
+        "confusion": cm.tolist(),
+        "n": n,
+        "class_names": names,
+    }

@@ -1,0 +1,219 @@
+"""Metrics on hand-made volumes with known answers, checked against a brute-force oracle."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import cdist
+
+from medl2b.evaluate.metrics import (
+    EmptyPolicy,
+    SegmentationMetrics,
+    classification_metrics,
+    compute_case_metrics,
+    confusion_matrix,
+    summarize_cases,
+    volume_diagonal,
+)
+
+ANISO = (0.5, 0.5, 3.0)
+
+
+def _cube(shape=(12, 12, 12), lo=(4, 4, 3), size=4) -> np.ndarray:
+    m = np.zeros(shape, dtype=bool)
+    m[lo[0]:lo[0] + size, lo[1]:lo[1] + size, lo[2]:lo[2] + size] = True
+    return m
+
+
+def _surface_points_mm(mask: np.ndarray, spacing) -> np.ndarray:
+    """Foreground voxels with a background face-neighbour (outside counts as background), in mm."""
+    padded = np.pad(mask, 1)
+    inner = np.ones_like(mask)
+    for axis in range(mask.ndim):
+        for step in (-1, 1):
+            inner &= np.roll(padded, step, axis=axis)[1:-1, 1:-1, 1:-1]
+    return np.argwhere(mask & ~inner) * np.asarray(spacing, dtype=float)
+
+
+def _oracle(pred: np.ndarray, truth: np.ndarray, spacing) -> tuple[float, float]:
+    """Brute-force HD95 (max of the two directed 95th percentiles) and symmetric ASD, in mm."""
+    a, b = _surface_points_mm(pred, spacing), _surface_points_mm(truth, spacing)
+    d = cdist(a, b)
+    d_ab, d_ba = d.min(axis=1), d.min(axis=0)
+    hd95 = max(np.percentile(d_ab, 95), np.percentile(d_ba, 95))
+    asd = np.concatenate([d_ab, d_ba]).mean()
+    return float(hd95), float(asd)
+
+
+# --- segmentation: known answers ------------------------------------------------------------------
+
+def test_identical_masks_score_perfectly():
+    m = _cube()
+    r = compute_case_metrics(m, m, ANISO)
+    assert r == {"dice": pytest.approx(1.0), "hd95": pytest.approx(0.0), "asd": pytest.approx(0.0), "status": "ok"}
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_shift_along_z_is_measured_in_z_spacing(k):
+    truth = _cube()
+    pred = np.roll(truth, k, axis=2)
+    r = compute_case_metrics(pred, truth, ANISO)
+    hd95, asd = _oracle(pred, truth, ANISO)
+    # The top face of pred lies k slices above truth: every truth voxel is at least k * sz away.
+    assert r["hd95"] == pytest.approx(k * 3.0, abs=1e-4)
+    assert r["hd95"] == pytest.approx(hd95, abs=1e-4)
+    assert r["asd"] == pytest.approx(asd, abs=1e-4)
+    assert r["dice"] == pytest.approx(2 * 16 * (4 - k) / 128)  # overlap (4 - k) slices of 4 x 4
+    assert r["status"] == "ok"
+
+
+def test_shift_along_x_is_measured_in_x_spacing():
+    truth = _cube()
+    pred = np.roll(truth, 2, axis=0)
+    r = compute_case_metrics(pred, truth, ANISO)
+    hd95, asd = _oracle(pred, truth, ANISO)
+    assert r["hd95"] == pytest.approx(2 * 0.5, abs=1e-4)
+    assert r["hd95"] == pytest.approx(hd95, abs=1e-4)
+    assert r["asd"] == pytest.approx(asd, abs=1e-4)
+    # Same voxel shift, different axis: the distances differ by the spacing, so spacing is honoured per axis.
+    z = compute_case_metrics(np.roll(truth, 2, axis=2), truth, ANISO)
+    assert z["hd95"] == pytest.approx(6 * r["hd95"], abs=1e-4)
+
+
+def test_irregular_shapes_match_brute_force():
+    x, y, z = np.mgrid[:16, :16, :12]
+    truth = ((x - 7.5) / 5) ** 2 + ((y - 7.5) / 4) ** 2 + ((z - 5.5) / 3.5) ** 2 <= 1
+    pred = ((x - 8.5) / 4.5) ** 2 + ((y - 7) / 4.5) ** 2 + ((z - 6.5) / 3) ** 2 <= 1
+    spacing = (0.7, 1.1, 2.5)
+    r = compute_case_metrics(pred.astype(np.uint8), truth.astype(np.uint8), spacing)
+    hd95, asd = _oracle(pred, truth, spacing)
+    assert r["hd95"] == pytest.approx(hd95, rel=1e-4)
+    assert r["asd"] == pytest.approx(asd, rel=1e-4)
+    assert r["dice"] == pytest.approx(2 * (pred & truth).sum() / (pred.sum() + truth.sum()), rel=1e-6)
+
+
+# --- segmentation: empty-mask policy --------------------------------------------------------------
+
+def test_volume_diagonal():
+    assert volume_diagonal((10, 12, 8), ANISO) == pytest.approx(math.sqrt(5**2 + 6**2 + 24**2))
+
+
+def test_missed_and_false_positive_score_the_diagonal():
+    shape = (10, 12, 8)
+    truth = _cube(shape, lo=(3, 3, 2), size=3)
+    empty = np.zeros(shape, dtype=bool)
+    diag = math.sqrt(5**2 + 6**2 + 24**2)
+    missed = compute_case_metrics(empty, truth, ANISO)
+    assert missed == {"dice": 0.0, "hd95": pytest.approx(diag), "asd": pytest.approx(diag), "status": "missed"}
+    fp = compute_case_metrics(truth, empty, ANISO, empty_policy=EmptyPolicy.WORST)
+    assert fp == {"dice": 0.0, "hd95": pytest.approx(diag), "asd": pytest.approx(diag), "status": "false_positive"}
+
+
+def test_both_empty_is_perfect():
+    empty = np.zeros((6, 6, 6), dtype=np.uint8)
+    assert compute_case_metrics(empty, empty, ANISO) == {"dice": 1.0, "hd95": 0.0, "asd": 0.0, "status": "both_empty"}
+
+
+def test_nan_policy_leaves_distances_nan_and_summary_counts_them():
+    truth = _cube()
+    empty = np.zeros_like(truth)
+    rows = [
+        compute_case_metrics(truth, truth, ANISO, empty_policy="nan"),
+        compute_case_metrics(np.roll(truth, 1, axis=2), truth, ANISO, empty_policy="nan"),
+        compute_case_metrics(empty, truth, ANISO, empty_policy="nan"),
+        compute_case_metrics(truth, empty, ANISO, empty_policy="nan"),
+        compute_case_metrics(empty, empty, ANISO, empty_policy="nan"),
+    ]
+    assert [r["status"] for r in rows] == ["ok", "ok", "missed", "false_positive", "both_empty"]
+    assert [r["dice"] for r in rows[2:]] == [0.0, 0.0, 1.0]
+    assert all(math.isnan(r["hd95"]) and math.isnan(r["asd"]) for r in rows[2:])
+
+    s = summarize_cases(rows)
+    assert s["n"] == 5
+    assert s["n_failed"] == 2
+    assert s["n_nan"] == {"dice": 0, "hd95": 3, "asd": 3}
+    assert s["mean"]["hd95"] == pytest.approx((0.0 + 3.0) / 2, abs=1e-4)  # the finite values only
+    assert s["mean"]["dice"] == pytest.approx((1 + 0.75 + 0 + 0 + 1) / 5)
+    assert s["status_counts"] == {"ok": 2, "missed": 1, "false_positive": 1, "both_empty": 1}
+
+
+def test_summarize_known_values_and_null():
+    rows = [
+        {"case": "a", "dice": 0.9, "hd95": 2.0, "asd": 1.0, "status": "ok"},
+        {"case": "b", "dice": 0.7, "hd95": 4.0, "asd": None, "status": "ok"},
+        {"case": "c", "dice": 0.0, "hd95": 30.0, "asd": float("inf"), "status": "missed"},
+    ]
+    s = summarize_cases(rows)
+    assert s["mean"]["dice"] == pytest.approx(1.6 / 3)
+    assert s["median"]["hd95"] == pytest.approx(4.0)
+    assert s["std"]["hd95"] == pytest.approx(np.std([2.0, 4.0, 30.0]))
+    assert s["mean"]["asd"] == pytest.approx(1.0)
+    assert s["n_nan"]["asd"] == 2  # None and inf are both counted, not dropped silently
+    assert s["n_failed"] == 1
+    only_nan = summarize_cases([{"dice": float("nan"), "status": "both_empty"}], keys=("dice",))
+    assert math.isnan(only_nan["mean"]["dice"]) and only_nan["n_nan"]["dice"] == 1
+
+
+def test_summarize_rejects_bad_input():
+    with pytest.raises(ValueError, match="empty"):
+        summarize_cases([])
+    with pytest.raises(ValueError, match="status"):
+        summarize_cases([{"dice": 1, "hd95": 0, "asd": 0, "status": "great"}])
+    with pytest.raises(ValueError, match="'asd'"):
+        summarize_cases([{"case": "x", "dice": 1, "hd95": 0, "status": "ok"}])
+
+
+def test_bad_arguments_are_named():
+    m = _cube()
+    with pytest.raises(ValueError, match="spacing"):
+        compute_case_metrics(m, m, (1.0, 1.0))
+    with pytest.raises(ValueError, match="spacing"):
+        compute_case_metrics(m, m, (1.0, 0.0, 1.0))
+    with pytest.raises(ValueError, match="same shape"):
+        compute_case_metrics(m, m[:-1], ANISO)
+    with pytest.raises(ValueError, match="pred"):
+        compute_case_metrics(m * 0.5, m, ANISO)
+    with pytest.raises(ValueError, match="empty_policy"):
+        compute_case_metrics(m, m, ANISO, empty_policy="zero")
+
+
+def test_segmentation_metrics_accumulates_and_resets():
+    truth = _cube()
+    metric = SegmentationMetrics()
+    metric(truth, truth, ANISO, case="same")
+    metric(np.zeros_like(truth), truth, ANISO, case="miss")
+    with pytest.raises(ValueError, match="already"):
+        metric(truth, truth, ANISO, case="same")
+    assert [r["case"] for r in metric.per_case] == ["same", "miss"]
+    s = metric.aggregate()
+    assert s["n"] == 2 and s["n_failed"] == 1 and s["empty_policy"] == "worst"
+    assert s["mean"]["dice"] == pytest.approx(0.5)
+    metric.reset()
+    assert metric.per_case == []
+
+
+# --- classification -------------------------------------------------------------------------------
+
+def test_classification_on_known_confusion():
+    # class 3 never occurs in y_true; it is predicted once.
+    y_true = [0, 0, 0, 0, 1, 1, 2, 2, 2, 2]
+    y_pred = [0, 0, 0, 1, 1, 2, 2, 2, 3, 0]
+    cm = confusion_matrix(y_true, y_pred, 4)
+    assert cm.tolist() == [[3, 1, 0, 0], [0, 1, 1, 0], [1, 0, 2, 1], [0, 0, 0, 0]]
+    m = classification_metrics(np.array(y_true), np.array(y_pred), n_classes=4, class_names=["A", "B", "C", "D"])
+    assert m["accuracy"] == pytest.approx(6 / 10)
+    assert m["balanced_accuracy"] == pytest.approx((3 / 4 + 1 / 2 + 2 / 4) / 3)  # D excluded
+    assert m["per_class_recall"] == {"A": 0.75, "B": 0.5, "C": 0.5, "D": None}
+    assert m["support"] == {"A": 4, "B": 2, "C": 4, "D": 0}
+    assert m["confusion"] == cm.tolist() and m["n"] == 10
+
+
+def test_classification_rejects_bad_labels():
+    with pytest.raises(ValueError, match="y_pred"):
+        confusion_matrix([0, 1], [0, 5], 3)
+    with pytest.raises(ValueError, match="class_names"):
+        classification_metrics([0, 1], [0, 1], n_classes=2, class_names=["a"])
+    with pytest.raises(ValueError, match="y_true"):
+        classification_metrics(np.zeros((2, 2)), [0, 1], n_classes=2)
