@@ -22,7 +22,7 @@ import yaml
 
 from medl2b.errors import InputError, atomic_file
 
-__all__ = ["TASKS", "METHODS", "TrainConfig", "load_config", "save_config", "task_config_path"]
+__all__ = ["TASKS", "METHODS", "TrainConfig", "load_config", "load_config_file", "save_config", "task_config_path"]
 
 TASKS = ("prostate-seg", "skin-lesion-cls")
 METHODS = ("ce", "bootstrap", "l2rw", "l2b", "l2b-sum1")
@@ -179,6 +179,14 @@ def load_config(task: str, *, profile: str | None = None, config_file: str | os.
     _apply(values, {k: v for k, v in (overrides or {}).items() if v is not None}, "command line")
     values["task"] = task
     return TrainConfig(**values).validate()
+
+
+def load_config_file(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
+    """Read a resolved ``config.yaml`` (as saved in a run folder), with optional overrides."""
+    values: dict[str, Any] = {}
+    _apply(values, _read_yaml(Path(path)), str(path))
+    _apply(values, {k: v for k, v in overrides.items() if v is not None}, "command line")
+    return TrainConfig(**values).validate(str(path))
 
 
 def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:

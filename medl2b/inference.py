@@ -1,0 +1,48 @@
+"""Batched prediction shared by validation, pseudo-labels and evaluation."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["predict_logits", "flip_averaged_probs"]
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, *, batch_size: int = 32,
+                   device: torch.device | str = "cpu", transform=None) -> torch.Tensor:
+    """Logits of ``images`` ``(N, C, ...)`` in eval mode, on the CPU, ``(N, K, ...)``.
+
+    ``transform`` (optional) maps a batch on ``device`` to network input (e.g. resizing).
+    The model's train/eval mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    outs = []
+    try:
+        for start in range(0, images.shape[0], batch_size):
+            batch = images[start:start + batch_size].to(device, non_blocking=True)
+            if transform is not None:
+                batch = transform(batch)
+            outs.append(model(batch).float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+@torch.no_grad()
+def flip_averaged_probs(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Softmax averaged over the identity and the two in-plane flips, ``(B, K, H, W)``.
+
+    The flipped predictions are flipped back before averaging. Used for
+    segmentation pseudo-labels (``pseudo_label_tta``); runs in eval mode.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        probs = model(images).softmax(1)
+        for dim in (2, 3):
+            probs = probs + model(images.flip(dim)).softmax(1).flip(dim)
+    finally:
+        model.train(was_training)
+    return probs / 3.0

@@ -1,0 +1,1 @@
+"""Training: the five methods, the online meta set, and the trainer."""

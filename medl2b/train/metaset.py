@@ -1,0 +1,43 @@
+"""The online meta set for L2B without a trusted set (paper §4.4).
+
+Per-sample (or per-slice) losses of the training set, computed in eval mode,
+are min-max normalised and fitted with a two-component 1-D Gaussian mixture
+(scikit-learn). Samples whose posterior of the low-mean component exceeds a
+threshold are taken as likely clean and form the meta set of the next epoch,
+with their given labels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["select_clean"]
+
+
+def select_clean(losses: np.ndarray, *, threshold: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Pick likely-clean samples from their losses.
+
+    Args:
+        losses: ``(N,)`` per-sample losses (for segmentation: each slice's mean pixel loss).
+        threshold: P(clean) above which a sample is selected.
+        seed: random state of the mixture fit.
+
+    Returns:
+        ``(indices, p_clean)``: the selected indices (sorted) and P(clean) for every sample.
+    """
+    from sklearn.mixture import GaussianMixture
+
+    losses = np.asarray(losses, dtype=np.float64).reshape(-1)
+    if losses.size < 4:
+        raise ValueError(f"need at least 4 losses to fit a mixture, got {losses.size}")
+    if not np.all(np.isfinite(losses)):
+        raise ValueError("losses contain NaN or inf")
+    span = losses.max() - losses.min()
+    if span <= 0:
+        p_clean = np.ones_like(losses)
+        return np.arange(losses.size), p_clean
+    z = ((losses - losses.min()) / span).reshape(-1, 1)
+    gmm = GaussianMixture(n_components=2, max_iter=50, tol=1e-3, reg_covar=5e-4, random_state=seed).fit(z)
+    clean = int(np.argmin(gmm.means_.reshape(-1)))
+    p_clean = gmm.predict_proba(z)[:, clean]
+    return np.flatnonzero(p_clean > threshold), p_clean

@@ -1,0 +1,87 @@
+"""The five training methods as one weighted loss over two terms.
+
+Every method trains on ``Σ_i α_i ℓ(f(x_i), y_i) + β_i ℓ(f(x_i), ŷ_i)`` (METHOD.md eq. 3)
+and differs only in where α and β come from:
+
+============  ==================================================  ===============
+method        weights                                             meta step
+============  ==================================================  ===============
+``ce``        α = 1/N, β = 0                                      no
+``bootstrap`` α = b/N, β = (1−b)/N (Reed et al., hard; b = 0.8)   no
+``l2rw``      α from the meta gradient, no β term (Ren et al.)    yes, 1 term
+``l2b``       α, β from the meta gradient, Σα + Σβ = 1 per batch  yes, 2 terms
+``l2b-sum1``  α, β from the meta gradient, α_i + β_i = 1          yes, 2 terms
+============  ==================================================  ===============
+
+N is the number of elements (samples, or pixels for segmentation). During
+warm-up every method trains with ``ce``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["Method", "METHODS", "get_method", "make_loss_terms", "fixed_weights"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """How a method turns per-element losses into weights."""
+
+    name: str
+    uses_meta: bool
+    n_terms: int           # 1: given label only; 2: given label and pseudo-label
+    normalise: str = "batch"
+
+
+METHODS: dict[str, Method] = {
+    "ce": Method("ce", uses_meta=False, n_terms=1),
+    "bootstrap": Method("bootstrap", uses_meta=False, n_terms=2),
+    "l2rw": Method("l2rw", uses_meta=True, n_terms=1),
+    "l2b": Method("l2b", uses_meta=True, n_terms=2),
+    "l2b-sum1": Method("l2b-sum1", uses_meta=True, n_terms=2, normalise="element"),
+}
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {name!r}")
+    return METHODS[name]
+
+
+def make_loss_terms(target: torch.Tensor, *, n_terms: int, pseudo: torch.Tensor | None = None
+                    ) -> Callable[[torch.Tensor], list[torch.Tensor]]:
+    """Build ``logits -> [ℓ(logits, y), ℓ(logits, ŷ)]`` (per-element cross-entropy).
+
+    Args:
+        target: given labels, ``(B,)`` or ``(B, H, W)`` integer classes.
+        n_terms: 1 (given label only) or 2 (and the pseudo-label).
+        pseudo: precomputed pseudo-labels (e.g. flip-averaged); when ``None`` they are
+            the argmax of the detached logits of this very forward.
+    """
+    if n_terms not in (1, 2):
+        raise ValueError(f"n_terms must be 1 or 2, got {n_terms}")
+
+    def terms(logits: torch.Tensor) -> list[torch.Tensor]:
+        given = F.cross_entropy(logits, target, reduction="none")
+        if n_terms == 1:
+            return [given]
+        p = logits.detach().argmax(1) if pseudo is None else pseudo
+        return [given, F.cross_entropy(logits, p, reduction="none")]
+
+    return terms
+
+
+def fixed_weights(method: Method, losses: list[torch.Tensor], *, bootstrap_beta: float = 0.8) -> list[torch.Tensor]:
+    """The constant weights of ``ce`` (α = 1/N) and ``bootstrap`` (α = b/N, β = (1−b)/N)."""
+    n = losses[0].numel()
+    first = torch.full_like(losses[0], 1.0 / n).detach()
+    if method.name == "bootstrap":
+        return [first * bootstrap_beta, first * (1.0 - bootstrap_beta)]
+    if method.n_terms == 2:  # a meta method during warm-up: plain CE on the given labels
+        return [first, torch.zeros_like(first)]
+    return [first]

@@ -1,0 +1,144 @@
+"""What differs between segmentation and classification, behind one small interface.
+
+A task loads the prepared dataset into the training, meta and validation sets,
+scores the model on the clean validation cases, gives per-sample losses for the
+online meta set, and says which elements of a batch are truly noisy (known on
+phantoms and on synthesised noise). The trainer never branches on the task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from medl2b.inference import predict_logits
+
+__all__ = ["Task", "SegmentationTask", "ClassificationTask", "build_task", "dice_score"]
+
+
+def dice_score(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of two binary arrays; 1.0 when both are empty."""
+    pred, truth = pred.astype(bool), truth.astype(bool)
+    denom = pred.sum() + truth.sum()
+    return 1.0 if denom == 0 else float(2.0 * np.logical_and(pred, truth).sum() / denom)
+
+
+@dataclass
+class Task:
+    """Datasets and scoring of one task (see subclasses)."""
+
+    train_set: Dataset          # augmented, labels = given (noisy) labels
+    train_plain: Dataset        # the same samples, no augmentation (for the online meta set)
+    meta_set: Dataset | None    # trusted clean meta samples (augmented), None in gmm mode
+    num_classes: int
+    score_name: str
+
+    def input_transform(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def validate(self, model, device) -> float:
+        raise NotImplementedError
+
+    def sample_losses(self, model, device, batch_size: int) -> np.ndarray:
+        """Per-sample losses on the given labels in eval mode, ``(N,)`` (per slice for segmentation)."""
+        raise NotImplementedError
+
+    def selection_quality(self, indices: np.ndarray) -> dict[str, float]:
+        """How clean an online meta set is, from the known clean labels."""
+        raise NotImplementedError
+
+
+class SegmentationTask(Task):
+    """PROMISE12-style: 2-D axial slices, validation = mean 3-D Dice over the meta cases."""
+
+    def __init__(self, cfg, *, use_meta_cases: bool):
+        from medl2b.data.datasets import SegSliceDataset, load_manifest, load_slices
+
+        manifest = load_manifest(cfg.data, task="prostate-seg")
+        splits = manifest["splits"]
+        train = load_slices(cfg.data, splits["train"], label=cfg.label_source)
+        self.train_slices = train
+        self.val_slices = load_slices(cfg.data, splits["meta"], label="clean") if splits["meta"] else None
+        meta = SegSliceDataset(self.val_slices, augment=cfg.augment) if (use_meta_cases and self.val_slices) else None
+        super().__init__(train_set=SegSliceDataset(train, augment=cfg.augment),
+                         train_plain=SegSliceDataset(train, augment=False), meta_set=meta,
+                         num_classes=len(manifest["labels"]), score_name="val_dice")
+        self.batch_size = cfg.batch_size
+
+    def validate(self, model, device) -> float:
+        if self.val_slices is None:
+            return float("nan")
+        pred = predict_logits(model, self.val_slices.image, batch_size=self.batch_size, device=device).argmax(1)
+        cases = np.asarray(self.val_slices.case)
+        scores = [dice_score(pred[cases == c].numpy() > 0, self.val_slices.clean[cases == c].numpy() > 0)
+                  for c in dict.fromkeys(self.val_slices.case)]
+        return float(np.mean(scores))
+
+    def sample_losses(self, model, device, batch_size: int) -> np.ndarray:
+        logits = predict_logits(model, self.train_slices.image, batch_size=batch_size, device=device)
+        return F.cross_entropy(logits, self.train_slices.label, reduction="none").mean((1, 2)).numpy()
+
+    def selection_quality(self, indices: np.ndarray) -> dict[str, float]:
+        lab, clean = self.train_slices.label.numpy() > 0, self.train_slices.clean.numpy() > 0
+        per_slice = np.array([dice_score(lab[i], clean[i]) for i in range(lab.shape[0])])
+        good = per_slice >= 0.9
+        return {"meta_size": int(len(indices)),
+                "meta_precision": float(good[indices].mean()) if len(indices) else float("nan"),
+                "meta_base_rate": float(good.mean())}
+
+
+class ClassificationTask(Task):
+    """ISIC 2019-style: per-image labels, validation = accuracy on the clean meta split."""
+
+    def __init__(self, cfg, *, use_meta_cases: bool):
+        from medl2b.data.datasets import IsicDataset, load_isic, load_manifest
+
+        manifest = load_manifest(cfg.data, task="skin-lesion-cls")
+        train = load_isic(cfg.data, "train")
+        if cfg.label_source == "clean":
+            train.label = train.clean
+        self.train_images = train
+        self.val_images = load_isic(cfg.data, "meta")
+        meta = IsicDataset(self.val_images, augment=cfg.augment) if use_meta_cases else None
+        super().__init__(train_set=IsicDataset(train, augment=cfg.augment), train_plain=IsicDataset(train, augment=False),
+                         meta_set=meta, num_classes=len(manifest["classes"]), score_name="val_acc")
+        self.size = cfg.image_size or int(manifest["size"])
+        self.batch_size = cfg.batch_size
+
+    def input_transform(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] == self.size and x.shape[-2] == self.size:
+            return x
+        return F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+
+    def _stack(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        items = [dataset[i] for i in range(len(dataset))]
+        return torch.stack([it["image"] for it in items]), torch.as_tensor([int(it["label"]) for it in items])
+
+    def validate(self, model, device) -> float:
+        from medl2b.data.datasets import IsicDataset
+
+        x, y = self._stack(IsicDataset(self.val_images, augment=False))
+        pred = predict_logits(model, x, batch_size=self.batch_size, device=device,
+                              transform=self.input_transform).argmax(1)
+        return float((pred == y).float().mean())
+
+    def sample_losses(self, model, device, batch_size: int) -> np.ndarray:
+        x, y = self._stack(self.train_plain)
+        logits = predict_logits(model, x, batch_size=batch_size, device=device, transform=self.input_transform)
+        return F.cross_entropy(logits, y, reduction="none").numpy()
+
+    def selection_quality(self, indices: np.ndarray) -> dict[str, float]:
+        good = np.asarray(self.train_images.label) == np.asarray(self.train_images.clean)
+        return {"meta_size": int(len(indices)),
+                "meta_precision": float(good[indices].mean()) if len(indices) else float("nan"),
+                "meta_base_rate": float(good.mean())}
+
+
+def build_task(cfg) -> Task:
+    """The task object of a config; the trusted meta cases are used unless ``meta_set == 'gmm'``."""
+    cls = SegmentationTask if cfg.task == "prostate-seg" else ClassificationTask
+    return cls(cfg, use_meta_cases=cfg.uses_meta and cfg.meta_set == "clean")

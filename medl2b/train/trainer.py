@@ -1,0 +1,387 @@
+"""The training loop: one flat epoch loop, hooks a variant can override, exact resume.
+
+Run folder (``cfg.out``)::
+
+    config.yaml            resolved configuration
+    train.log              the log
+    metrics.csv            one row per epoch
+    checkpoint_latest.pt   end of the last finished epoch (weights, optimiser, scheduler, RNG, history)
+    checkpoint_best.pt     best on the clean validation (meta) cases, never on test
+    tb/                    TensorBoard events, if tensorboard is installed
+
+Every epoch reseeds torch, NumPy, ``random`` and the MONAI transforms from
+``(seed, epoch)``, so a run resumed from ``checkpoint_latest.pt`` follows exactly
+the path of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+
+from medl2b.config import TrainConfig, save_config
+from medl2b.errors import InputError, TrainingError, atomic_file
+from medl2b.inference import flip_averaged_probs
+from medl2b.meta import meta_weights
+from medl2b.models import build_model, head_parameter_names
+from medl2b.train.methods import fixed_weights, get_method, make_loss_terms
+from medl2b.train.metaset import select_clean
+from medl2b.train.tasks import build_task
+
+__all__ = ["Trainer", "train", "resolve_device", "METRIC_COLUMNS"]
+
+log = logging.getLogger("medl2b")
+
+METRIC_COLUMNS = ["epoch", "lr", "train_loss", "meta_loss", "alpha_sum", "beta_sum", "alpha_on_wrong",
+                  "alpha_on_right", "beta_on_wrong", "beta_on_right", "skipped_steps", "steps", "val_score",
+                  "meta_size", "meta_precision", "meta_base_rate", "time_s"]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device", "cuda was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _seed_transforms(dataset, seed: int) -> None:
+    """MONAI random transforms keep their own RandomState: reseed them explicitly."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    transform = getattr(dataset, "transform", None)
+    if transform is not None and hasattr(transform, "set_random_state"):
+        transform.set_random_state(seed=seed % 2**32)
+
+
+def _forever(loader):
+    while True:
+        yield from loader
+
+
+@dataclass
+class EpochStats:
+    """Running sums over one epoch."""
+
+    steps: int = 0
+    skipped: int = 0
+    loss: float = 0.0
+    meta_loss: float = 0.0
+    meta_steps: int = 0
+    alpha_sum: float = 0.0
+    beta_sum: float = 0.0
+    split: dict = field(default_factory=lambda: {"alpha_on_wrong": [0.0, 0], "alpha_on_right": [0.0, 0],
+                                                 "beta_on_wrong": [0.0, 0], "beta_on_right": [0.0, 0]})
+
+
+class Trainer:
+    """L2B and its baselines in one engine. Hooks: :meth:`train_step`, :meth:`validate`,
+    :meth:`on_epoch_end`, :meth:`save_checkpoint`, :meth:`load_checkpoint`."""
+
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, progress: bool | None = None):
+        if cfg.data is None:
+            raise InputError("--data", "a prepared dataset folder is required")
+        if cfg.out is None:
+            raise InputError("--out", "a run folder is required")
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.resume = resume
+        self.progress = sys.stdout.isatty() if progress is None else progress
+        latest = self.out / "checkpoint_latest.pt"
+        if resume and not latest.exists():
+            raise InputError(latest, "nothing to resume: no checkpoint in this run folder")
+        if not resume and latest.exists():
+            raise InputError(self.out, "already holds a run; pass --resume to continue it or choose another --out")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._setup_logging()
+        self.device = resolve_device(cfg.device)
+        self.method = get_method(cfg.method)
+        _seed_everything(cfg.seed)
+        self.task = build_task(cfg)
+        self.model = build_model(cfg, num_classes=self.task.num_classes).to(self.device)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
+        self.head = head_parameter_names(self.model) if cfg.meta_scope == "last" else None
+        self.amp_dtype = (torch.bfloat16 if self.device.type == "cuda" and cfg.amp and torch.cuda.is_bf16_supported()
+                          else None)
+        self.epoch = 0
+        self.best_score = -math.inf
+        self.history: list[dict] = []
+        self.online_meta: np.ndarray | None = None
+        if resume:
+            self.load_checkpoint(latest)
+        else:
+            save_config(cfg, self.out / "config.yaml")
+        self.tb = self._tensorboard()
+
+    # ----------------------------------------------------------------- set-up
+    def _setup_logging(self) -> None:
+        log.setLevel(logging.INFO)
+        for h in list(log.handlers):
+            if getattr(h, "_medl2b", False):
+                log.removeHandler(h)
+                h.close()
+        fh = logging.FileHandler(self.out / "train.log")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        fh._medl2b = True  # type: ignore[attr-defined]
+        log.addHandler(fh)
+        if not self.progress:
+            sh = logging.StreamHandler(sys.stdout)
+            sh.setFormatter(logging.Formatter("%(message)s"))
+            sh._medl2b = True  # type: ignore[attr-defined]
+            log.addHandler(sh)
+        log.propagate = False
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return None
+        return SummaryWriter(str(self.out / "tb"))
+
+    # ------------------------------------------------------------ the loop
+    def fit(self) -> dict:
+        """Train from ``self.epoch`` to ``cfg.epochs``; return the last epoch's metrics row."""
+        cfg = self.cfg
+        log.info("task %s, method %s, meta set %s, %d training samples, device %s, seed %d",
+                 cfg.task, cfg.method, cfg.meta_set if self.method.uses_meta else "-", len(self.task.train_set),
+                 self.device, cfg.seed)
+        row: dict = {}
+        while self.epoch < cfg.epochs:
+            start = time.time()
+            seed = cfg.seed * 100_003 + self.epoch
+            _seed_everything(seed)
+            stats = self.train_epoch(seed)
+            score = self.validate()
+            row = self.on_epoch_end(stats, score, time.time() - start)
+        if self.tb is not None:
+            self.tb.close()
+        return row
+
+    def _loaders(self, seed: int):
+        cfg = self.cfg
+        gen = torch.Generator().manual_seed(seed)
+        _seed_transforms(self.task.train_set, seed + 1)
+        n = len(self.task.train_set)
+        train = DataLoader(self.task.train_set, batch_size=min(cfg.batch_size, n), shuffle=True, drop_last=True,
+                           generator=gen, num_workers=cfg.num_workers)
+        meta_ds = self.task.meta_set
+        if cfg.meta_set == "gmm" and self.online_meta is not None:
+            meta_ds = Subset(self.task.train_set, self.online_meta.tolist())
+        meta = None
+        if meta_ds is not None and len(meta_ds) > 0:
+            _seed_transforms(meta_ds, seed + 2)
+            meta = _forever(DataLoader(meta_ds, batch_size=min(cfg.meta_batch_size, len(meta_ds)), shuffle=True,
+                                       generator=torch.Generator().manual_seed(seed + 3),
+                                       num_workers=cfg.num_workers))
+        return train, meta
+
+    def train_epoch(self, seed: int) -> EpochStats:
+        cfg = self.cfg
+        train, meta = self._loaders(seed)
+        warm = self.epoch < cfg.warmup_epochs
+        use_meta = self.method.uses_meta and not warm
+        if use_meta and meta is None:
+            raise TrainingError(f"{cfg.method} needs a meta set, but it is empty (meta_set={cfg.meta_set})")
+        total = len(train) if cfg.steps_per_epoch is None else min(cfg.steps_per_epoch, len(train))
+        stats = EpochStats()
+        self.model.train()
+        bar = self._progress(total)
+        for step, batch in enumerate(train):
+            if step >= total:
+                break
+            meta_batch = next(meta) if use_meta else None
+            self.train_step(batch, meta_batch, stats, warm=warm, step=step)
+            if bar is not None:
+                bar[0].update(bar[1], advance=1, description=self._describe(stats))
+            elif (step + 1) % cfg.log_every == 0 or step + 1 == total:
+                log.info("epoch %d step %d/%d %s", self.epoch + 1, step + 1, total, self._describe(stats))
+        if bar is not None:
+            bar[0].stop()
+        return stats
+
+    def _progress(self, total: int):
+        if not self.progress:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress = Progress(TextColumn(f"epoch {self.epoch + 1}/{self.cfg.epochs}"), BarColumn(),
+                            MofNCompleteColumn(), TimeRemainingColumn(), TextColumn("{task.description}"),
+                            transient=False)
+        progress.start()
+        return progress, progress.add_task("", total=total)
+
+    def _describe(self, s: EpochStats) -> str:
+        text = f"loss {s.loss / max(s.steps, 1):.4f}"
+        if s.meta_steps:
+            text += f" meta {s.meta_loss / s.meta_steps:.4f} skipped {s.skipped}"
+        return text
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return torch.autocast("cpu", enabled=False)
+        return torch.autocast("cuda", dtype=self.amp_dtype)
+
+    def train_step(self, batch: dict, meta_batch: dict | None, stats: EpochStats, *, warm: bool, step: int) -> None:
+        """One optimisation step of the configured method (plain CE during warm-up)."""
+        cfg, method = self.cfg, self.method
+        x = self.task.input_transform(batch["image"].to(self.device))
+        y = batch["label"].to(self.device)
+        n_terms = 1 if warm else method.n_terms
+        pseudo = None
+        if n_terms == 2 and cfg.pseudo_label_tta and cfg.task == "prostate-seg":
+            pseudo = flip_averaged_probs(self.model, x).argmax(1)
+        terms = make_loss_terms(y, n_terms=n_terms, pseudo=pseudo)
+        skipped = False
+        with self._autocast():
+            if meta_batch is not None:
+                xm = self.task.input_transform(meta_batch["image"].to(self.device))
+                ym = meta_batch["label"].to(self.device)
+                out = meta_weights(self.model, x, terms, xm, lambda logits: F.cross_entropy(logits.float(), ym),
+                                   lr=self.optimizer.param_groups[0]["lr"], normalise=method.normalise,
+                                   impl=cfg.meta_impl, param_names=self.head)
+                weights, losses, skipped = out.weights, out.losses, out.skipped
+                stats.meta_loss += out.meta_loss
+                stats.meta_steps += 1
+            else:
+                losses = terms(self.model(x))
+                weights = fixed_weights(get_method("ce") if warm else method, losses,
+                                        bootstrap_beta=cfg.bootstrap_beta)
+        loss = sum((w * l.float()).sum() for w, l in zip(weights, losses))
+        plain = float(losses[0].detach().float().mean())
+        if not (math.isfinite(plain) and math.isfinite(float(loss.detach()))):
+            raise TrainingError(f"loss is NaN/inf at epoch {self.epoch + 1} step {step + 1}; training stopped. "
+                                f"The last good checkpoint is {self.out / 'checkpoint_latest.pt'}")
+        self.optimizer.zero_grad(set_to_none=True)
+        stats.steps += 1
+        stats.loss += plain
+        self._record_weights(stats, weights, y, batch["clean"].to(self.device))
+        if skipped:
+            stats.skipped += 1
+            log.debug("epoch %d step %d skipped: no element helps the meta set", self.epoch + 1, step + 1)
+            return
+        loss.backward()
+        if cfg.clip_grad and cfg.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.clip_grad)
+        self.optimizer.step()
+
+    def _record_weights(self, stats: EpochStats, weights, given, clean) -> None:
+        """Sum of α and β over the batch, and the mean of N·α, N·β on wrong vs right given labels."""
+        with torch.no_grad():
+            n = weights[0].numel()
+            alpha = weights[0].float()
+            beta = weights[1].float() if len(weights) > 1 else torch.zeros_like(alpha)
+            stats.alpha_sum += float(alpha.sum())
+            stats.beta_sum += float(beta.sum())
+            wrong = given != clean
+            for name, w in (("alpha", alpha), ("beta", beta)):
+                for part, mask in (("wrong", wrong), ("right", ~wrong)):
+                    acc = stats.split[f"{name}_on_{part}"]
+                    acc[0] += float((w * n)[mask].sum())
+                    acc[1] += int(mask.sum())
+
+    def validate(self) -> float:
+        """Score on the clean validation (meta) cases: mean 3-D Dice or accuracy."""
+        return self.task.validate(self.model, self.device)
+
+    def on_epoch_end(self, stats: EpochStats, score: float, seconds: float) -> dict:
+        cfg = self.cfg
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        self.epoch += 1
+        quality: dict = {}
+        if cfg.uses_meta and cfg.meta_set == "gmm" and self.epoch >= cfg.warmup_epochs and self.epoch < cfg.epochs:
+            losses = self.task.sample_losses(self.model, self.device, cfg.batch_size)
+            self.online_meta, _ = select_clean(losses, threshold=cfg.gmm_threshold, seed=cfg.seed + self.epoch)
+            quality = self.task.selection_quality(self.online_meta)
+            log.info("online meta set: %d of %d samples, precision %.3f (base rate %.3f)", quality["meta_size"],
+                     len(losses), quality["meta_precision"], quality["meta_base_rate"])
+        steps = max(stats.steps, 1)
+        row = {"epoch": self.epoch, "lr": lr, "train_loss": stats.loss / steps,
+               "meta_loss": stats.meta_loss / stats.meta_steps if stats.meta_steps else float("nan"),
+               "alpha_sum": stats.alpha_sum / steps, "beta_sum": stats.beta_sum / steps,
+               **{k: (v[0] / v[1] if v[1] else float("nan")) for k, v in stats.split.items()},
+               "skipped_steps": stats.skipped, "steps": stats.steps, "val_score": score,
+               "meta_size": quality.get("meta_size", float("nan")),
+               "meta_precision": quality.get("meta_precision", float("nan")),
+               "meta_base_rate": quality.get("meta_base_rate", float("nan")), "time_s": seconds}
+        self.history.append(row)
+        select = cfg.meta_set == "clean" and math.isfinite(score)
+        improved = select and score > self.best_score
+        if improved:
+            self.best_score = score
+        self._write_metrics()
+        self.save_checkpoint(self.out / "checkpoint_latest.pt")
+        if improved or not select:
+            shutil.copyfile(self.out / "checkpoint_latest.pt", self.out / "checkpoint_best.pt.tmp")
+            (self.out / "checkpoint_best.pt.tmp").replace(self.out / "checkpoint_best.pt")
+        log.info("epoch %d/%d  loss %.4f  meta %.4f  alpha %.3f beta %.3f  skipped %d  %s %.4f%s  %.1fs",
+                 self.epoch, cfg.epochs, row["train_loss"], row["meta_loss"], row["alpha_sum"], row["beta_sum"],
+                 stats.skipped, self.task.score_name, score, " *" if improved else "", seconds)
+        if self.tb is not None:
+            for key, value in row.items():
+                if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self.tb.add_scalar(key, value, self.epoch)
+        return row
+
+    def _write_metrics(self) -> None:
+        with atomic_file(self.out / "metrics.csv") as tmp, open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
+            writer.writeheader()
+            for row in self.history:
+                writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
+
+    # ------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, path: Path) -> None:
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "best_score": self.best_score,
+                 "history": self.history, "config": self.cfg.to_dict(), "num_classes": self.task.num_classes,
+                 "online_meta": None if self.online_meta is None else self.online_meta.tolist(),
+                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}}
+        with atomic_file(path) as tmp:
+            torch.save(state, tmp)
+
+    def load_checkpoint(self, path: Path) -> None:
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as exc:
+            raise InputError(path, f"cannot read checkpoint ({type(exc).__name__})") from None
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+        self.best_score = float(state["best_score"])
+        self.history = list(state["history"])
+        self.online_meta = None if state["online_meta"] is None else np.asarray(state["online_meta"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        log.info("resumed from %s at epoch %d", path, self.epoch)
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = None) -> dict:
+    """Train one run; return the final epoch's metrics row."""
+    if resume and cfg.out is not None and (Path(cfg.out) / "config.yaml").exists():
+        from medl2b.config import load_config_file
+
+        cfg = load_config_file(Path(cfg.out) / "config.yaml", device=cfg.device)
+    return Trainer(cfg, resume=resume, progress=progress).fit()
