@@ -153,6 +153,62 @@ def train_cmd(
     typer.echo(f"finished {cfg.epochs} epochs in {out}: last validation score {row.get('val_score', float('nan')):.4f}")
 
 
+@app.command("eval")
+@_user_errors
+def eval_cmd(
+    runs: List[Path] = typer.Argument(..., help="One or more run folders."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Prepared dataset (default: the run's own)."),
+    split: str = typer.Option("test", "--split", help="train | meta | test."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best | latest."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    figures: bool = typer.Option(True, "--figures/--no-figures", help="Write PNG figures."),
+    compare_out: Optional[Path] = typer.Option(None, "--compare-out", help="With several runs: write the table here."),
+) -> None:
+    """Per-case Dice/HD95/ASD (mm) or accuracy/balanced accuracy; NIfTI predictions; figures; RUN/eval/."""
+    from medl2b.evaluate.report import compare_runs
+    from medl2b.evaluate.run import evaluate_run
+
+    for run in runs:
+        summary = evaluate_run(run, data=data, split=split, checkpoint=checkpoint, device=device, figures=figures,
+                               progress=sys.stdout.isatty())
+        mean = summary.get("mean") or {}
+        if "dice" in mean:
+            typer.echo(f"{run}: Dice {mean['dice']:.4f}  HD95 {mean['hd95']:.2f} mm  ASD {mean['asd']:.2f} mm  "
+                       f"({summary['n_failed']} failed) -> {run / 'eval' / 'report.md'}")
+        else:
+            typer.echo(f"{run}: accuracy {summary['accuracy']:.4f}  balanced accuracy "
+                       f"{summary['balanced_accuracy']:.4f} -> {run / 'eval' / 'report.md'}")
+    if len(runs) > 1:
+        typer.echo(compare_runs(runs, compare_out))
+
+
+@app.command("compare")
+@_user_errors
+def compare_cmd(
+    runs: List[Path] = typer.Argument(..., help="Evaluated run folders."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the markdown table here too."),
+) -> None:
+    """One table, method x metric, from several evaluated runs (the paper's Table 6 in form)."""
+    from medl2b.evaluate.report import compare_runs
+
+    typer.echo(compare_runs(runs, out))
+
+
+@app.command("demo")
+@_user_errors
+def demo_cmd(
+    out: Path = typer.Option(Path("demo_output"), "--out", help="Demo folder (replaced if it is an old demo)."),
+    cases: int = typer.Option(12, "--cases", min=6),
+    size: int = typer.Option(96, "--size", min=32),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Override the CPU profile's epochs."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """End to end on phantoms: synth -> prepare (noise Dice 0.6) -> train ce and l2b -> eval -> compare."""
+    from medl2b.demo import run_demo
+
+    run_demo(out, cases=cases, size=size, epochs=epochs, seed=seed, echo=typer.echo)
+
+
 def main() -> None:
     """Console entry point."""
     app()

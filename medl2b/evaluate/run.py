@@ -1,0 +1,216 @@
+"""``medl2b eval``: load a run's checkpoint, predict a split, write metrics, predictions and figures.
+
+Evaluation reads the run folder (``config.yaml`` and a checkpoint), never the
+trainer. Output goes to ``RUN/eval/`` (or ``--out``)::
+
+    summary.json, metrics.csv, report.md          (see medl2b.evaluate.report)
+    predictions/CaseNN.nii.gz                     segmentation, on the raw case's original grid
+    figures/overlay_CaseNN.png                    image + clean / noisy / predicted contours
+    figures/weight_maps.png                       L2B-family runs: learned α and β maps
+    figures/learning_curves.png                   from the run's metrics.csv
+    confusion_matrix.png                          classification
+
+Segmentation metrics are computed per case in 3-D on the prepared grid, with
+the prepared voxel spacing (mm) from the dataset manifest.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medl2b.errors import InputError
+
+__all__ = ["load_run", "evaluate_run", "weight_map_examples"]
+
+log = logging.getLogger("medl2b")
+
+
+def load_run(run: str | Path, *, checkpoint: str = "best", device: str = "cpu"):
+    """Return ``(model, cfg)`` of a run folder's ``checkpoint_{best|latest}.pt`` in eval mode."""
+    from medl2b.config import load_config_file
+    from medl2b.models import build_model
+
+    run = Path(run)
+    if checkpoint not in ("best", "latest"):
+        raise InputError("--checkpoint", f"must be best or latest, got {checkpoint!r}")
+    cfg_path, ckpt_path = run / "config.yaml", run / f"checkpoint_{checkpoint}.pt"
+    if not cfg_path.exists():
+        raise InputError(run, "not a run folder (no config.yaml)")
+    if not ckpt_path.exists():
+        raise InputError(ckpt_path, "checkpoint not found; train the run first")
+    cfg = load_config_file(cfg_path)
+    try:
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+    except Exception as exc:
+        raise InputError(ckpt_path, f"cannot read checkpoint ({type(exc).__name__})") from None
+    cfg.pretrained = None  # the weights come from the checkpoint
+    model = build_model(cfg, num_classes=int(state["num_classes"])).to(device)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, cfg
+
+
+def evaluate_run(run: str | Path, *, data: str | Path | None = None, split: str = "test", checkpoint: str = "best",
+                 out: str | Path | None = None, device: str = "auto", figures: bool = True,
+                 progress: bool = False) -> dict:
+    """Evaluate one run folder on a split of its prepared dataset; return the summary dict."""
+    from medl2b.train.trainer import resolve_device
+
+    run = Path(run)
+    dev = resolve_device(device)
+    model, cfg = load_run(run, checkpoint=checkpoint, device=str(dev))
+    data = Path(data or cfg.data or "")
+    if not (data / "dataset.json").exists():
+        raise InputError(data, "no prepared dataset here (dataset.json missing); pass --data")
+    out = Path(out) if out else run / "eval"
+    if cfg.task == "prostate-seg":
+        return _evaluate_seg(model, cfg, run, data, split, checkpoint, out, dev, figures, progress)
+    return _evaluate_cls(model, cfg, run, data, split, checkpoint, out, dev, figures)
+
+
+def _split_cases(manifest: dict, split: str, key: str) -> list:
+    if split not in manifest["splits"]:
+        raise InputError("--split", f"unknown split {split!r}; the dataset has {', '.join(manifest['splits'])}")
+    items = manifest["splits"][split]
+    if not items:
+        raise InputError("--split", f"split {split!r} is empty in this dataset")
+    return items
+
+
+def _evaluate_seg(model, cfg, run, data, split, checkpoint, out, dev, figures, progress) -> dict:
+    from medl2b.data.datasets import load_manifest, load_slices
+    from medl2b.data.nifti import read_nifti, write_nifti
+    from medl2b.data.promise12 import to_original_grid
+    from medl2b.evaluate.metrics import compute_case_metrics
+    from medl2b.evaluate.report import write_seg_report
+    from medl2b.inference import predict_logits
+
+    manifest = load_manifest(data, task="prostate-seg")
+    cases = _split_cases(manifest, split, "cases")
+    per_case, volumes = [], {}
+    for case in _iterate(cases, progress, "predicting"):
+        info = manifest["cases"][case]
+        slices = load_slices(data, [case], label="clean")
+        pred2d = predict_logits(model, slices.image, batch_size=cfg.batch_size, device=dev).argmax(1).numpy()
+        image, _ = read_nifti(data / info["image"])
+        pred = np.zeros(image.shape, dtype=np.uint8)
+        clean = np.zeros(image.shape, dtype=np.uint8)
+        for i, z in enumerate(slices.slice_index):
+            pred[:, :, z] = pred2d[i]
+            clean[:, :, z] = slices.clean[i].numpy()
+        spacing = info["prepared"]["spacing"]
+        row = {"case": case, **compute_case_metrics(pred > 0, clean > 0, spacing)}
+        per_case.append(row)
+        original = info["original"]
+        write_nifti(to_original_grid(pred, info["prepared"], original).astype(np.uint8),
+                    out / "predictions" / f"{case}.nii.gz", spacing=original["spacing"], origin=original["origin"],
+                    direction=original["direction"])
+        volumes[case] = (image, clean, pred, info.get("noisy_label"))
+    summary = write_seg_report(out, per_case=per_case, split=split, checkpoint=checkpoint,
+                               extra={"run": str(run), "method": cfg.method, "data": str(data),
+                                      "metric_grid": "prepared grid, prepared spacing (mm)"})
+    if figures:
+        _seg_figures(model, cfg, run, data, out, volumes, dev)
+    return summary
+
+
+def _iterate(items, progress: bool, label: str):
+    if not progress:
+        yield from items
+        return
+    from rich.progress import track
+
+    yield from track(items, description=label)
+
+
+def _seg_figures(model, cfg, run, data, out, volumes, dev) -> None:
+    from medl2b.data.nifti import read_nifti
+    from medl2b.evaluate import figures as fig
+
+    for case, (image, clean, pred, noisy_path) in list(volumes.items())[:4]:
+        noisy = read_nifti(data / noisy_path)[0] if noisy_path else None
+        fig.plot_case_overlays(image, clean, pred, out / "figures" / f"overlay_{case}.png", noisy=noisy,
+                               title=f"{case}: clean (green), prediction (red)")
+    if (run / "metrics.csv").exists():
+        fig.plot_learning_curves(run / "metrics.csv", out / "figures" / "learning_curves.png")
+    if cfg.method in ("l2b", "l2b-sum1", "l2rw"):
+        ex = weight_map_examples(model, cfg, data, dev)
+        if ex is not None:
+            fig.plot_weight_maps(out / "figures" / "weight_maps.png", **ex)
+
+
+def weight_map_examples(model, cfg, data, dev, *, n: int = 4) -> dict | None:
+    """α and β maps (scaled by the element count, so 0.5 = uniform) on training slices.
+
+    Picks the training slices where the noisy mask disagrees most with the clean
+    one, takes one meta step with the given model against a batch of clean meta
+    slices, and returns arrays ``(n, H, W)`` for :func:`plot_weight_maps`.
+    """
+    from medl2b.data.datasets import load_manifest, load_slices
+    from medl2b.meta import meta_weights
+    from medl2b.train.methods import get_method, make_loss_terms
+
+    manifest = load_manifest(data, task="prostate-seg")
+    if not manifest["splits"]["meta"]:
+        return None
+    train = load_slices(data, manifest["splits"]["train"], label="noisy")
+    meta = load_slices(data, manifest["splits"]["meta"], label="clean")
+    wrong = (train.label != train.clean).flatten(1).sum(1)
+    idx = torch.argsort(wrong, descending=True)[:n]
+    fg = meta.clean.flatten(1).sum(1) > 0
+    midx = torch.nonzero(fg).flatten()[: max(n, 4)]
+    if len(midx) == 0:
+        midx = torch.arange(min(len(meta.clean), 4))
+    method = get_method(cfg.method)
+    net = copy.deepcopy(model).train()
+    x, y = train.image[idx].to(dev), train.label[idx].to(dev)
+    res = meta_weights(net, x, make_loss_terms(y, n_terms=method.n_terms), meta.image[midx].to(dev),
+                       lambda logits: F.cross_entropy(logits, meta.clean[midx].to(dev)), lr=cfg.lr,
+                       normalise=method.normalise, impl="fast")
+    count = res.weights[0].numel()
+    alpha = (res.weights[0] * count).cpu().numpy()
+    beta = (res.weights[1] * count).cpu().numpy() if len(res.weights) > 1 else np.zeros_like(alpha)
+    with torch.no_grad():
+        pseudo = net.eval()(x).argmax(1).cpu().numpy()
+    return {"images": train.image[idx, 0].numpy(), "noisy": train.label[idx].numpy(),
+            "clean": train.clean[idx].numpy(), "pseudo": pseudo, "alpha": alpha, "beta": beta,
+            "titles": [f"{train.case[i]} z={train.slice_index[i]}" for i in idx.tolist()]}
+
+
+def _evaluate_cls(model, cfg, run, data, split, checkpoint, out, dev, figures) -> dict:
+    from medl2b.data.datasets import IsicDataset, load_isic, load_manifest
+    from medl2b.evaluate.metrics import classification_metrics
+    from medl2b.evaluate.report import write_cls_report
+    from medl2b.inference import predict_logits
+
+    manifest = load_manifest(data, task="skin-lesion-cls")
+    _split_cases(manifest, split, "images")
+    images = load_isic(data, split)
+    ds = IsicDataset(images, augment=False)
+    x = torch.stack([ds[i]["image"] for i in range(len(ds))])
+    y = np.asarray([int(ds[i]["clean"]) for i in range(len(ds))])
+    size = cfg.image_size or int(manifest["size"])
+
+    def resize(b):
+        if b.shape[-1] == size:
+            return b
+        return F.interpolate(b, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+    pred = predict_logits(model, x, batch_size=cfg.batch_size, device=dev, transform=resize).argmax(1).numpy()
+    classes = manifest["classes"]
+    metrics = classification_metrics(y, pred, n_classes=len(classes), class_names=classes)
+    summary = write_cls_report(out, metrics=metrics, split=split, checkpoint=checkpoint, class_names=classes,
+                               extra={"run": str(run), "method": cfg.method, "data": str(data)})
+    if figures:
+        from medl2b.evaluate import figures as fig
+
+        fig.plot_confusion(np.asarray(metrics["confusion"]), classes, out / "confusion_matrix.png")
+        if (run / "metrics.csv").exists():
+            fig.plot_learning_curves(run / "metrics.csv", out / "figures" / "learning_curves.png")
+    return summary
