@@ -1,0 +1,485 @@
+"""Evaluation reports in nnU-Net's shape: ``summary.json``, ``metrics.csv``, ``report.md``.
+
+Layout written by :func:`write_seg_report` into ``out_dir`` (usually ``RUN/eval``)::
+
+    summary.json   split, checkpoint, per-case rows, mean/std/median, n_failed, n_nan, policy
+    metrics.csv    case,dice,hd95,asd,status  (one row per case; empty cell = not finite)
+    report.md      per-case table, mean ± std, the empty-mask policy, failures
+
+:func:`write_cls_report` writes ``summary.json``, ``metrics.csv`` (per class),
+``confusion_matrix.csv`` and ``report.md``. :func:`compare_runs` reads several
+``RUN/eval/summary.json`` + ``RUN/config.yaml`` and returns one markdown table.
+
+Every file is written atomically (:func:`medl2b.errors.atomic_file`). JSON never
+holds ``NaN`` or ``Infinity`` tokens: non-finite numbers are written as ``null``.
+Dice and accuracies are stored as fractions in [0, 1] and shown as percentages
+in markdown; distances are in mm.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medl2b.errors import InputError, atomic_file
+from medl2b.evaluate.metrics import SEG_KEYS, EmptyPolicy, summarize_cases
+
+__all__ = ["compare_runs", "empty_policy_sentence", "write_cls_report", "write_seg_report"]
+
+_SEG_CORE = ("case", *SEG_KEYS, "status")
+_SEG_LABELS = {"dice": "Dice (%)", "hd95": "HD95 (mm)", "asd": "ASD (mm)"}
+
+
+# --- small writers ----------------------------------------------------------------------------------
+
+def _jsonable(obj: Any) -> Any:
+    """``obj`` with numpy scalars/arrays, paths and tuples made JSON-native, non-finite floats as None."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return _jsonable(obj.item())
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if hasattr(obj, "item") and callable(obj.item):  # 0-d torch tensor
+        return _jsonable(obj.item())
+    raise ValueError(f"cannot write {type(obj).__name__} to JSON: {obj!r}")
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    _write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    with atomic_file(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(rows)
+
+
+def _csv_cell(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ""
+    return v
+
+
+def _finite(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _num(v: Any, *, scale: float = 1.0, digits: int = 2) -> str:
+    f = _finite(v)
+    return "n/a" if f is None else f"{f * scale:.{digits}f}"
+
+
+def _pm(mean: Any, std: Any, *, scale: float = 1.0) -> str:
+    m, s = _num(mean, scale=scale), _num(std, scale=scale)
+    return m if m == "n/a" or s == "n/a" else f"{m} ± {s}"
+
+
+def _md_cell(v: Any) -> str:
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(_md_cell(h) for h in header) + " |",
+             "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _check_common(split: Any, checkpoint: Any, extra: Mapping | None, reserved: Sequence[str]) -> dict:
+    if not isinstance(split, str) or not split:
+        raise ValueError(f"split must be a non-empty string, got {split!r}")
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        raise ValueError(f"checkpoint must be a path or string, got {checkpoint!r}")
+    if extra is None:
+        return {}
+    if not isinstance(extra, Mapping):
+        raise ValueError(f"extra must be a dict, got {type(extra).__name__}")
+    clash = sorted(set(map(str, extra)) & set(reserved))
+    if clash:
+        raise ValueError(f"extra must not redefine report keys: {clash}")
+    return dict(extra)
+
+
+# --- segmentation -----------------------------------------------------------------------------------
+
+def empty_policy_sentence(empty_policy: str | EmptyPolicy) -> str:
+    """One sentence stating how empty masks were scored, for reports."""
+    policy = EmptyPolicy(empty_policy)
+    if policy is EmptyPolicy.WORST:
+        return ("Empty masks (policy `worst`): a missed structure (empty prediction) or a false positive "
+                "(empty ground truth) scores Dice 0 and HD95 = ASD = the diagonal of the volume in mm, "
+                "and two empty masks score Dice 1 and HD95 = ASD = 0.")
+    return ("Empty masks (policy `nan`): a missed structure or a false positive scores Dice 0 and two empty "
+            "masks score Dice 1, while HD95 and ASD are undefined (NaN) whenever a mask is empty; those "
+            "values are left out of the means and counted as excluded.")
+
+
+def write_seg_report(
+    out_dir: str | os.PathLike,
+    *,
+    per_case: Sequence[Mapping[str, Any]],
+    split: str,
+    checkpoint: str | os.PathLike,
+    extra: Mapping[str, Any] | None = None,
+    empty_policy: str | EmptyPolicy = EmptyPolicy.WORST,
+) -> dict[str, Any]:
+    """Write ``summary.json``, ``metrics.csv`` and ``report.md`` for a segmentation evaluation.
+
+    Args:
+        out_dir: folder to write into (created if needed), e.g. ``RUN/eval``.
+        per_case: one row per case with ``"case"`` (unique name), ``"dice"``,
+            ``"hd95"``, ``"asd"`` and ``"status"``, as from
+            :func:`~medl2b.evaluate.metrics.compute_case_metrics` plus the name.
+            Further keys are kept in ``summary.json`` only.
+        split: the evaluated split, e.g. ``"test"``.
+        checkpoint: the checkpoint evaluated.
+        extra: more top-level keys for ``summary.json`` (e.g. the dataset); they
+            must not redefine the report's own keys.
+        empty_policy: the policy the rows were computed with; stated in the report.
+            Pass the one given to ``compute_case_metrics``.
+
+    Returns:
+        The summary as written to ``summary.json`` (non-finite numbers as ``None``):
+        ``{"task": "segmentation", "split", "checkpoint", "empty_policy",
+        "per_case": [...], "mean": {"dice", "hd95", "asd"}, "std": {...},
+        "median": {...}, "n_cases", "n_failed", "n_nan": {...}, "status_counts",
+        **extra}``.
+    """
+    out = Path(out_dir)
+    try:
+        policy = EmptyPolicy(empty_policy)
+    except ValueError:
+        raise ValueError(f"empty_policy must be 'worst' or 'nan', got {empty_policy!r}") from None
+    reserved = ("task", "split", "checkpoint", "empty_policy", "per_case", "mean", "std", "median",
+                "n_cases", "n_failed", "n_nan", "status_counts")
+    extra_d = _check_common(split, checkpoint, extra, reserved)
+    if isinstance(per_case, Mapping) or not isinstance(per_case, Sequence):
+        raise ValueError(f"per_case must be a list of dicts, got {type(per_case).__name__}")
+    names = []
+    for i, row in enumerate(per_case):
+        if not isinstance(row, Mapping) or "case" not in row:
+            raise ValueError(f"per_case[{i}] must be a dict with a 'case' name")
+        names.append(str(row["case"]))
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"per_case has duplicate case names: {dup}")
+    stats = summarize_cases(per_case)  # validates keys and statuses
+
+    rows = []
+    for row in per_case:
+        clean = {"case": str(row["case"]), **{k: _finite(row[k]) for k in SEG_KEYS}, "status": row["status"]}
+        clean.update({str(k): v for k, v in row.items() if k not in _SEG_CORE})
+        rows.append(clean)
+    summary = _jsonable({
+        "task": "segmentation",
+        "split": split,
+        "checkpoint": os.fspath(checkpoint),
+        "empty_policy": policy.value,
+        "per_case": rows,
+        "mean": stats["mean"],
+        "std": stats["std"],
+        "median": stats["median"],
+        "n_cases": stats["n"],
+        "n_failed": stats["n_failed"],
+        "n_nan": stats["n_nan"],
+        "status_counts": stats["status_counts"],
+        **extra_d,
+    })
+
+    _write_json(out / "summary.json", summary)
+    _write_csv(out / "metrics.csv", _SEG_CORE,
+               [[_csv_cell(r[k]) for k in _SEG_CORE] for r in summary["per_case"]])
+    _write_text(out / "report.md", _seg_markdown(summary))
+    return summary
+
+
+def _seg_markdown(s: Mapping[str, Any]) -> str:
+    table = _md_table(
+        ["Case", "Dice (%)", "HD95 (mm)", "ASD (mm)", "Status"],
+        [[r["case"], _num(r["dice"], scale=100), _num(r["hd95"]), _num(r["asd"]), r["status"]]
+         for r in s["per_case"]],
+    )
+    lines = [
+        f"# Segmentation evaluation: split `{s['split']}`",
+        "",
+        f"Checkpoint: `{s['checkpoint']}`",
+        "",
+        table,
+        f"Mean ± std over {s['n_cases']} cases:",
+        "",
+    ]
+    for k in SEG_KEYS:
+        scale = 100 if k == "dice" else 1
+        line = f"- {_SEG_LABELS[k]}: {_pm(s['mean'][k], s['std'][k], scale=scale)}" \
+               f" (median {_num(s['median'][k], scale=scale)})"
+        if s["n_nan"][k]:
+            line += f"; {s['n_nan'][k]} non-finite value(s) excluded"
+        lines.append(line)
+    lines += [
+        "",
+        f"Failed cases (missed or false positive): {s['n_failed']} of {s['n_cases']}.",
+        "",
+        empty_policy_sentence(s["empty_policy"]),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --- classification ---------------------------------------------------------------------------------
+
+def write_cls_report(
+    out_dir: str | os.PathLike,
+    *,
+    metrics: Mapping[str, Any],
+    split: str,
+    checkpoint: str | os.PathLike,
+    class_names: Sequence[str],
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``summary.json``, ``metrics.csv``, ``confusion_matrix.csv`` and ``report.md``.
+
+    Args:
+        out_dir: folder to write into (created if needed), e.g. ``RUN/eval``.
+        metrics: the output of :func:`~medl2b.evaluate.metrics.classification_metrics`;
+            ``"accuracy"``, ``"balanced_accuracy"``, ``"confusion"`` (C x C, rows =
+            truth) and ``"n"`` are used. Per-class recall and support are taken
+            from the confusion matrix, in ``class_names`` order.
+        split: the evaluated split.
+        checkpoint: the checkpoint evaluated.
+        class_names: the C class names, in index order.
+        extra: more top-level keys for ``summary.json``.
+
+    Returns:
+        The summary as written: ``{"task": "classification", "split", "checkpoint",
+        "accuracy", "balanced_accuracy", "per_class_recall": {name: float | None},
+        "support": {name: int}, "confusion", "class_names", "n", **extra}``.
+    """
+    out = Path(out_dir)
+    reserved = ("task", "split", "checkpoint", "accuracy", "balanced_accuracy", "per_class_recall",
+                "support", "confusion", "class_names", "n")
+    extra_d = _check_common(split, checkpoint, extra, reserved)
+    if not isinstance(metrics, Mapping):
+        raise ValueError(f"metrics must be a dict, got {type(metrics).__name__}")
+    missing = [k for k in ("accuracy", "balanced_accuracy", "confusion", "n") if k not in metrics]
+    if missing:
+        raise ValueError(f"metrics lacks {missing}; pass the output of classification_metrics")
+    if isinstance(class_names, str) or not isinstance(class_names, Sequence):
+        raise ValueError("class_names must be a sequence of names")
+    names = [str(c) for c in class_names]
+    cm = np.asarray(metrics["confusion"], dtype=np.int64)
+    if cm.shape != (len(names), len(names)):
+        raise ValueError(f"metrics['confusion'] has shape {cm.shape}, expected ({len(names)}, {len(names)}) "
+                         f"for {len(names)} class_names")
+    support = cm.sum(axis=1)
+    recall = {n: (float(cm[i, i] / support[i]) if support[i] else None) for i, n in enumerate(names)}
+
+    summary = _jsonable({
+        "task": "classification",
+        "split": split,
+        "checkpoint": os.fspath(checkpoint),
+        "accuracy": float(metrics["accuracy"]),
+        "balanced_accuracy": float(metrics["balanced_accuracy"]),
+        "per_class_recall": recall,
+        "support": {n: int(s) for n, s in zip(names, support)},
+        "confusion": cm.tolist(),
+        "class_names": names,
+        "n": int(metrics["n"]),
+        **extra_d,
+    })
+
+    _write_json(out / "summary.json", summary)
+    _write_csv(out / "metrics.csv", ["class", "n_true", "recall"],
+               [[n, int(s), _csv_cell(recall[n])] for n, s in zip(names, support)])
+    _write_csv(out / "confusion_matrix.csv", ["true\\pred", *names],
+               [[n, *row] for n, row in zip(names, cm.tolist())])
+    _write_text(out / "report.md", _cls_markdown(summary))
+    return summary
+
+
+def _cls_markdown(s: Mapping[str, Any]) -> str:
+    names = s["class_names"]
+    per_class = _md_table(
+        ["Class", "n (true)", "Recall (%)"],
+        [[n, s["support"][n], _num(s["per_class_recall"][n], scale=100)] for n in names],
+    )
+    confusion = _md_table(["true \\ pred", *names], [[n, *row] for n, row in zip(names, s["confusion"])])
+    absent = [n for n in names if s["per_class_recall"][n] is None]
+    lines = [
+        f"# Classification evaluation: split `{s['split']}`",
+        "",
+        f"Checkpoint: `{s['checkpoint']}`",
+        "",
+        f"- Accuracy: {_num(s['accuracy'], scale=100)} % (n = {s['n']})",
+        f"- Balanced accuracy (mean per-class recall): {_num(s['balanced_accuracy'], scale=100)} %",
+    ]
+    if absent:
+        lines.append(f"- Classes absent from the ground truth, left out of the balanced accuracy: {', '.join(absent)}")
+    lines += ["", "## Per class", "", per_class, "## Confusion matrix (rows = truth)", "", confusion]
+    return "\n".join(lines)
+
+
+# --- comparison across runs -------------------------------------------------------------------------
+
+def _lookup(cfg: Mapping[str, Any], key: str) -> Any:
+    """``cfg[key]`` at the top level, else in a nested section one level down."""
+    if key in cfg:
+        return cfg[key]
+    for section in cfg.values():
+        if isinstance(section, Mapping) and key in section:
+            return section[key]
+    return None
+
+
+def _run_info(run: Path) -> dict[str, Any]:
+    """Method, name, data and noise level of a run from its config.yaml (folder name as fallback)."""
+    info: dict[str, Any] = {"name": run.name, "method": run.name, "data": None, "noise_dice": None}
+    cfg_path = run / "config.yaml"
+    if not cfg_path.is_file():
+        return info
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise InputError(cfg_path, f"not valid YAML ({str(e).splitlines()[0]})") from None
+    if cfg is None:
+        return info
+    if not isinstance(cfg, Mapping):
+        raise InputError(cfg_path, "must be a YAML mapping of config keys")
+    for key in ("name", "method"):
+        value = _lookup(cfg, key)
+        if isinstance(value, (str, int, float)) and str(value):
+            info[key] = str(value)
+    data = cfg.get("data")
+    if isinstance(data, Mapping):
+        data = data.get("name") or data.get("dataset") or (Path(str(data["root"])).name if data.get("root") else None)
+    if isinstance(data, (str, os.PathLike)) and str(data):
+        info["data"] = str(data)
+    noise = _lookup(cfg, "noise_dice")
+    if noise is None and isinstance(cfg.get("noise"), Mapping):
+        noise = cfg["noise"].get("dice")
+    info["noise_dice"] = _finite(noise)
+    return info
+
+
+def _read_summary(run: Path) -> tuple[str, dict[str, Any]]:
+    path = run / "eval" / "summary.json"
+    if not path.is_file():
+        raise InputError(run, "has no eval/summary.json; run `medl2b eval` first")
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(path, f"not valid JSON ({e})") from None
+    if not isinstance(summary, Mapping):
+        raise InputError(path, "must hold a JSON object")
+    task = summary.get("task")
+    if task is None:
+        if "accuracy" in summary:
+            task = "classification"
+        elif isinstance(summary.get("mean"), Mapping) and "dice" in summary["mean"]:
+            task = "segmentation"
+    if task not in ("segmentation", "classification"):
+        raise InputError(path, "is neither a segmentation nor a classification summary")
+    return task, dict(summary)
+
+
+def compare_runs(run_dirs: Sequence[str | os.PathLike], out_path: str | os.PathLike | None = None) -> str:
+    """Markdown table comparing the evaluations of several runs.
+
+    Each ``RUN`` must hold ``eval/summary.json`` (written by :func:`write_seg_report`
+    or :func:`write_cls_report`); ``RUN/config.yaml`` gives the ``method`` and, if
+    present, ``name``, ``data`` and ``noise_dice`` (top level or one section down);
+    the folder name stands in for a missing name or method.
+
+    Segmentation runs give one row each with ``Dice (%) | HD95 (mm) | ASD (mm) |
+    failed`` as mean ± std over cases; classification runs give ``Accuracy (%) |
+    Balanced acc. (%)``. A mix gives one table per task.
+
+    Args:
+        run_dirs: the run folders, in row order.
+        out_path: if given, the markdown is also written there (atomically).
+
+    Returns:
+        The markdown text.
+
+    Raises:
+        InputError: naming the run folder whose ``eval/summary.json`` is missing,
+            or the file that cannot be read.
+    """
+    if isinstance(run_dirs, (str, os.PathLike)) or not isinstance(run_dirs, Sequence) or not run_dirs:
+        raise ValueError("run_dirs must be a non-empty list of run folders")
+    seg_runs, cls_runs = [], []
+    for rd in run_dirs:
+        run = Path(rd)
+        if not run.is_dir():
+            raise InputError(run, "is not a run folder")
+        task, summary = _read_summary(run)
+        (seg_runs if task == "segmentation" else cls_runs).append((_run_info(run), summary))
+
+    blocks = []
+    if seg_runs:
+        blocks.append(_compare_table(seg_runs, seg=True))
+    if cls_runs:
+        blocks.append(_compare_table(cls_runs, seg=False))
+    text = "\n".join(blocks)
+    if out_path is not None:
+        _write_text(Path(out_path), text)
+    return text
+
+
+def _compare_table(runs: list[tuple[dict, dict]], *, seg: bool) -> str:
+    show_data = any(info["data"] for info, _ in runs)
+    show_noise = any(info["noise_dice"] is not None for info, _ in runs)
+    header = ["Run", "Method"] + (["Data"] if show_data else []) + (["Noise Dice"] if show_noise else [])
+    header += ["Dice (%)", "HD95 (mm)", "ASD (mm)", "failed"] if seg else ["Accuracy (%)", "Balanced acc. (%)"]
+    rows = []
+    for info, s in runs:
+        row = [info["name"], info["method"]]
+        if show_data:
+            row.append(info["data"] or "")
+        if show_noise:
+            row.append(_num(info["noise_dice"]) if info["noise_dice"] is not None else "")
+        if seg:
+            mean, std = s.get("mean") or {}, s.get("std") or {}
+            n_nan = s.get("n_nan") or {}
+            for k in SEG_KEYS:
+                cell = _pm(mean.get(k), std.get(k), scale=100 if k == "dice" else 1)
+                if n_nan.get(k):
+                    cell += f" ({n_nan[k]} NaN excluded)"
+                row.append(cell)
+            n_failed, n_cases = s.get("n_failed"), s.get("n_cases")
+            row.append(f"{n_failed}/{n_cases}" if n_failed is not None and n_cases is not None else "n/a")
+        else:
+            row += [_num(s.get("accuracy"), scale=100), _num(s.get("balanced_accuracy"), scale=100)]
+        rows.append(row)
+    title = "Segmentation (mean ± std over cases)" if seg else "Classification"
+    return f"### {title}\n\n" + _md_table(header, rows)
