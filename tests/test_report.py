@@ -119,7 +119,7 @@ def _fake_seg_run(root, folder, method, dice_mean, config_extra=""):
 
 
 def test_compare_runs_segmentation(tmp_path):
-    a = _fake_seg_run(tmp_path, "r1", "ce", 0.71, "data: promise12\nnoise_dice: 0.6\n")
+    a = _fake_seg_run(tmp_path, "r1", "ce", 0.71, "data: prepared/promise12\nnoise_dice: 0.6\n")
     b = _fake_seg_run(tmp_path, "r2", "l2b", 0.8234, "name: l2b-fast\ndata: promise12\nnoise_dice: 0.6\n")
     out = tmp_path / "cmp" / "table.md"
     text = compare_runs([a, b], out)
@@ -137,9 +137,13 @@ def test_compare_runs_classification_and_fallback_name(tmp_path):
     names = ["A", "B"]
     m = classification_metrics([0, 1, 1, 1], [0, 1, 0, 1], n_classes=2, class_names=names)
     write_cls_report(cls / "eval", metrics=m, split="test", checkpoint="c", class_names=names)
+    summary_only = tmp_path / "summary_only"
+    write_cls_report(summary_only / "eval", metrics=m, split="test", checkpoint="c", class_names=names,
+                     extra={"method": "l2rw"})
     text = compare_runs([seg, cls])  # no config.yaml in cls: the folder name stands in
     assert "| Run | Method | Accuracy (%) | Balanced acc. (%) |" in text
     assert "| isic_run | isic_run | 75.00 | 83.33 |" in text
+    assert "| summary_only | l2rw | 75.00 | 83.33 |" in compare_runs([summary_only])
     assert "| seg | bootstrap | 70.00 ± 5.00 |" in text
 
 
@@ -212,6 +216,12 @@ def test_learning_curves_and_confusion_figures(tmp_path):
     csv_path.write_text("epoch,train_loss,meta_loss,val_score,mean_alpha,mean_beta,skipped_steps\n"
                         "0,0.9,,0.5,,,\n1,0.7,0.8,0.6,0.001,0.002,0\n2,0.6,0.7,,0.001,0.003,3\n")
     assert _is_png(plot_learning_curves(csv_path, tmp_path / "curves.png"))
+    trainer_style = tmp_path / "trainer.csv"  # the columns medl2b.train writes: sums and on-wrong/right means
+    trainer_style.write_text("epoch,lr,train_loss,meta_loss,alpha_sum,beta_sum,alpha_on_wrong,alpha_on_right,"
+                             "beta_on_wrong,beta_on_right,skipped_steps,val_score,meta_precision,time_s\n"
+                             "1,0.01,0.9,,,,,,,,0,0.4,,3.2\n"
+                             "2,0.01,0.8,0.7,0.3,0.7,0.2,0.5,0.9,0.4,1,0.5,0.9,3.1\n")
+    assert _is_png(plot_learning_curves(trainer_style, tmp_path / "curves_trainer.png"))
     only_loss = tmp_path / "only_loss.csv"
     only_loss.write_text("epoch,train_loss\n0,1.0\n")
     assert _is_png(plot_learning_curves(only_loss, tmp_path / "curves2.png"))

@@ -9,7 +9,7 @@ PNG atomically and returns its path.
 - :func:`plot_weight_maps`: image, label noise, pseudo-label and the α / β maps per
   sample, as in the L2B paper's Figures 2 and 5 (β is high where the pseudo-label
   corrects a wrong noisy label).
-- :func:`plot_learning_curves`: losses, validation score and mean α / β per epoch.
+- :func:`plot_learning_curves`: losses, validation score and the α / β statistics per epoch.
 - :func:`plot_confusion`: a (row-normalised) confusion matrix.
 
 Volumes are indexed (X, Y, Z) as in :mod:`medl2b.data.nifti`; an axial slice is
@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -371,13 +372,31 @@ def _plot_series(ax, x: np.ndarray, y: np.ndarray, label: str, **kw) -> None:
     ax.plot(x, y, marker="o", markersize=3, label=label, **kw)
 
 
-def plot_learning_curves(metrics_csv: str | os.PathLike, path: str | os.PathLike) -> Path:
-    """Plot a run's per-epoch ``metrics.csv``: losses, validation score, mean α / β.
+_WEIGHT_COLUMN = re.compile(r"^(mean_)?(alpha|beta)(_(sum|mean|on_wrong|on_right))?$")
+_VAL_COLUMNS = ("val_score", "meta_precision")
 
-    Columns used when present: ``epoch``, every ``*_loss`` (e.g. ``train_loss``,
-    ``meta_loss``), ``val_score``, ``mean_alpha``, ``mean_beta`` and
-    ``skipped_steps`` (on a second axis of the α / β panel). Empty cells are NaN;
-    a panel with no finite value is left out.
+
+def _weight_style(name: str) -> dict[str, Any]:
+    color = "tab:blue" if "alpha" in name else "tab:orange"
+    ls = "--" if name.endswith("on_wrong") else ":" if name.endswith("on_right") else "-"
+    return {"color": color, "linestyle": ls}
+
+
+def _weight_label(name: str) -> str:
+    label = name.replace("mean_", "mean ").replace("alpha", "α").replace("beta", "β")
+    return label.replace("_on_", " on ").replace("_sum", " (sum)").replace("_mean", " (mean)")
+
+
+def plot_learning_curves(metrics_csv: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Plot a run's per-epoch ``metrics.csv``: losses, validation score, α / β.
+
+    Columns used when present: ``epoch`` (else the row number); every ``*_loss``
+    (e.g. ``train_loss``, ``meta_loss``); ``val_score`` and ``meta_precision``;
+    the weight columns ``mean_alpha``, ``mean_beta``, ``alpha_sum``, ``beta_sum``,
+    ``alpha_on_wrong``, ``beta_on_right``, ... (α blue, β orange; dashed on wrongly
+    labelled pixels, dotted on right ones); ``skipped_steps`` as grey bars on a
+    second axis of the weight panel. Empty cells are NaN; a panel with no finite
+    value is left out; other columns are ignored.
 
     Args:
         metrics_csv: the run's ``metrics.csv`` (one row per epoch, with a header).
@@ -399,13 +418,10 @@ def plot_learning_curves(metrics_csv: str | os.PathLike, path: str | os.PathLike
         return name in cols and bool(np.isfinite(cols[name]).any())
 
     losses = [h for h in cols if h.endswith("_loss") and has(h)]
-    panels = []
-    if losses:
-        panels.append("loss")
-    if has("val_score"):
-        panels.append("val")
-    if has("mean_alpha") or has("mean_beta") or has("skipped_steps"):
-        panels.append("weights")
+    scores = [h for h in _VAL_COLUMNS if has(h)]
+    weights = [h for h in cols if _WEIGHT_COLUMN.match(h) and has(h)]
+    skipped = has("skipped_steps")
+    panels = [p for p, on in (("loss", losses), ("val", scores), ("weights", weights or skipped)) if on]
 
     fig = _new_figure(5.0 * max(len(panels), 1), 3.6)
     axes = fig.subplots(1, max(len(panels), 1), squeeze=False)[0]
@@ -413,37 +429,38 @@ def plot_learning_curves(metrics_csv: str | os.PathLike, path: str | os.PathLike
         axes[0].text(0.5, 0.5, "no values recorded yet", ha="center", va="center", transform=axes[0].transAxes)
         axes[0].set_axis_off()
     for ax, panel in zip(axes, panels):
+        extra_handles: list = []
         if panel == "loss":
             for h in losses:
                 _plot_series(ax, x, cols[h], h)
             ax.set_ylabel("loss")
             ax.set_title("losses", fontsize=10)
         elif panel == "val":
-            _plot_series(ax, x, cols["val_score"], "val_score", color="tab:green")
-            ax.set_ylabel("validation score")
+            for h, color in zip(scores, ("tab:green", "tab:purple")):
+                _plot_series(ax, x, cols[h], h, color=color)
+            ax.set_ylabel("score")
             ax.set_title("validation", fontsize=10)
         else:
-            for h, color in (("mean_alpha", "tab:blue"), ("mean_beta", "tab:orange")):
-                if has(h):
-                    _plot_series(ax, x, cols[h], h.replace("mean_alpha", "mean α").replace("mean_beta", "mean β"),
-                                 color=color)
-            ax.set_ylabel("mean weight")
+            for h in weights:
+                _plot_series(ax, x, cols[h], _weight_label(h), **_weight_style(h))
+            ax.set_ylabel("weight")
             ax.set_title("L2B weights", fontsize=10)
-            if has("skipped_steps"):
+            if skipped:
                 twin = ax.twinx()
-                twin.bar(x, np.nan_to_num(cols["skipped_steps"]), width=0.6, alpha=0.25, color="gray",
-                         label="skipped steps")
+                bars = twin.bar(x, np.nan_to_num(cols["skipped_steps"]), width=0.6, alpha=0.25, color="gray",
+                                label="skipped steps")
                 twin.set_ylabel("skipped steps")
-                lines, labels = ax.get_legend_handles_labels()
-                bars, blabels = twin.get_legend_handles_labels()
-                ax.legend(lines + bars, labels + blabels, fontsize=8)
+                extra_handles.append(bars)
                 ax.set_zorder(twin.get_zorder() + 1)
                 ax.patch.set_visible(False)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        if panel != "weights" or not has("skipped_steps"):
-            ax.legend(fontsize=8)
+        handles, labels = ax.get_legend_handles_labels()
+        handles += extra_handles
+        labels += [h.get_label() for h in extra_handles]
+        if handles:
+            ax.legend(handles, labels, fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -359,31 +359,39 @@ def _lookup(cfg: Mapping[str, Any], key: str) -> Any:
     return None
 
 
-def _run_info(run: Path) -> dict[str, Any]:
-    """Method, name, data and noise level of a run from its config.yaml (folder name as fallback)."""
-    info: dict[str, Any] = {"name": run.name, "method": run.name, "data": None, "noise_dice": None}
-    cfg_path = run / "config.yaml"
-    if not cfg_path.is_file():
-        return info
-    import yaml
+def _run_info(run: Path, summary: Mapping[str, Any]) -> dict[str, Any]:
+    """Name, method, data and noise level of a run.
 
-    try:
-        cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise InputError(cfg_path, f"not valid YAML ({str(e).splitlines()[0]})") from None
-    if cfg is None:
-        return info
-    if not isinstance(cfg, Mapping):
-        raise InputError(cfg_path, "must be a YAML mapping of config keys")
-    for key in ("name", "method"):
-        value = _lookup(cfg, key)
-        if isinstance(value, (str, int, float)) and str(value):
-            info[key] = str(value)
+    From ``RUN/config.yaml``: ``name`` (top level), ``method`` (top level or one
+    section down), ``data`` (a string, shown by its last path part, or a section
+    with ``name``/``dataset``/``root``) and ``noise_dice`` (top level, one section
+    down, or ``noise.dice``). A missing method falls back to the summary's
+    ``method``, then to the folder name; a missing name to the folder name.
+    """
+    info: dict[str, Any] = {"name": run.name, "method": None, "data": None, "noise_dice": None}
+    cfg: Mapping[str, Any] = {}
+    cfg_path = run / "config.yaml"
+    if cfg_path.is_file():
+        import yaml
+
+        try:
+            loaded = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise InputError(cfg_path, f"not valid YAML ({str(e).splitlines()[0]})") from None
+        if loaded is not None and not isinstance(loaded, Mapping):
+            raise InputError(cfg_path, "must be a YAML mapping of config keys")
+        cfg = loaded or {}
+
+    def text(value: Any) -> str | None:
+        return str(value) if isinstance(value, (str, int, float)) and str(value) else None
+
+    info["name"] = text(cfg.get("name")) or run.name
+    info["method"] = text(_lookup(cfg, "method")) or text(summary.get("method")) or run.name
     data = cfg.get("data")
     if isinstance(data, Mapping):
-        data = data.get("name") or data.get("dataset") or (Path(str(data["root"])).name if data.get("root") else None)
-    if isinstance(data, (str, os.PathLike)) and str(data):
-        info["data"] = str(data)
+        data = data.get("name") or data.get("dataset") or data.get("root")
+    if isinstance(data, str) and data:
+        info["data"] = Path(data).name or data
     noise = _lookup(cfg, "noise_dice")
     if noise is None and isinstance(cfg.get("noise"), Mapping):
         noise = cfg["noise"].get("dice")
@@ -417,8 +425,8 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out_path: str | os.PathL
 
     Each ``RUN`` must hold ``eval/summary.json`` (written by :func:`write_seg_report`
     or :func:`write_cls_report`); ``RUN/config.yaml`` gives the ``method`` and, if
-    present, ``name``, ``data`` and ``noise_dice`` (top level or one section down);
-    the folder name stands in for a missing name or method.
+    present, ``name``, ``data`` and ``noise_dice``; the folder name stands in for a
+    missing name or method (see ``_run_info``).
 
     Segmentation runs give one row each with ``Dice (%) | HD95 (mm) | ASD (mm) |
     failed`` as mean ± std over cases; classification runs give ``Accuracy (%) |
@@ -443,7 +451,7 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out_path: str | os.PathL
         if not run.is_dir():
             raise InputError(run, "is not a run folder")
         task, summary = _read_summary(run)
-        (seg_runs if task == "segmentation" else cls_runs).append((_run_info(run), summary))
+        (seg_runs if task == "segmentation" else cls_runs).append((_run_info(run, summary), summary))
 
     blocks = []
     if seg_runs:
