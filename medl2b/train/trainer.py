@@ -36,11 +36,11 @@ from medl2b.errors import InputError, TrainingError, atomic_file
 from medl2b.inference import flip_averaged_probs
 from medl2b.meta import meta_weights
 from medl2b.models import build_model, head_parameter_names
-from medl2b.train.methods import fixed_weights, get_method, make_loss_terms
+from medl2b.train.methods import Method, fixed_weights, get_method, make_loss_terms
 from medl2b.train.metaset import select_clean
 from medl2b.train.tasks import build_task
 
-__all__ = ["Trainer", "train", "resolve_device", "METRIC_COLUMNS"]
+__all__ = ["Trainer", "train", "weighted_losses", "resolve_device", "METRIC_COLUMNS"]
 
 log = logging.getLogger("medl2b")
 
@@ -243,29 +243,22 @@ class Trainer:
 
     def train_step(self, batch: dict, meta_batch: dict | None, stats: EpochStats, *, warm: bool, step: int) -> None:
         """One optimisation step of the configured method (plain CE during warm-up)."""
-        cfg, method = self.cfg, self.method
+        cfg = self.cfg
         x = self.task.input_transform(batch["image"].to(self.device))
         y = batch["label"].to(self.device)
-        n_terms = 1 if warm else method.n_terms
-        pseudo = None
-        if n_terms == 2 and cfg.pseudo_label_tta and cfg.task == "prostate-seg":
-            pseudo = flip_averaged_probs(self.model, x).argmax(1)
-        terms = make_loss_terms(y, n_terms=n_terms, pseudo=pseudo)
-        skipped = False
+        xm = ym = None
+        if meta_batch is not None:
+            xm = self.task.input_transform(meta_batch["image"].to(self.device))
+            ym = meta_batch["label"].to(self.device)
         with self._autocast():
-            if meta_batch is not None:
-                xm = self.task.input_transform(meta_batch["image"].to(self.device))
-                ym = meta_batch["label"].to(self.device)
-                out = meta_weights(self.model, x, terms, xm, lambda logits: F.cross_entropy(logits.float(), ym),
-                                   lr=self.optimizer.param_groups[0]["lr"], normalise=method.normalise,
-                                   impl=cfg.meta_impl, param_names=self.head)
-                weights, losses, skipped = out.weights, out.losses, out.skipped
-                stats.meta_loss += out.meta_loss
-                stats.meta_steps += 1
-            else:
-                losses = terms(self.model(x))
-                weights = fixed_weights(get_method("ce") if warm else method, losses,
-                                        bootstrap_beta=cfg.bootstrap_beta)
+            weights, losses, meta_out = weighted_losses(
+                self.model, self.method, x, y, xm, ym, lr=self.optimizer.param_groups[0]["lr"], warm=warm,
+                bootstrap_beta=cfg.bootstrap_beta, meta_impl=cfg.meta_impl, param_names=self.head,
+                pseudo_tta=cfg.pseudo_label_tta and cfg.task == "prostate-seg")
+        skipped = meta_out is not None and meta_out.skipped
+        if meta_out is not None:
+            stats.meta_loss += meta_out.meta_loss
+            stats.meta_steps += 1
         loss = sum((w * l.float()).sum() for w, l in zip(weights, losses))
         plain = float(losses[0].detach().float().mean())
         if not (math.isfinite(plain) and math.isfinite(float(loss.detach()))):
@@ -376,6 +369,28 @@ class Trainer:
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
         log.info("resumed from %s at epoch %d", path, self.epoch)
+
+
+def weighted_losses(model, method: Method, x: torch.Tensor, y: torch.Tensor, xm: torch.Tensor | None = None,
+                    ym: torch.Tensor | None = None, *, lr: float, warm: bool = False, bootstrap_beta: float = 0.8,
+                    meta_impl: str = "fast", param_names=None, pseudo_tta: bool = False):
+    """Weights and per-element losses of one training step, for any method: the one shared code path.
+
+    Returns ``(weights, losses, meta)``: the real step is ``Σ_k (weights[k] * losses[k]).sum()``;
+    ``meta`` is the :class:`~medl2b.meta.MetaWeights` of a meta step (``None`` without one).
+    During warm-up (``warm=True``) every method is plain CE on the given labels.
+    """
+    n_terms = 1 if warm else method.n_terms
+    pseudo = flip_averaged_probs(model, x).argmax(1) if (n_terms == 2 and pseudo_tta) else None
+    terms = make_loss_terms(y, n_terms=n_terms, pseudo=pseudo)
+    if method.uses_meta and not warm:
+        if xm is None or ym is None:
+            raise ValueError(f"{method.name} needs a meta batch")
+        out = meta_weights(model, x, terms, xm, lambda logits: F.cross_entropy(logits.float(), ym), lr=lr,
+                           normalise=method.normalise, impl=meta_impl, param_names=param_names)
+        return out.weights, out.losses, out
+    losses = terms(model(x))
+    return fixed_weights(get_method("ce") if warm else method, losses, bootstrap_beta=bootstrap_beta), losses, None
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = None) -> dict:
