@@ -112,7 +112,7 @@ def _evaluate_seg(model, cfg, run, data, split, checkpoint, out, dev, figures, p
                     out / "predictions" / f"{case}.nii.gz", spacing=original["spacing"], origin=original["origin"],
                     direction=original["direction"])
         volumes[case] = (image, clean, pred, info.get("noisy_label"))
-    summary = write_seg_report(out, per_case=per_case, split=split, checkpoint=checkpoint,
+    summary = write_seg_report(out, per_case=per_case, split=split, checkpoint=checkpoint, empty_policy="worst",
                                extra={"run": str(run), "method": cfg.method, "data": str(data),
                                       "metric_grid": "prepared grid, prepared spacing (mm)"})
     if figures:
@@ -178,8 +178,12 @@ def weight_map_examples(model, cfg, data, dev, *, n: int = 4) -> dict | None:
     beta = (res.weights[1] * count).cpu().numpy() if len(res.weights) > 1 else np.zeros_like(alpha)
     with torch.no_grad():
         pseudo = net.eval()(x).argmax(1).cpu().numpy()
-    return {"images": train.image[idx, 0].numpy(), "noisy": train.label[idx].numpy(),
-            "clean": train.clean[idx].numpy(), "pseudo": pseudo, "alpha": alpha, "beta": beta,
+    def upright(a):  # slices are (x, y); show them as the volume overlays do, rows = y
+        return np.ascontiguousarray(np.asarray(a).transpose(0, 2, 1))
+
+    return {"images": upright(train.image[idx, 0]), "noisy": upright(train.label[idx]),
+            "clean": upright(train.clean[idx]), "pseudo": upright(pseudo), "alpha": upright(alpha),
+            "beta": upright(beta),
             "titles": [f"{train.case[i]} z={train.slice_index[i]}" for i in idx.tolist()]}
 
 

@@ -1,0 +1,142 @@
+"""Step cost of every method, side by side in one process (issue: fast exact meta-gradient).
+
+Times one full training step (forward, meta step if any, backward, clipping,
+SGD update) of ``ce``, ``l2rw``, ``l2b`` with the double-backward reference,
+``l2b`` with the fast forward-mode implementation, and ``l2b`` with
+``--meta-scope last``, on UNet++ and ResNet-50 (128x128, batch 8, meta batch 8),
+on the CPU. The methods are interleaved round-robin, after warm-up, and the
+median of the repeats is reported. Peak memory is measured separately, one
+subprocess per (network, method), as the growth of the peak RSS over the steps.
+
+    python benchmarks/meta_step.py [--repeats 7] [--size 128] [--batch 8] [--threads 2]
+
+The last line is ``l2b/ce step-time ratio: X.XX`` for UNet++ with the default
+implementation (fast).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from medl2b.models import build_resnet50, build_unetpp, head_parameter_names
+from medl2b.train.methods import get_method
+from medl2b.train.trainer import weighted_losses
+
+VARIANTS = {  # name -> (method, meta_impl, meta_scope)
+    "ce": ("ce", "fast", "all"),
+    "l2rw": ("l2rw", "fast", "all"),
+    "l2b (reference)": ("l2b", "reference", "all"),
+    "l2b (fast)": ("l2b", "fast", "all"),
+    "l2b (last)": ("l2b", "fast", "last"),
+}
+
+
+def make(net: str, size: int, batch: int, seed: int = 0):
+    torch.manual_seed(seed)
+    if net == "unetpp":
+        model = build_unetpp(features=(32, 32, 64, 128, 256, 32))
+        x, xm = torch.randn(batch, 1, size, size), torch.randn(batch, 1, size, size)
+        y = (torch.rand(batch, size, size) > 0.7).long()
+        ym = (torch.rand(batch, size, size) > 0.7).long()
+    else:
+        model = build_resnet50(num_classes=8)
+        x, xm = torch.randn(batch, 3, size, size), torch.randn(batch, 3, size, size)
+        y, ym = torch.randint(0, 8, (batch,)), torch.randint(0, 8, (batch,))
+    return model.train(), (x, y, xm, ym)
+
+
+def stepper(model, variant: str, batch):
+    method_name, impl, scope = VARIANTS[variant]
+    method = get_method(method_name)
+    head = head_parameter_names(model) if scope == "last" else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
+    x, y, xm, ym = batch
+
+    def step():
+        weights, losses, _ = weighted_losses(model, method, x, y, xm, ym, lr=0.01, meta_impl=impl, param_names=head)
+        loss = sum((w * l).sum() for w, l in zip(weights, losses))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 0.5)
+        opt.step()
+
+    return step
+
+
+def time_all(net: str, args) -> dict[str, float]:
+    steps = {}
+    for variant in VARIANTS:
+        model, batch = make(net, args.size, args.batch)
+        steps[variant] = stepper(model, variant, batch)
+        for _ in range(2):  # warm-up
+            steps[variant]()
+    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for _ in range(args.repeats):
+        for variant, step in steps.items():
+            t = time.perf_counter()
+            step()
+            times[variant].append(time.perf_counter() - t)
+    return {v: statistics.median(ts) for v, ts in times.items()}
+
+
+def memory_child(net: str, variant: str, args) -> None:
+    model, batch = make(net, args.size, args.batch)
+    step = stepper(model, variant, batch)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(3):
+        step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"delta_mb": (peak - base) / 1024}))
+
+
+def memory(net: str, variant: str, args) -> float:
+    cmd = [sys.executable, __file__, "--child", net, variant, "--size", str(args.size), "--batch", str(args.batch),
+           "--threads", str(args.threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    return json.loads(out)["delta_mb"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--nets", default="unetpp,resnet50")
+    ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--child", nargs=2, metavar=("NET", "VARIANT"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.child:
+        memory_child(args.child[0], args.child[1], args)
+        return
+    ratio_line = None
+    print(f"torch {torch.__version__}, {args.threads} threads, {args.size}x{args.size}, batch {args.batch}, "
+          f"median of {args.repeats} steps (round-robin)")
+    print()
+    print("| network | method | step (s) | x ce | peak mem growth (MB) | x ce |")
+    print("|---|---|---|---|---|---|")
+    for net in args.nets.split(","):
+        times = time_all(net, args)
+        mem = {v: float("nan") for v in VARIANTS} if args.no_memory else {v: memory(net, v, args) for v in VARIANTS}
+        for v in VARIANTS:
+            print(f"| {net} | {v} | {times[v]:.3f} | {times[v] / times['ce']:.2f} | {mem[v]:.0f} | "
+                  f"{mem[v] / mem['ce']:.2f} |")
+        if net == "unetpp":
+            ratio_line = f"l2b/ce step-time ratio: {times['l2b (fast)'] / times['ce']:.2f}"
+    print()
+    if ratio_line:
+        print(ratio_line)
+
+
+if __name__ == "__main__":
+    main()
