@@ -1,0 +1,325 @@
+"""The torch side of the prepared datasets: manifests, in-memory slice sets, Dataset classes.
+
+Segmentation (PROMISE12): :func:`load_slices` reads the NIfTI volumes of some cases
+into one :class:`SliceSet` of 2-D axial slices (``volume[:, :, z]``), and
+:class:`SegSliceDataset` serves them, optionally augmented. Classification
+(ISIC 2019): :func:`load_isic` memory-maps ``images.npy`` for one split
+(:class:`ImageSet`) and :class:`IsicDataset` serves it.
+
+Each item carries both the training label (noisy for train cases/images when
+``label="noisy"``) and the clean one, plus ``index``, the item's position in the
+dataset, so a trainer can keep per-sample state.
+
+Randomness of the augmentations: MONAI's random transforms keep their own
+``numpy.random.RandomState`` that neither ``torch.manual_seed`` nor
+``monai.utils.set_determinism`` touches. So each ``__getitem__`` draws one integer
+from torch's global generator (``torch.randint``) and re-seeds the transform chain
+with it (``Compose.set_random_state``). Hence ``torch.manual_seed(s)`` alone makes
+the augmentation reproducible with ``num_workers=0``; with workers, torch seeds each
+worker from the loader's base seed (``base_seed + worker_id``), which again follows
+``torch.manual_seed`` in the main process, so no ``worker_init_fn`` is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from medl2b.data.nifti import read_nifti
+from medl2b.errors import InputError
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImageSet",
+    "IsicDataset",
+    "SegSliceDataset",
+    "SliceSet",
+    "load_isic",
+    "load_manifest",
+    "load_slices",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_SPLITS = ("train", "meta", "test")
+
+
+def load_manifest(prepared_dir: str | os.PathLike, *, task: str | None = None) -> dict:
+    """Read ``prepared_dir/dataset.json``.
+
+    Args:
+        prepared_dir: A folder written by ``medl2b prepare``.
+        task: If given, the manifest's ``task`` must equal it (``"prostate-seg"`` or
+            ``"skin-lesion-cls"``).
+
+    Raises:
+        InputError: the folder or ``dataset.json`` is missing, unreadable, of an unknown
+            format version, or of another task.
+    """
+    path = Path(prepared_dir) / "dataset.json"
+    if not Path(prepared_dir).is_dir():
+        raise InputError(prepared_dir, "folder not found")
+    if not path.is_file():
+        raise InputError(path, "missing: not a prepared dataset (run `medl2b prepare ...` first)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(path, f"cannot read ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format_version") != 1:
+        raise InputError(path, "unknown format (expected format_version 1)")
+    if task is not None and manifest.get("task") != task:
+        raise InputError(path, f"holds task {manifest.get('task')!r}, expected {task!r}")
+    return manifest
+
+
+def _check_label(label: str) -> None:
+    if label not in ("noisy", "clean"):
+        raise ValueError(f"label must be 'noisy' or 'clean', got {label!r}")
+
+
+# --------------------------------------------------------------------------- segmentation
+
+@dataclass
+class SliceSet:
+    """2-D axial slices of some cases, in memory.
+
+    Attributes:
+        image: float32 (N, 1, H, W); H, W are the prepared in-plane x, y.
+        label: int64 (N, H, W); the noisy mask for train cases when loaded with
+            ``label="noisy"``, the clean one otherwise.
+        clean: int64 (N, H, W); the clean mask.
+        case: Case id of each slice, length N.
+        slice_index: Axial index z of each slice in its volume, length N.
+    """
+
+    image: torch.Tensor
+    label: torch.Tensor
+    clean: torch.Tensor
+    case: list[str] = field(default_factory=list)
+    slice_index: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.image.shape[0])
+
+
+def load_slices(prepared_dir: str | os.PathLike, cases: str | Sequence[str], *, label: str = "noisy") -> SliceSet:
+    """Load every axial slice of some PROMISE12 cases.
+
+    Args:
+        prepared_dir: Prepared PROMISE12 folder.
+        cases: Case ids, or a split name (``"train"``, ``"meta"``, ``"test"``).
+        label: ``"noisy"``: train cases get their noisy masks as ``label`` (meta and
+            test cases have none and always get the clean mask); ``"clean"``: clean
+            masks everywhere.
+
+    Returns:
+        A :class:`SliceSet`; slices in case order, then z order.
+    """
+    _check_label(label)
+    root = Path(prepared_dir)
+    manifest = load_manifest(root, task="prostate-seg")
+    if isinstance(cases, str):
+        if cases not in _SPLITS:
+            raise ValueError(f"cases must be a split name {_SPLITS} or a list of case ids, got {cases!r}")
+        cases = manifest["splits"][cases]
+    images, labels, cleans, case_ids, z_ids = [], [], [], [], []
+    for case in cases:
+        entry = manifest["cases"].get(case)
+        if entry is None:
+            raise InputError(root / "dataset.json", f"has no case {case!r}")
+        img, _ = read_nifti(root / entry["image"], dtype=np.float32)
+        clean, _ = read_nifti(root / entry["label"], dtype=np.int64)
+        noisy_rel = entry.get("noisy_label")
+        lab = read_nifti(root / noisy_rel, dtype=np.int64)[0] if (label == "noisy" and noisy_rel) else clean
+        if img.shape != clean.shape or lab.shape != clean.shape:
+            raise InputError(root / entry["label"], f"shape {clean.shape} differs from its image {img.shape}")
+        # (X, Y, Z) -> (Z, X, Y): slice z is volume[:, :, z]
+        images.append(np.moveaxis(img, 2, 0)[:, None])
+        cleans.append(np.moveaxis(clean, 2, 0))
+        labels.append(np.moveaxis(lab, 2, 0))
+        case_ids += [case] * img.shape[2]
+        z_ids += list(range(img.shape[2]))
+    if not images:
+        empty = torch.zeros((0, 1, 0, 0))
+        return SliceSet(empty, torch.zeros((0, 0, 0), dtype=torch.long), torch.zeros((0, 0, 0), dtype=torch.long))
+    return SliceSet(image=torch.from_numpy(np.ascontiguousarray(np.concatenate(images))),
+                    label=torch.from_numpy(np.ascontiguousarray(np.concatenate(labels))),
+                    clean=torch.from_numpy(np.ascontiguousarray(np.concatenate(cleans))),
+                    case=case_ids, slice_index=z_ids)
+
+
+def _seg_augment():
+    from monai.transforms import (Compose, RandAffined, RandFlipd, RandGaussianNoised, RandScaleIntensityd,
+                                  RandShiftIntensityd)
+
+    keys = ("image", "label", "clean")
+    return Compose([
+        RandFlipd(keys, prob=0.5, spatial_axis=0),
+        RandFlipd(keys, prob=0.5, spatial_axis=1),
+        RandAffined(keys, prob=0.5, rotate_range=(np.pi / 12,), scale_range=(0.1, 0.1),
+                    mode=("bilinear", "nearest", "nearest"), padding_mode="zeros"),
+        RandScaleIntensityd("image", factors=0.1, prob=0.5),
+        RandShiftIntensityd("image", offsets=0.1, prob=0.5),
+        RandGaussianNoised("image", prob=0.3, std=0.05),
+    ])
+
+
+def _plain(x) -> torch.Tensor:
+    """A plain ``torch.Tensor`` (MONAI returns ``MetaTensor``, which collates slowly)."""
+    return torch.as_tensor(x).as_subclass(torch.Tensor)
+
+
+class _Augmented(Dataset):
+    """Holds an optional MONAI Compose re-seeded from torch's RNG on every item."""
+
+    def __init__(self, transform) -> None:
+        self._transform = transform
+
+    def _apply(self, data: dict) -> dict:
+        if self._transform is None:
+            return data
+        self._transform.set_random_state(seed=int(torch.randint(0, 2**31 - 1, (1,)).item()))
+        return self._transform(data)
+
+
+class SegSliceDataset(_Augmented):
+    """2-D slices as a torch Dataset.
+
+    Items: ``{"image": float32 (1, H, W), "label": int64 (H, W), "clean": int64 (H, W),
+    "index": int}``. With ``augment``: random flips, a small rotation/scaling
+    (bilinear for the image, nearest for both masks, same draw for all three), and
+    intensity scale/shift/Gaussian noise on the image. See the module docstring for
+    what seeds the augmentation.
+
+    Args:
+        slices: A :class:`SliceSet`.
+        augment: Apply the random augmentation.
+    """
+
+    def __init__(self, slices: SliceSet, *, augment: bool) -> None:
+        if not isinstance(slices, SliceSet):
+            raise TypeError(f"slices must be a SliceSet, got {type(slices).__name__}")
+        super().__init__(_seg_augment() if augment else None)
+        self.slices = slices
+        self.augment = bool(augment)
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def __getitem__(self, index: int) -> dict:
+        s = self.slices
+        data = {"image": s.image[index], "label": s.label[index][None].float(), "clean": s.clean[index][None].float()}
+        data = self._apply(data)
+        return {"image": _plain(data["image"]).float().contiguous(),
+                "label": _plain(data["label"])[0].round().long(),
+                "clean": _plain(data["clean"])[0].round().long(),
+                "index": int(index)}
+
+
+# --------------------------------------------------------------------------- classification
+
+@dataclass
+class ImageSet:
+    """One split of a prepared ISIC 2019 dataset.
+
+    Attributes:
+        images: uint8 memory map of the whole store, (N_all, S, S, 3).
+        index: int64 (N,), rows of ``images`` in this split.
+        label: int64 (N,), noisy labels for the train split with ``label="noisy"``, else clean.
+        clean: int64 (N,), clean labels.
+        classes: Class names, label ``k`` is ``classes[k]``.
+    """
+
+    images: np.ndarray
+    index: np.ndarray
+    label: np.ndarray
+    clean: np.ndarray
+    classes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+
+def load_isic(prepared_dir: str | os.PathLike, split: str, *, label: str = "noisy") -> ImageSet:
+    """Memory-map the image store and collect one split's labels.
+
+    Args:
+        prepared_dir: Prepared ISIC 2019 folder.
+        split: ``"train"``, ``"meta"`` or ``"test"``.
+        label: ``"noisy"`` (train gets noisy labels; meta/test are always clean) or ``"clean"``.
+    """
+    _check_label(label)
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
+    root = Path(prepared_dir)
+    manifest = load_manifest(root, task="skin-lesion-cls")
+    store = root / manifest.get("image_store", "images.npy")
+    if not store.is_file():
+        raise InputError(store, "image store missing")
+    try:
+        images = np.load(store, mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise InputError(store, f"cannot read ({exc})") from None
+    if images.ndim != 4 or images.shape[3] != 3 or images.shape[0] != len(manifest["images"]):
+        raise InputError(store, f"shape {images.shape} does not match {len(manifest['images'])} images (N, S, S, 3)")
+    idx = np.asarray(manifest["splits"][split], dtype=np.int64)
+    entries = manifest["images"]
+    clean = np.asarray([entries[i]["label"] for i in idx], dtype=np.int64)
+    noisy = np.asarray([entries[i]["noisy_label"] for i in idx], dtype=np.int64)
+    return ImageSet(images=images, index=idx, label=noisy if (label == "noisy" and split == "train") else clean,
+                    clean=clean, classes=list(manifest["classes"]))
+
+
+def _cls_augment():
+    from monai.transforms import Compose, RandFlipd, RandRotate90d, RandScaleIntensityd
+
+    return Compose([
+        RandFlipd("image", prob=0.5, spatial_axis=0),
+        RandFlipd("image", prob=0.5, spatial_axis=1),
+        RandRotate90d("image", prob=0.5, max_k=3),
+        RandScaleIntensityd("image", factors=0.1, prob=0.5),
+    ])
+
+
+class IsicDataset(_Augmented):
+    """ISIC images as a torch Dataset.
+
+    Items: ``{"image": float32 (3, S, S) normalised with ImageNet mean/std,
+    "label": int64 scalar, "clean": int64 scalar, "index": int}`` where ``index`` is
+    the item's position in this dataset (``images.index[index]`` is its row in the
+    store). With ``augment``: random flips, 90° rotations and a brightness scale.
+    See the module docstring for what seeds the augmentation.
+
+    Args:
+        images: An :class:`ImageSet`.
+        augment: Apply the random augmentation.
+    """
+
+    def __init__(self, images: ImageSet, *, augment: bool) -> None:
+        if not isinstance(images, ImageSet):
+            raise TypeError(f"images must be an ImageSet, got {type(images).__name__}")
+        super().__init__(_cls_augment() if augment else None)
+        self.images = images
+        self.augment = bool(augment)
+        self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        self._std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict:
+        row = int(self.images.index[index])
+        pixels = torch.from_numpy(np.array(self.images.images[row])).permute(2, 0, 1).float().div_(255.0)
+        pixels = _plain(self._apply({"image": pixels})["image"]).float()
+        return {"image": ((pixels - self._mean) / self._std).contiguous(),
+                "label": torch.tensor(int(self.images.label[index]), dtype=torch.long),
+                "clean": torch.tensor(int(self.images.clean[index]), dtype=torch.long),
+                "index": int(index)}

@@ -1,0 +1,490 @@
+"""PROMISE12 (prostate MR): raw MetaImage release -> prepared nnU-Net-like dataset.
+
+Input: the ``TrainingData_Part1..3`` folders (any depth below ``raw``), holding
+``CaseNN.mhd`` (+ ``.raw`` or ``.zraw``) and ``CaseNN_segmentation.mhd``. Grids,
+pixel types, origins and directions differ between centres; all of them are read
+from the headers and kept.
+
+Output (``out``)::
+
+    imagesTr/CaseNN_0000.nii.gz    float32 image, normalised (see below)
+    labelsTr/CaseNN.nii.gz         uint8 clean mask 0/1
+    labelsNoisy/CaseNN.nii.gz      uint8 noisy mask 0/1 (train split only)
+    dataset.json                   manifest: splits, geometry, noise
+
+Preparation of a case:
+
+1. **Intensity**: clip to the case's 0.5th..99.5th percentiles, then z-score with
+   the mean and standard deviation of the clipped volume (float32).
+2. **Grid**: each axial slice is resampled to ``size × size`` over the *same
+   physical field of view* (the outer edges of the edge pixels stay put): the
+   in-plane spacing becomes ``spacing * N / size``, the slices are unchanged and
+   the origin moves by half the difference of the spacings along the direction
+   axes. The image is smoothed with a Gaussian of ``(N / size - 1) / 2`` pixels
+   in-plane before downsampling (anti-aliasing) and resampled linearly; masks use
+   nearest neighbour. Direction is kept, so the NIfTI files overlay the raw case
+   (NIfTI RAS = LPS with x and y negated, see :mod:`medl2b.data.nifti`).
+   :func:`to_original_grid` maps a prepared-grid mask back onto the raw grid.
+3. **Split** by case: the packaged split (``medl2b/splits/promise12.json``) when the
+   cases are exactly the 50 public ones ``Case00..Case49`` and the default counts
+   (10 test, 3 meta) are asked for, a given ``split_file``, or else a seeded draw.
+4. **Noise** on the train cases only: :func:`medl2b.noise.masks.calibrate_strength`
+   finds the strength whose mean 3-D Dice (noisy vs clean, per case) meets
+   ``noise_dice``; the achieved per-case Dice is written to the manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.resources
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from medl2b.data.nifti import Geometry, write_nifti
+from medl2b.errors import InputError, atomic_dir
+from medl2b.noise.masks import DEFAULT_CONFIG, calibrate_strength, corrupt_volumes, mask_dice
+
+__all__ = [
+    "find_cases",
+    "normalise_intensity",
+    "prepare_promise12",
+    "prepared_geometry",
+    "read_case",
+    "read_metaimage",
+    "to_original_grid",
+]
+
+_CASE_RE = re.compile(r"^(Case\d+)\.mhd$")
+_MASK_RE = re.compile(r"^(Case\d+)_segmentation\.mhd$")
+_MET_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+              "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
+              "MET_DOUBLE": 8}
+PERCENTILES = (0.5, 99.5)
+PUBLIC_CASES = tuple(f"Case{i:02d}" for i in range(50))
+
+
+# --------------------------------------------------------------------------- reading
+
+def _parse_header(path: Path) -> dict[str, str]:
+    """Key/value pairs of a MetaImage header, up to ``ElementDataFile``."""
+    fields: dict[str, str] = {}
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(65536)
+    except OSError as exc:
+        raise InputError(path, f"cannot open ({exc.strerror})") from None
+    for raw_line in head.decode("latin-1").splitlines():
+        key, sep, value = raw_line.partition("=")
+        if not sep:
+            continue
+        fields[key.strip()] = value.strip()
+        if key.strip() == "ElementDataFile":
+            break
+    if "ElementDataFile" not in fields or "DimSize" not in fields:
+        raise InputError(path, "not a MetaImage header (no DimSize/ElementDataFile line)")
+    return fields
+
+
+def _check_pixel_data(path: Path) -> None:
+    """Check that the pixel-data file named by a header exists and is not truncated."""
+    fields = _parse_header(path)
+    data_name = fields["ElementDataFile"]
+    if data_name.upper() in ("LOCAL", "LIST") or "%" in data_name or " " in data_name:
+        return  # inline or multi-file data: leave it to SimpleITK
+    data = path.parent / data_name
+    if not data.is_file():
+        raise InputError(data, f"pixel data file missing (named in {path.name})")
+    found = data.stat().st_size
+    if fields.get("CompressedData", "False").lower() == "true":
+        expected = fields.get("CompressedDataSize")
+        if expected is not None and expected.isdigit() and found < int(expected):
+            raise InputError(data, f"truncated compressed pixel data (expected {expected} bytes, found {found})")
+        return
+    try:
+        dims = [int(v) for v in fields["DimSize"].split()]
+        channels = int(fields.get("ElementNumberOfChannels", "1"))
+        header_size = int(fields.get("HeaderSize", "0"))
+    except ValueError:
+        raise InputError(path, f"unreadable DimSize/ElementNumberOfChannels/HeaderSize in header") from None
+    nbytes = _MET_BYTES.get(fields.get("ElementType", ""))
+    if nbytes is None or header_size < 0:
+        return
+    expected = int(np.prod(dims)) * channels * nbytes + header_size
+    if found < expected:
+        raise InputError(data, f"truncated pixel data (expected {expected} bytes, found {found})")
+
+
+def read_metaimage(path: str | os.PathLike):
+    """Read a MetaImage file with SimpleITK, turning every failure into :class:`InputError`.
+
+    The header is checked first: a missing or truncated ``.raw``/``.zraw`` is reported
+    with the name of that file and the expected and found byte counts.
+
+    Returns:
+        ``SimpleITK.Image`` with its spacing, origin and direction as stored.
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    _check_pixel_data(path)
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        reason = " ".join(str(exc).split())
+        reason = reason.split("ITK ERROR:", 1)[-1].strip()
+        raise InputError(path, f"cannot read MetaImage ({reason[:300]})") from None
+
+
+def read_case(image_path: str | os.PathLike, mask_path: str | os.PathLike | None = None):
+    """Read one PROMISE12 case and check that image and mask belong together.
+
+    Args:
+        image_path: ``CaseNN.mhd``.
+        mask_path: ``CaseNN_segmentation.mhd``; default: beside the image.
+
+    Returns:
+        ``(image, mask)`` as ``SimpleITK.Image``; the mask is uint8 0/1 (any non-zero
+        value counts as prostate) and carries the image's geometry.
+
+    Raises:
+        InputError: the mask is missing, either file is unreadable or truncated, the
+            image is not 3-D, or the two sizes differ.
+    """
+    import SimpleITK as sitk
+
+    image_path = Path(image_path)
+    if mask_path is None:
+        mask_path = image_path.with_name(f"{image_path.stem}_segmentation.mhd")
+    mask_path = Path(mask_path)
+    if not mask_path.is_file():
+        raise InputError(image_path, f"no mask: expected {mask_path.name} beside it")
+    image = read_metaimage(image_path)
+    mask = read_metaimage(mask_path)
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(image_path, f"expected a 3-D single-channel image, got {image.GetDimension()}-D "
+                                     f"with {image.GetNumberOfComponentsPerPixel()} channel(s)")
+    if tuple(mask.GetSize()) != tuple(image.GetSize()):
+        raise InputError(mask_path, f"mask size {list(mask.GetSize())} differs from image size "
+                                    f"{list(image.GetSize())} of {image_path.name}")
+    if min(image.GetSpacing()) <= 0 or not np.all(np.isfinite(image.GetSpacing())):
+        raise InputError(image_path, f"invalid spacing {list(image.GetSpacing())}")
+    binary = sitk.Cast(sitk.NotEqual(mask, 0), sitk.sitkUInt8)
+    binary.CopyInformation(image)
+    return image, binary
+
+
+def find_cases(raw: str | os.PathLike) -> list[tuple[str, Path, Path]]:
+    """Find ``CaseNN.mhd`` and their masks anywhere below ``raw``.
+
+    Returns:
+        ``[(case_id, image_path, mask_path), ...]`` sorted by case id.
+
+    Raises:
+        InputError: ``raw`` is missing, holds no cases, a case has no mask (or a mask
+            no image), or a case id occurs twice.
+    """
+    raw = Path(raw)
+    if not raw.is_dir():
+        raise InputError(raw, "folder not found")
+    images: dict[str, Path] = {}
+    masks: dict[str, Path] = {}
+    for path in sorted(raw.rglob("*.mhd")):
+        for regex, found in ((_CASE_RE, images), (_MASK_RE, masks)):
+            match = regex.match(path.name)
+            if match:
+                case = match.group(1)
+                if case in found:
+                    raise InputError(path, f"duplicate {case} (also {found[case]})")
+                found[case] = path
+    if not images:
+        raise InputError(raw, "no CaseNN.mhd found (expected PROMISE12 CaseNN.mhd + CaseNN_segmentation.mhd)")
+    for case, path in sorted(images.items()):
+        if case not in masks:
+            raise InputError(path, f"no mask: expected {case}_segmentation.mhd")
+    for case, path in sorted(masks.items()):
+        if case not in images:
+            raise InputError(path, f"mask without image: {case}.mhd not found")
+    return [(case, images[case], masks[case]) for case in sorted(images)]
+
+
+# --------------------------------------------------------------------------- grid and intensity
+
+def normalise_intensity(array: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Clip to the 0.5..99.5th percentiles, then z-score with the clipped volume's mean/std.
+
+    Args:
+        array: Image of any shape.
+
+    Returns:
+        ``(float32 array of the same shape, {"lo", "hi", "mean", "std"})``.
+    """
+    data = np.asarray(array, dtype=np.float32)
+    lo, hi = (float(v) for v in np.percentile(data, PERCENTILES))
+    clipped = np.clip(data, lo, hi)
+    mean, std = float(clipped.mean()), float(clipped.std())
+    out = (clipped - mean) / std if std > 0 else np.zeros_like(clipped)
+    return out.astype(np.float32), {"lo": lo, "hi": hi, "mean": mean, "std": std}
+
+
+def _geometry(image) -> Geometry:
+    return Geometry(tuple(int(v) for v in image.GetSize()), tuple(float(v) for v in image.GetSpacing()),
+                    tuple(float(v) for v in image.GetOrigin()), tuple(float(v) for v in image.GetDirection()))
+
+
+def prepared_geometry(original: dict | Geometry, size: int) -> Geometry:
+    """Grid with ``size × size`` axial pixels over the same field of view as ``original``.
+
+    Spacing ``(sx·Nx/size, sy·Ny/size, sz)``; origin moved by half the spacing change
+    along the first two direction axes so that the pixel edges span the same extent.
+    """
+    geo = Geometry.from_dict(original) if isinstance(original, dict) else original
+    n = np.asarray(geo.size, dtype=float)
+    sp = np.asarray(geo.spacing, dtype=float)
+    new_sp = np.array([sp[0] * n[0] / size, sp[1] * n[1] / size, sp[2]])
+    d = np.asarray(geo.direction, dtype=float).reshape(3, 3)
+    origin = np.asarray(geo.origin, dtype=float) + d @ ((new_sp - sp) / 2.0 * np.array([1.0, 1.0, 0.0]))
+    return Geometry((size, size, geo.size[2]), tuple(new_sp.tolist()), tuple(origin.tolist()), geo.direction)
+
+
+def _resample(image, geo: Geometry, *, linear: bool):
+    import SimpleITK as sitk
+
+    return sitk.Resample(image, list(geo.size), sitk.Transform(),
+                         sitk.sitkLinear if linear else sitk.sitkNearestNeighbor,
+                         list(geo.origin), list(geo.spacing), list(geo.direction), 0.0,
+                         sitk.sitkFloat32 if linear else sitk.sitkUInt8)
+
+
+def _to_xyz(image) -> np.ndarray:
+    import SimpleITK as sitk
+
+    return np.ascontiguousarray(np.transpose(sitk.GetArrayFromImage(image), (2, 1, 0)))
+
+
+def to_original_grid(array_xyz: np.ndarray, prepared: dict, original: dict) -> np.ndarray:
+    """Resample a prepared-grid label volume back onto the raw case's grid (nearest neighbour).
+
+    Use it to write predictions that overlay the raw ``CaseNN.mhd`` in 3D Slicer.
+
+    Args:
+        array_xyz: Labels on the prepared grid, shape ``prepared["size"]`` = (X', Y', Z).
+        prepared: ``dataset.json`` ``cases[id]["prepared"]`` (size, spacing, origin, direction).
+        original: ``dataset.json`` ``cases[id]["original"]``.
+
+    Returns:
+        Array of shape ``original["size"]`` (X, Y, Z), same dtype as the input (bool -> uint8).
+    """
+    import SimpleITK as sitk
+
+    arr = np.asarray(array_xyz)
+    src, dst = Geometry.from_dict(prepared), Geometry.from_dict(original)
+    if tuple(arr.shape) != tuple(src.size):
+        raise ValueError(f"array_xyz has shape {arr.shape}, but the prepared grid is {list(src.size)}")
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    img = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(arr, (2, 1, 0))))
+    img.SetSpacing(src.spacing)
+    img.SetOrigin(src.origin)
+    img.SetDirection(src.direction)
+    out = sitk.Resample(img, list(dst.size), sitk.Transform(), sitk.sitkNearestNeighbor, list(dst.origin),
+                        list(dst.spacing), list(dst.direction), 0, img.GetPixelID())
+    return _to_xyz(out).astype(arr.dtype, copy=False)
+
+
+def _prepare_case(image, mask, size: int) -> tuple[np.ndarray, np.ndarray, Geometry, dict]:
+    """Normalise and resample one case; returns (image xyz float32, mask xyz uint8, geometry, intensity)."""
+    import SimpleITK as sitk
+
+    geo = _geometry(image)
+    target = prepared_geometry(geo, size)
+    zyx, intensity = normalise_intensity(sitk.GetArrayViewFromImage(image))
+    sigma = [max(0.0, (n / size - 1.0) / 2.0) for n in geo.size[:2]]  # in-plane anti-aliasing (x, y)
+    if max(sigma) > 0:
+        zyx = ndimage.gaussian_filter(zyx, sigma=(0.0, sigma[1], sigma[0]), mode="nearest")
+    smooth = sitk.GetImageFromArray(zyx)
+    smooth.CopyInformation(image)
+    img_xyz = _to_xyz(_resample(smooth, target, linear=True)).astype(np.float32)
+    mask_xyz = _to_xyz(_resample(mask, target, linear=False)).astype(np.uint8)
+    return img_xyz, mask_xyz, target, intensity
+
+
+# --------------------------------------------------------------------------- splits
+
+def _load_split(path: Path | None) -> dict[str, list[str]]:
+    if path is None:
+        resource = importlib.resources.files("medl2b") / "splits" / "promise12.json"
+        text, where = resource.read_text(), "medl2b/splits/promise12.json"
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(path, "split file not found")
+        text, where = path.read_text(), str(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(where, f"not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    splits = {}
+    for key in ("train", "meta", "test"):
+        value = data.get(key) if isinstance(data, dict) else None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise InputError(where, f"needs a list of case ids under '{key}'")
+        splits[key] = sorted(value)
+    seen: dict[str, str] = {}
+    for key, cases in splits.items():
+        for case in cases:
+            if case in seen:
+                raise InputError(where, f"{case} is in both '{seen[case]}' and '{key}'")
+            seen[case] = key
+    return splits
+
+
+def _split_cases(cases: list[str], *, meta_cases: int, test_cases: int, split_file: Path | None, seed: int,
+                 raw: Path) -> tuple[dict[str, list[str]], str]:
+    if split_file is not None or (set(cases) == set(PUBLIC_CASES) and (meta_cases, test_cases) == (3, 10)):
+        splits = _load_split(split_file)
+        where = split_file if split_file is not None else "medl2b/splits/promise12.json"
+        listed = set().union(*splits.values())
+        missing = sorted(listed - set(cases))
+        unlisted = sorted(set(cases) - listed)
+        if missing:
+            raise InputError(where, f"lists cases not found in {raw}: {', '.join(missing[:5])}")
+        if unlisted:
+            raise InputError(where, f"does not list these cases found in {raw}: {', '.join(unlisted[:5])}")
+        if not splits["train"]:
+            raise InputError(where, "the train split is empty")
+        return splits, ("packaged" if split_file is None else f"file:{Path(split_file).name}")
+    need = test_cases + meta_cases + 1
+    if len(cases) < need:
+        raise InputError(raw, f"found {len(cases)} cases; {test_cases} test + {meta_cases} meta + at least 1 train "
+                              f"needs {need}")
+    order = [cases[i] for i in np.random.default_rng([seed, 1212]).permutation(len(cases))]
+    return {"train": sorted(order[test_cases + meta_cases:]), "meta": sorted(order[test_cases:test_cases + meta_cases]),
+            "test": sorted(order[:test_cases])}, "seeded"
+
+
+# --------------------------------------------------------------------------- main
+
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int, label: str) -> Iterator:
+    if not enabled:
+        yield lambda description=None: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task(label, total=total)
+
+        def advance(description: str | None = None) -> None:
+            bar.update(task, advance=1, **({"description": description} if description else {}))
+
+        yield advance
+
+
+def prepare_promise12(raw: str | os.PathLike, out: str | os.PathLike, *, size: int = 144, noise_dice: float = 0.6,
+                      meta_cases: int = 3, test_cases: int = 10, split_file: str | os.PathLike | None = None,
+                      seed: int = 0, overwrite: bool = False, progress: bool = True) -> dict:
+    """Convert a raw PROMISE12 release into a prepared dataset (see the module docstring).
+
+    Args:
+        raw: Folder holding ``CaseNN.mhd`` and ``CaseNN_segmentation.mhd`` at any depth.
+        out: Prepared dataset folder; written atomically (nothing half-written stays).
+        size: In-plane size of the prepared slices.
+        noise_dice: Target mean 3-D Dice of noisy vs clean train masks; ``>= 1`` = no noise.
+        meta_cases: Clean meta cases (drawn from the non-test cases).
+        test_cases: Held-out evaluation cases.
+        split_file: JSON ``{"train": [...], "meta": [...], "test": [...]}`` to use instead.
+        seed: Seed of the split draw and of the noise.
+        overwrite: Replace an existing prepared dataset in ``out``.
+        progress: Show a rich progress bar on stderr.
+
+    Returns:
+        The manifest, as written to ``out/dataset.json``.
+    """
+    if size < 8:
+        raise ValueError(f"size must be >= 8, got {size}")
+    if not 0.0 <= noise_dice or not np.isfinite(noise_dice):
+        raise ValueError(f"noise_dice must be a finite number >= 0, got {noise_dice}")
+    if meta_cases < 0 or test_cases < 0:
+        raise ValueError(f"meta_cases and test_cases must be >= 0, got {meta_cases}, {test_cases}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    raw = Path(raw)
+    found = find_cases(raw)
+    for _case, image_path, mask_path in found:
+        _check_pixel_data(image_path)
+        _check_pixel_data(mask_path)
+    ids = [case for case, _, _ in found]
+    splits, split_source = _split_cases(ids, meta_cases=meta_cases, test_cases=test_cases,
+                                        split_file=Path(split_file) if split_file is not None else None,
+                                        seed=seed, raw=raw)
+    split_of = {case: key for key, cases in splits.items() for case in cases}
+
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for sub in ("imagesTr", "labelsTr", "labelsNoisy"):
+            (tmp / sub).mkdir()
+        entries: dict[str, dict] = {}
+        train_masks: dict[str, tuple[np.ndarray, tuple[float, ...]]] = {}
+        with _progress(progress, len(found) + 1, "PROMISE12") as advance:
+            for case, image_path, mask_path in found:
+                image, mask = read_case(image_path, mask_path)
+                img_xyz, mask_xyz, geo, intensity = _prepare_case(image, mask, size)
+                kw = {"spacing": geo.spacing, "origin": geo.origin, "direction": geo.direction}
+                write_nifti(img_xyz, tmp / "imagesTr" / f"{case}_0000.nii.gz", **kw)
+                write_nifti(mask_xyz, tmp / "labelsTr" / f"{case}.nii.gz", **kw)
+                original = _geometry(image).to_dict()
+                original["pixel_type"] = image.GetPixelIDTypeAsString()
+                entries[case] = {
+                    "image": f"imagesTr/{case}_0000.nii.gz", "label": f"labelsTr/{case}.nii.gz",
+                    "noisy_label": None, "split": split_of[case], "original": original,
+                    "prepared": geo.to_dict(), "noise_dice": None, "intensity": intensity,
+                    "source": {"image": image_path.relative_to(raw).as_posix(),
+                               "mask": mask_path.relative_to(raw).as_posix()},
+                }
+                if split_of[case] == "train":
+                    train_masks[case] = (mask_xyz, geo.spacing)
+                del image, mask, img_xyz
+                advance(f"PROMISE12 {case}")
+
+            advance("PROMISE12 noise calibration")
+            names = sorted(train_masks)
+            pairs = [train_masks[name] for name in names]
+            strength, _, _ = calibrate_strength(pairs, noise_dice, seed=seed)
+            noisy = (corrupt_volumes(pairs, strength=strength, seed=seed) if noise_dice < 1
+                     else [m.copy() for m, _ in pairs])
+            per_case = {}
+            for name, noisy_xyz, (clean_xyz, _sp) in zip(names, noisy, pairs):
+                geo = entries[name]["prepared"]
+                write_nifti(noisy_xyz, tmp / "labelsNoisy" / f"{name}.nii.gz", spacing=geo["spacing"],
+                            origin=geo["origin"], direction=geo["direction"])
+                per_case[name] = round(mask_dice(noisy_xyz, clean_xyz), 6)
+                entries[name]["noisy_label"] = f"labelsNoisy/{name}.nii.gz"
+                entries[name]["noise_dice"] = per_case[name]
+
+        manifest = {
+            "name": "PROMISE12", "task": "prostate-seg", "format_version": 1,
+            "channel_names": {"0": "T2"}, "labels": {"background": 0, "prostate": 1}, "file_ending": ".nii.gz",
+            "size": int(size), "seed": int(seed),
+            "splits": splits, "split_source": split_source,
+            "intensity_normalisation": {"method": "clip to percentiles, then z-score", "percentiles": list(PERCENTILES)},
+            "cases": entries,
+            "noise": {
+                "target_dice": float(noise_dice),
+                "achieved_mean_dice": round(float(np.mean(list(per_case.values()))), 6),
+                "per_case_dice": per_case,
+                "params": {"strength": float(strength), **DEFAULT_CONFIG.to_dict(),
+                           "streams": "numpy.random.default_rng([seed, i]) for the i-th train case in sorted order"},
+                "seed": int(seed),
+            },
+        }
+        (tmp / "dataset.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
