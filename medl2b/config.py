@@ -123,24 +123,31 @@ def _coerce(key: str, value: Any, where: str) -> Any:
     """Check that ``key`` exists and convert ``value`` (maybe a CLI string) to the field's type."""
     if key not in _FIELDS:
         raise InputError(where, f"unknown config key {key!r}")
-    default = _FIELDS[key].default
-    if default is dataclasses.MISSING:
-        default = _FIELDS[key].default_factory()  # type: ignore[misc]
+    kind = str(_FIELDS[key].type).split("|")[0].strip()  # 'int', 'float', 'bool', 'str', 'list[int]'
     if value is None:
         return None
-    if isinstance(value, str) and not isinstance(default, str) and default is not None:
-        value = yaml.safe_load(value)
+    if isinstance(value, str) and kind != "str":
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise InputError(where, f"{key} has the wrong type: {value!r}") from None
     try:
-        if isinstance(default, bool):
+        if kind == "bool":
             if not isinstance(value, bool):
                 raise ValueError
-        elif isinstance(default, int) and not isinstance(default, bool):
-            if isinstance(value, float) and not value.is_integer():
+        elif kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
             value = int(value)
-        elif isinstance(default, float):
+        elif kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
             value = float(value)
-        elif isinstance(default, list):
+        elif kind == "str":
+            value = str(value)
+        elif kind.startswith("list"):
+            if not isinstance(value, (list, tuple)):
+                raise ValueError
             value = [int(v) for v in value]
     except (TypeError, ValueError):
         raise InputError(where, f"{key} has the wrong type: {value!r}") from None

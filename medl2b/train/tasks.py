@@ -98,9 +98,7 @@ class ClassificationTask(Task):
         from medl2b.data.datasets import IsicDataset, load_isic, load_manifest
 
         manifest = load_manifest(cfg.data, task="skin-lesion-cls")
-        train = load_isic(cfg.data, "train")
-        if cfg.label_source == "clean":
-            train.label = train.clean
+        train = load_isic(cfg.data, "train", label=cfg.label_source)
         self.train_images = train
         self.val_images = load_isic(cfg.data, "meta")
         meta = IsicDataset(self.val_images, augment=cfg.augment) if use_meta_cases else None

@@ -9,8 +9,8 @@ Run folder (``cfg.out``)::
     checkpoint_best.pt     best on the clean validation (meta) cases, never on test
     tb/                    TensorBoard events, if tensorboard is installed
 
-Every epoch reseeds torch, NumPy, ``random`` and the MONAI transforms from
-``(seed, epoch)``, so a run resumed from ``checkpoint_latest.pt`` follows exactly
+Every epoch reseeds torch, NumPy and ``random`` from ``(seed, epoch)`` (the MONAI
+augmentations draw their seeds from torch's generator, item by item), so a run resumed from ``checkpoint_latest.pt`` follows exactly
 the path of an uninterrupted one.
 """
 
@@ -61,15 +61,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _seed_transforms(dataset, seed: int) -> None:
-    """MONAI random transforms keep their own RandomState: reseed them explicitly."""
-    while isinstance(dataset, Subset):
-        dataset = dataset.dataset
-    transform = getattr(dataset, "transform", None)
-    if transform is not None and hasattr(transform, "set_random_state"):
-        transform.set_random_state(seed=seed % 2**32)
 
 
 def _forever(loader):
@@ -180,7 +171,6 @@ class Trainer:
     def _loaders(self, seed: int):
         cfg = self.cfg
         gen = torch.Generator().manual_seed(seed)
-        _seed_transforms(self.task.train_set, seed + 1)
         n = len(self.task.train_set)
         train = DataLoader(self.task.train_set, batch_size=min(cfg.batch_size, n), shuffle=True, drop_last=True,
                            generator=gen, num_workers=cfg.num_workers)
@@ -189,7 +179,6 @@ class Trainer:
             meta_ds = Subset(self.task.train_set, self.online_meta.tolist())
         meta = None
         if meta_ds is not None and len(meta_ds) > 0:
-            _seed_transforms(meta_ds, seed + 2)
             meta = _forever(DataLoader(meta_ds, batch_size=min(cfg.meta_batch_size, len(meta_ds)), shuffle=True,
                                        generator=torch.Generator().manual_seed(seed + 3),
                                        num_workers=cfg.num_workers))
