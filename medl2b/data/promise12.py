@@ -40,7 +40,7 @@ import importlib.resources
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +57,7 @@ __all__ = [
     "prepared_geometry",
     "read_case",
     "read_metaimage",
+    "split_cases",
     "to_original_grid",
 ]
 
@@ -346,8 +347,31 @@ def _load_split(path: Path | None) -> dict[str, list[str]]:
     return splits
 
 
-def _split_cases(cases: list[str], *, meta_cases: int, test_cases: int, split_file: Path | None, seed: int,
-                 raw: Path) -> tuple[dict[str, list[str]], str]:
+def split_cases(cases: Sequence[str], *, meta_cases: int = 3, test_cases: int = 10,
+                split_file: str | os.PathLike | None = None, seed: int = 0,
+                raw: str | os.PathLike = ".") -> tuple[dict[str, list[str]], str]:
+    """Split case ids into train/meta/test (by case, never by slice).
+
+    * ``split_file`` given: use it (it must list exactly the found cases).
+    * Cases exactly ``Case00..Case49`` and the default counts (3 meta, 10 test): the
+      packaged split ``medl2b/splits/promise12.json`` (meta = the paper's 05, 14, 29).
+    * Otherwise a seeded draw: ``test_cases`` test, ``meta_cases`` meta, the rest train.
+
+    Args:
+        cases: The case ids found.
+        meta_cases: Meta cases of a seeded draw.
+        test_cases: Test cases of a seeded draw.
+        split_file: JSON ``{"train": [...], "meta": [...], "test": [...]}``.
+        seed: Seed of the draw.
+        raw: Folder the cases came from (for messages).
+
+    Returns:
+        ``({"train": [...], "meta": [...], "test": [...]}, source)`` with sorted lists and
+        ``source`` one of ``"packaged"``, ``"file:<name>"``, ``"seeded"``.
+    """
+    cases = sorted(cases)
+    split_file = Path(split_file) if split_file is not None else None
+    raw = Path(raw)
     if split_file is not None or (set(cases) == set(PUBLIC_CASES) and (meta_cases, test_cases) == (3, 10)):
         splits = _load_split(split_file)
         where = split_file if split_file is not None else "medl2b/splits/promise12.json"
@@ -424,9 +448,8 @@ def prepare_promise12(raw: str | os.PathLike, out: str | os.PathLike, *, size: i
         _check_pixel_data(image_path)
         _check_pixel_data(mask_path)
     ids = [case for case, _, _ in found]
-    splits, split_source = _split_cases(ids, meta_cases=meta_cases, test_cases=test_cases,
-                                        split_file=Path(split_file) if split_file is not None else None,
-                                        seed=seed, raw=raw)
+    splits, split_source = split_cases(ids, meta_cases=meta_cases, test_cases=test_cases,
+                                       split_file=split_file, seed=seed, raw=raw)
     split_of = {case: key for key, cases in splits.items() for case in cases}
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
