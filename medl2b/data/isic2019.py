@@ -343,7 +343,8 @@ def prepare_isic2019(raw: str | os.PathLike, out: str | os.PathLike, *, size: in
                 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
                 bar = stack.enter_context(Progress(TextColumn("ISIC 2019"), BarColumn(), MofNCompleteColumn(),
-                                                   TimeElapsedColumn(), console=Console(stderr=True)))
+                                                   TimeElapsedColumn(), console=Console(stderr=True),
+                                                   transient=True))
                 task = bar.add_task("images", total=n)
                 advance = lambda: bar.update(task, advance=1)  # noqa: E731
             for i, path in enumerate(files):

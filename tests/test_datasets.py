@@ -1,0 +1,137 @@
+"""The torch side: manifests, slice sets, image sets, Dataset items and their seeding."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from medl2b.data.datasets import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    IsicDataset,
+    SegSliceDataset,
+    load_isic,
+    load_manifest,
+    load_slices,
+)
+from medl2b.data.nifti import read_nifti
+from medl2b.errors import InputError
+
+
+def test_load_manifest_errors(promise12_prepared, tmp_path):
+    assert load_manifest(promise12_prepared, task="prostate-seg")["name"] == "PROMISE12"
+    with pytest.raises(InputError, match="dataset.json: missing"):
+        load_manifest(tmp_path)
+    with pytest.raises(InputError, match="folder not found"):
+        load_manifest(tmp_path / "nope")
+    with pytest.raises(InputError, match="expected 'skin-lesion-cls'"):
+        load_manifest(promise12_prepared, task="skin-lesion-cls")
+    (tmp_path / "dataset.json").write_text("{not json")
+    with pytest.raises(InputError, match="cannot read"):
+        load_manifest(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def train_slices(promise12_prepared):
+    return load_slices(promise12_prepared, "train", label="noisy")
+
+
+def test_slice_set_shapes_and_order(promise12_prepared, train_slices):
+    manifest = load_manifest(promise12_prepared)
+    cases = manifest["splits"]["train"]
+    depth = {c: manifest["cases"][c]["prepared"]["size"][2] for c in cases}
+    s = train_slices
+    n = sum(depth.values())
+    assert len(s) == n and s.image.shape == (n, 1, 64, 64) and s.image.dtype == torch.float32
+    assert s.label.shape == s.clean.shape == (n, 64, 64)
+    assert s.label.dtype == s.clean.dtype == torch.int64
+    assert s.case == [c for c in cases for _ in range(depth[c])]
+    assert s.slice_index == [z for c in cases for z in range(depth[c])]
+    # slice i is volume[:, :, z] of its case
+    i = s.case.index(cases[1]) + 3
+    volume, _ = read_nifti(promise12_prepared / manifest["cases"][cases[1]]["image"])
+    assert np.array_equal(s.image[i, 0].numpy(), volume[:, :, 3])
+
+
+def test_noisy_for_train_clean_elsewhere(promise12_prepared, train_slices):
+    assert (train_slices.label != train_slices.clean).any()
+    clean_train = load_slices(promise12_prepared, "train", label="clean")
+    assert torch.equal(clean_train.label, clean_train.clean) and torch.equal(clean_train.clean, train_slices.clean)
+    meta = load_slices(promise12_prepared, "meta", label="noisy")  # meta cases have no noisy mask
+    assert len(meta) > 0 and torch.equal(meta.label, meta.clean)
+    one = load_slices(promise12_prepared, ["Case00"], label="clean")
+    assert set(one.case) == {"Case00"}
+    with pytest.raises(InputError, match="no case 'Case99'"):
+        load_slices(promise12_prepared, ["Case99"])
+    with pytest.raises(ValueError, match="label"):
+        load_slices(promise12_prepared, "train", label="soft")
+
+
+def test_seg_dataset_items(train_slices):
+    plain = SegSliceDataset(train_slices, augment=False)
+    item = plain[5]
+    assert set(item) == {"image", "label", "clean", "index"} and item["index"] == 5
+    assert torch.equal(item["image"], train_slices.image[5]) and torch.equal(item["label"], train_slices.label[5])
+    aug = SegSliceDataset(train_slices, augment=True)
+    fg = int(torch.nonzero(train_slices.clean.flatten(1).sum(1) > 100)[0])
+    item = aug[fg]
+    assert item["image"].shape == (1, 64, 64) and item["image"].dtype == torch.float32
+    assert item["label"].shape == item["clean"].shape == (64, 64) and item["label"].dtype == torch.int64
+    assert set(item["clean"].unique().tolist()) <= {0, 1} and type(item["image"]) is torch.Tensor
+    batch = next(iter(DataLoader(aug, batch_size=4)))
+    assert batch["image"].shape == (4, 1, 64, 64) and batch["label"].shape == (4, 64, 64)
+
+
+def test_seg_augmentation_is_seeded_by_torch(train_slices):
+    ds = SegSliceDataset(train_slices, augment=True)
+    idx = [int(i) for i in torch.nonzero(train_slices.clean.flatten(1).sum(1) > 100).flatten()[:6]]
+
+    def draw(seed):
+        torch.manual_seed(seed)
+        return [ds[i] for i in idx]
+
+    a, b, c = draw(0), draw(0), draw(1)
+    assert all(torch.equal(x["image"], y["image"]) and torch.equal(x["label"], y["label"]) for x, y in zip(a, b))
+    assert not all(torch.equal(x["image"], y["image"]) for x, y in zip(a, c))
+    # image, label and clean get the same spatial transform: the mask still sits on the darker gland
+    for item in a:
+        inside = item["image"][0][item["clean"] == 1]
+        assert inside.numel() > 0 and inside.mean() < item["image"][0].mean()
+
+
+def test_isic_image_set_and_items(isic_prepared):
+    manifest = json.loads((isic_prepared / "dataset.json").read_text())
+    train = load_isic(isic_prepared, "train")
+    assert isinstance(train.images, np.memmap) and train.images.shape == (64, 32, 32, 3)
+    assert len(train) == len(manifest["splits"]["train"]) and train.index.tolist() == manifest["splits"]["train"]
+    assert train.label.dtype == train.clean.dtype == np.int64
+    assert (train.label != train.clean).sum() == manifest["noise"]["n_flipped"]
+    assert np.array_equal(load_isic(isic_prepared, "train", label="clean").label, train.clean)
+    meta = load_isic(isic_prepared, "meta")
+    assert np.array_equal(meta.label, meta.clean)
+
+    item = IsicDataset(train, augment=False)[2]
+    assert set(item) == {"image", "label", "clean", "index"} and item["index"] == 2
+    assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
+    assert item["label"].dtype == torch.int64 and item["label"].ndim == 0
+    expected = (torch.from_numpy(np.array(train.images[train.index[2]])).permute(2, 0, 1).float() / 255
+                - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    assert torch.allclose(item["image"], expected, atol=1e-6)
+    assert int(item["label"]) == train.label[2] and int(item["clean"]) == train.clean[2]
+    with pytest.raises(ValueError, match="split"):
+        load_isic(isic_prepared, "val")
+
+
+def test_isic_augmentation_is_seeded_by_torch(isic_prepared):
+    ds = IsicDataset(load_isic(isic_prepared, "train"), augment=True)
+    torch.manual_seed(3)
+    a = torch.stack([ds[i]["image"] for i in range(8)])
+    torch.manual_seed(3)
+    b = torch.stack([ds[i]["image"] for i in range(8)])
+    torch.manual_seed(4)
+    c = torch.stack([ds[i]["image"] for i in range(8)])
+    assert torch.equal(a, b) and not torch.equal(a, c) and a.shape == (8, 3, 32, 32)
