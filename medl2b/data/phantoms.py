@@ -320,10 +320,10 @@ def _texture(rng: np.random.Generator, n: int = 64, sigma: float = 2.0) -> np.nd
 
 
 def _sample(tex: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Sample a canonical (n, n) texture at lesion coordinates ``u, v`` in [-2, 2] (wraps outside)."""
+    """Sample a canonical (n, n) texture at lesion coordinates ``u, v`` in [-2, 2] (clamped outside)."""
     n = tex.shape[0]
     coords = np.stack([(u + 2.0) / 4.0 * (n - 1), (v + 2.0) / 4.0 * (n - 1)])
-    return ndimage.map_coordinates(tex, coords, order=1, mode="grid-wrap").astype(np.float32)
+    return ndimage.map_coordinates(tex, coords, order=1, mode="nearest").astype(np.float32)
 
 
 def _lesion_recipe(rng: np.random.Generator, cls: str) -> dict:
