@@ -89,7 +89,8 @@ def test_grouped_split_at_full_scale():
     labels = rng.permutation(np.repeat(np.arange(8), counts))
     groups = [None if rng.random() < 0.3 else f"L{lab}_{rng.integers(0, counts[lab] // 2)}" for lab in labels]
     split = grouped_stratified_split(labels, groups, n_meta=640, n_test=4291, n_classes=8, rng=rng)
-    assert {k: int((split == k).sum()) for k in ("train", "meta", "test")} == {"train": 20400, "meta": 640, "test": 4291}
+    sizes = {k: int((split == k).sum()) for k in ("train", "meta", "test")}
+    assert sizes == {"train": 20400, "meta": 640, "test": 4291}
     per_group = collections.defaultdict(set)
     for g, s in zip(groups, split):
         if g:

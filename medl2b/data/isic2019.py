@@ -100,7 +100,8 @@ def read_ground_truth(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
             values.append(v)
         positive = [c for c, v in zip(CLASSES, values) if v == 1.0]
         if len(positive) != 1:
-            what = "no positive class among the 8" if not positive else f"several positive classes ({', '.join(positive)})"
+            what = (f"several positive classes ({', '.join(positive)})" if positive
+                    else "no positive class among the 8")
             raise InputError(path, f"line {line} ({name}): {what}")
         names.append(name)
         labels.append(CLASSES.index(positive[0]))
@@ -160,7 +161,7 @@ def _resolve_files(names: list[str], folder: Path, gt: Path) -> list[Path]:
     files = []
     for name in names:
         for candidate in (name, _strip(name), name + _SUFFIX):
-            hit = next((f"{candidate}{ext}" for ext in (".jpg", ".JPG", ".jpeg") if f"{candidate}{ext}" in present), None)
+            hit = next((candidate + ext for ext in (".jpg", ".JPG", ".jpeg") if candidate + ext in present), None)
             if hit:
                 files.append(folder / hit)
                 break

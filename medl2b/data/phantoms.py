@@ -175,7 +175,8 @@ def _promise_case(index: int, seed: int, grid_scale: float) -> dict:
     bx, by = gcx + rng.uniform(-6, 6), gcy - 0.4 * b - rng.uniform(8.0, 14.0)
     bz = gcz + hz + rng.uniform(12.0, 24.0)
     ax_, ay_, az_ = rng.uniform(30, 45), rng.uniform(22, 32), rng.uniform(18, 30)
-    dist = np.sqrt((((xx - bx) / ax_) ** 2 + ((yy - by) / ay_) ** 2)[:, :, None] + (((z - bz) / az_) ** 2)[None, None, :])
+    in_plane = ((xx - bx) / ax_) ** 2 + ((yy - by) / ay_) ** 2
+    dist = np.sqrt(in_plane[:, :, None] + (((z - bz) / az_) ** 2)[None, None, :])
     wall = np.clip((1.0 - dist) * 22.0 + 0.5, 0.0, 1.0)
     inner = np.clip((1.0 - 2.5 / 22.0 - dist) * 22.0 + 0.5, 0.0, 1.0)
     _blend(img, 0.32, wall)
@@ -419,7 +420,8 @@ def _render_lesion(recipe: dict, rng: np.random.Generator, width: int, height: i
         colour = colour * (1.0 + 0.05 * f[..., None])
     elif cls == "VASC":  # red-purple lacunae separated by pale septa
         lacunae = _dots(u, v, recipe["dots"] * 0.75, recipe["dot_r"] * 2.2, 9, 1.0)[..., None]
-        base = rgb(0.70, 0.12, 0.18) * (1 - np.clip(c, 0, 1)[..., None]) + rgb(0.45, 0.12, 0.38) * np.clip(c, 0, 1)[..., None]
+        purple = np.clip(c, 0, 1)[..., None]
+        base = rgb(0.70, 0.12, 0.18) * (1 - purple) + rgb(0.45, 0.12, 0.38) * purple
         colour = rgb(0.86, 0.62, 0.64) * (1 - lacunae) + base * lacunae
     else:  # SCC: keratin mass (white-yellow, scaly) with a red rim and glomerular vessels
         core = np.clip((0.75 - dist) / 0.15, 0, 1)[..., None]
@@ -457,7 +459,8 @@ def _draw_hairs(pil_img, rng: np.random.Generator) -> None:
             y0 += math.sin(heading) * length / steps
             heading += curl
         shade = int(rng.uniform(15, 70))
-        draw.line(pts, fill=(shade, int(shade * 0.8), int(shade * 0.7)), width=max(1, int(rng.uniform(0.002, 0.005) * w)))
+        width = max(1, int(rng.uniform(0.002, 0.005) * w))
+        draw.line(pts, fill=(shade, int(shade * 0.8), int(shade * 0.7)), width=width)
 
 
 def synth_isic2019(out: str | os.PathLike, *, n_images: int = 400, seed: int = 0) -> Path:

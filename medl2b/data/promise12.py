@@ -517,7 +517,8 @@ def prepare_promise12(raw: str | os.PathLike, out: str | os.PathLike, *, size: i
             "channel_names": {"0": "T2"}, "labels": {"background": 0, "prostate": 1}, "file_ending": ".nii.gz",
             "size": int(size), "seed": int(seed),
             "splits": splits, "split_source": split_source,
-            "intensity_normalisation": {"method": "clip to percentiles, then z-score", "percentiles": list(PERCENTILES)},
+            "intensity_normalisation": {"method": "clip to percentiles, then z-score",
+                                        "percentiles": list(PERCENTILES)},
             "cases": entries,
             "noise": {
                 "target_dice": float(noise_dice),
