@@ -1,0 +1,168 @@
+"""The training engine on tiny phantoms: every method, both tasks, resume, NaN, configs, weights files."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from medl2b.cli import app
+from medl2b.config import load_config
+from medl2b.errors import InputError
+from medl2b.train.trainer import Trainer, train
+
+TINY_SEG = {"features": [4, 4, 8, 8, 16, 4], "batch_size": 4, "meta_batch_size": 4, "steps_per_epoch": 2}
+TINY_CLS = {"width": 0.0625, "image_size": 32, "batch_size": 8, "meta_batch_size": 8, "steps_per_epoch": 2}
+
+
+def seg_cfg(data, out, **kw):
+    return load_config("prostate-seg", profile="cpu", overrides={
+        "data": str(data), "out": str(out), "epochs": 2, "warmup_epochs": 1, "device": "cpu", **TINY_SEG, **kw})
+
+
+def cls_cfg(data, out, **kw):
+    return load_config("skin-lesion-cls", profile="cpu", overrides={
+        "data": str(data), "out": str(out), "epochs": 2, "warmup_epochs": 1, "device": "cpu", **TINY_CLS, **kw})
+
+
+def read_rows(run):
+    with open(run / "metrics.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.parametrize("method", ["ce", "bootstrap", "l2rw", "l2b", "l2b-sum1"])
+@pytest.mark.parametrize("task", ["seg", "cls"])
+def test_every_method_trains_on_both_tasks(task, method, promise12_prepared, isic_prepared, tmp_path):
+    run = tmp_path / f"{task}-{method}"
+    cfg = (seg_cfg(promise12_prepared, run, method=method) if task == "seg"
+           else cls_cfg(isic_prepared, run, method=method))
+    before = None
+    trainer = Trainer(cfg, progress=False)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.fit()
+    rows = read_rows(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for name in ("config.yaml", "train.log", "checkpoint_latest.pt", "checkpoint_best.pt"):
+        assert (run / name).stat().st_size > 0, name
+    assert yaml.safe_load((run / "config.yaml").read_text())["method"] == method
+    after = trainer.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before), "no parameter moved"
+    warm, main = rows
+    assert float(warm["alpha_sum"]) == pytest.approx(1.0) and float(warm["beta_sum"]) == 0.0  # warm-up = CE
+    a, b = float(main["alpha_sum"]), float(main["beta_sum"])
+    if method == "ce" or method == "l2rw":
+        assert b == 0.0 and a == pytest.approx(1.0, abs=1e-4)
+    elif method == "bootstrap":
+        assert a == pytest.approx(0.8) and b == pytest.approx(0.2)
+    else:
+        assert a + b == pytest.approx(1.0, abs=1e-4) and b > 0.0
+    if method in ("l2rw", "l2b", "l2b-sum1"):
+        assert math.isfinite(float(main["meta_loss"]))
+    assert 0.0 <= float(main["val_score"]) <= 1.0
+
+
+def test_gmm_meta_set_logs_size_and_precision(promise12_prepared, tmp_path):
+    run = tmp_path / "gmm"
+    train(seg_cfg(promise12_prepared, run, method="l2b", meta_set="gmm", epochs=3), progress=False)
+    rows = read_rows(run)
+    assert rows[0]["meta_size"] != ""  # selected after warm-up (epoch 1), used in epochs 2 and 3
+    assert 0 < int(float(rows[0]["meta_size"])) <= 400
+    assert 0.0 <= float(rows[0]["meta_precision"]) <= 1.0
+    assert math.isfinite(float(rows[2]["meta_loss"]))
+    assert "online meta set" in (run / "train.log").read_text()
+
+
+@pytest.mark.parametrize("task", ["seg", "cls"])
+def test_killed_and_resumed_run_matches_uninterrupted(task, promise12_prepared, isic_prepared, tmp_path):
+    def cfg(out):
+        if task == "seg":
+            return seg_cfg(promise12_prepared, out, method="l2b", epochs=3, meta_set="gmm")
+        return cls_cfg(isic_prepared, out, method="l2b", epochs=3)
+
+    straight = Trainer(cfg(tmp_path / "a"), progress=False)
+    straight.fit()
+
+    killed = Trainer(cfg(tmp_path / "b"), progress=False)
+    original_end = killed.on_epoch_end
+
+    def die_after_two(*args, **kwargs):
+        row = original_end(*args, **kwargs)
+        if killed.epoch == 2:
+            raise KeyboardInterrupt
+        return row
+
+    killed.on_epoch_end = die_after_two
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    assert len(read_rows(tmp_path / "b")) == 2
+    resumed = Trainer(cfg(tmp_path / "b"), resume=True, progress=False)
+    assert resumed.epoch == 2
+    resumed.fit()
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert read_rows(tmp_path / "a") == [
+        {**r, "time_s": a_r["time_s"]} for r, a_r in zip(read_rows(tmp_path / "b"), read_rows(tmp_path / "a"))]
+
+
+def test_existing_run_needs_resume_and_resume_needs_a_run(promise12_prepared, tmp_path):
+    run = tmp_path / "r"
+    train(seg_cfg(promise12_prepared, run, method="ce", epochs=1, warmup_epochs=0), progress=False)
+    with pytest.raises(InputError, match="already holds a run"):
+        Trainer(seg_cfg(promise12_prepared, run, method="ce"), progress=False)
+    with pytest.raises(InputError, match="nothing to resume"):
+        Trainer(seg_cfg(promise12_prepared, tmp_path / "none", method="ce"), resume=True, progress=False)
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_last_checkpoint(promise12_prepared, tmp_path):
+    run = tmp_path / "nan"
+    args = ["train", "--task", "prostate-seg", "--data", str(promise12_prepared), "--out", str(run),
+            "--method", "l2b", "--profile", "cpu", "--epochs", "3", "--set", "warmup_epochs=1",
+            "--set", "features=[4,4,8,8,16,4]", "--set", "steps_per_epoch=3", "--set", "batch_size=4",
+            "--set", "clip_grad=0", "--set", "lr=1e25"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 3, result.output
+    lines = [l for l in result.output.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and "NaN" in lines[0] and "epoch" in lines[0] and "step" in lines[0]
+    assert "Traceback" not in result.output
+    assert (run / "checkpoint_latest.pt").exists() or "epoch 1 step" in lines[0]
+
+
+def test_config_keys_are_checked_and_flags_override(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: 0.1\nlearning_rate: 0.1\n")
+    with pytest.raises(InputError, match="unknown config key 'learning_rate'") as err:
+        load_config("prostate-seg", config_file=bad)
+    assert str(bad) in str(err.value)
+    cfg = load_config("prostate-seg", profile="cpu", config_file=None, overrides={"lr": "0.3", "method": "ce"})
+    assert cfg.lr == 0.3 and cfg.method == "ce" and cfg.epochs == 8  # the cpu profile's epochs
+    assert load_config("prostate-seg").epochs == 50
+    with pytest.raises(InputError, match="method must be one of"):
+        load_config("prostate-seg", overrides={"method": "mixup"})
+    result = CliRunner().invoke(app, ["train", "--task", "prostate-seg", "--out", str(tmp_path / "x"),
+                                      "--set", "bogus=1"])
+    assert result.exit_code == 2 and "unknown config key 'bogus'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_pretrained_weights_load_strictly_and_bad_files_are_named(tmp_path):
+    from medl2b.models import build_resnet50
+
+    reference = build_resnet50(num_classes=1000)
+    good = tmp_path / "resnet50_imagenet.pth"
+    torch.save(reference.state_dict(), good)
+    model = build_resnet50(num_classes=8, pretrained=good)
+    assert model.fc.out_features == 8
+    assert torch.equal(model.conv1.weight, reference.conv1.weight)
+    assert len(reference.state_dict()) == 320  # torchvision's ResNet-50 layout
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, wrong)
+    with pytest.raises(InputError, match="keys do not fit") as err:
+        build_resnet50(num_classes=8, pretrained=wrong)
+    assert "wrong.pth" in str(err.value)
+    with pytest.raises(InputError, match="not found"):
+        build_resnet50(num_classes=8, pretrained=tmp_path / "missing.pth")
