@@ -199,7 +199,7 @@ def compare_cmd(
 def demo_cmd(
     out: Path = typer.Option(Path("demo_output"), "--out", help="Demo folder (replaced if it is an old demo)."),
     cases: int = typer.Option(12, "--cases", min=6),
-    size: int = typer.Option(96, "--size", min=32),
+    size: int = typer.Option(64, "--size", min=32),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Override the CPU profile's epochs."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:

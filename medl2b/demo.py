@@ -20,7 +20,7 @@ log = logging.getLogger("medl2b")
 _MARKER = "medl2b-demo.txt"
 
 
-def run_demo(out: str | Path, *, cases: int = 12, size: int = 96, epochs: int | None = None,
+def run_demo(out: str | Path, *, cases: int = 12, size: int = 64, epochs: int | None = None,
              methods: tuple[str, ...] = ("ce", "l2b"), seed: int = 0, grid_scale: float = 0.5,
              echo=print) -> str:
     """Run the demo into ``out`` and return the comparison table (markdown).
@@ -56,7 +56,8 @@ def run_demo(out: str | Path, *, cases: int = 12, size: int = 96, epochs: int | 
         echo(f"[3/4] training {method} ({i + 1}/{len(methods)}), CPU profile -> {run}")
         cfg = load_config("prostate-seg", profile="cpu",
                           overrides={"data": str(out / "prepared"), "out": str(run), "method": method,
-                                     "seed": seed, "epochs": epochs, "device": "cpu"})
+                                     "seed": seed, "epochs": epochs, "device": "cpu",
+                                     "warmup_epochs": None if epochs is None else epochs // 3})
         t = time.time()
         row = train(cfg)
         echo(f"      {method}: best validation Dice on the meta cases "

@@ -139,7 +139,7 @@ def test_config_keys_are_checked_and_flags_override(tmp_path):
         load_config("prostate-seg", config_file=bad)
     assert str(bad) in str(err.value)
     cfg = load_config("prostate-seg", profile="cpu", config_file=None, overrides={"lr": "0.3", "method": "ce"})
-    assert cfg.lr == 0.3 and cfg.method == "ce" and cfg.epochs == 8  # the cpu profile's epochs
+    assert cfg.lr == 0.3 and cfg.method == "ce" and cfg.epochs == 24  # the cpu profile's epochs
     assert load_config("prostate-seg").epochs == 50
     with pytest.raises(InputError, match="method must be one of"):
         load_config("prostate-seg", overrides={"method": "mixup"})

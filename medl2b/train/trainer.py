@@ -45,7 +45,7 @@ __all__ = ["Trainer", "train", "weighted_losses", "resolve_device", "METRIC_COLU
 log = logging.getLogger("medl2b")
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "meta_loss", "alpha_sum", "beta_sum", "alpha_on_wrong",
-                  "alpha_on_right", "beta_on_wrong", "beta_on_right", "skipped_steps", "steps", "val_score",
+                  "alpha_on_right", "beta_on_wrong", "beta_on_right", "beta_share_on_wrong", "beta_share_on_right", "skipped_steps", "steps", "val_score",
                   "meta_size", "meta_precision", "meta_base_rate", "time_s"]
 
 
@@ -79,8 +79,9 @@ class EpochStats:
     meta_steps: int = 0
     alpha_sum: float = 0.0
     beta_sum: float = 0.0
-    split: dict = field(default_factory=lambda: {"alpha_on_wrong": [0.0, 0], "alpha_on_right": [0.0, 0],
-                                                 "beta_on_wrong": [0.0, 0], "beta_on_right": [0.0, 0]})
+    split: dict = field(default_factory=lambda: {k: [0.0, 0] for k in (
+        "alpha_on_wrong", "alpha_on_right", "beta_on_wrong", "beta_on_right", "beta_share_on_wrong",
+        "beta_share_on_right")})
 
 
 class Trainer:
@@ -267,18 +268,25 @@ class Trainer:
         self.optimizer.step()
 
     def _record_weights(self, stats: EpochStats, weights, given, clean) -> None:
-        """Sum of α and β over the batch, and the mean of N·α, N·β on wrong vs right given labels."""
+        """Per epoch: Σα and Σβ per batch; on elements whose given label is wrong vs right (known on
+        synthesised noise), the mean of N·α and N·β (1 = an average element's weight) and the mean
+        β/(α+β) share over elements with any weight (how far the target moved to the pseudo-label)."""
         with torch.no_grad():
             n = weights[0].numel()
             alpha = weights[0].float()
             beta = weights[1].float() if len(weights) > 1 else torch.zeros_like(alpha)
             stats.alpha_sum += float(alpha.sum())
             stats.beta_sum += float(beta.sum())
+            total = alpha + beta
+            share = beta / total.clamp_min(torch.finfo(total.dtype).tiny)
             wrong = given != clean
-            for name, w in (("alpha", alpha), ("beta", beta)):
+            for name, w, valid in (("alpha", alpha * n, None), ("beta", beta * n, None),
+                                   ("beta_share", share, total > 0)):
                 for part, mask in (("wrong", wrong), ("right", ~wrong)):
+                    if valid is not None:
+                        mask = mask & valid
                     acc = stats.split[f"{name}_on_{part}"]
-                    acc[0] += float((w * n)[mask].sum())
+                    acc[0] += float(w[mask].sum())
                     acc[1] += int(mask.sum())
 
     def validate(self) -> float:
