@@ -118,7 +118,7 @@ def test_existing_run_needs_resume_and_resume_needs_a_run(promise12_prepared, tm
         Trainer(seg_cfg(promise12_prepared, tmp_path / "none", method="ce"), resume=True, progress=False)
 
 
-def test_nan_loss_stops_with_one_line_and_keeps_last_checkpoint(promise12_prepared, tmp_path):
+def test_nan_loss_stops_the_cli_with_one_line(promise12_prepared, tmp_path):
     run = tmp_path / "nan"
     args = ["train", "--task", "prostate-seg", "--data", str(promise12_prepared), "--out", str(run),
             "--method", "l2b", "--profile", "cpu", "--epochs", "3", "--set", "warmup_epochs=1",
@@ -129,7 +129,28 @@ def test_nan_loss_stops_with_one_line_and_keeps_last_checkpoint(promise12_prepar
     lines = [l for l in result.output.splitlines() if l.startswith("error:")]
     assert len(lines) == 1 and "NaN" in lines[0] and "epoch" in lines[0] and "step" in lines[0]
     assert "Traceback" not in result.output
-    assert (run / "checkpoint_latest.pt").exists() or "epoch 1 step" in lines[0]
+
+
+def test_nan_mid_run_keeps_the_last_good_checkpoint(promise12_prepared, tmp_path):
+    from medl2b.errors import TrainingError
+
+    run = tmp_path / "nan2"
+    trainer = Trainer(seg_cfg(promise12_prepared, run, method="l2b", epochs=3), progress=False)
+    original_step = trainer.train_step
+
+    def poisoned(batch, meta_batch, stats, *, warm, step):
+        if trainer.epoch == 1:  # the second epoch: corrupt the weights, as a diverging run would
+            with torch.no_grad():
+                next(trainer.model.parameters()).fill_(float("nan"))
+        return original_step(batch, meta_batch, stats, warm=warm, step=step)
+
+    trainer.train_step = poisoned
+    with pytest.raises(TrainingError, match="epoch 2 step 1"):
+        trainer.fit()
+    state = torch.load(run / "checkpoint_latest.pt", weights_only=False)
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert len(read_rows(run)) == 1
 
 
 def test_config_keys_are_checked_and_flags_override(tmp_path):
