@@ -224,6 +224,7 @@ def main() -> None:
     ap.add_argument("--task", default=None, help="with --data: prostate-seg or skin-lesion-cls")
     ap.add_argument("--paper-schedule", action="store_true", help="the task YAML's full schedule, not the cpu profile")
     ap.add_argument("--no-write", action="store_true", help="print the tables only")
+    ap.add_argument("--report-only", action="store_true", help="write the tables from the finished runs, train nothing")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     results = args.work / "results.jsonl"
@@ -247,7 +248,7 @@ def main() -> None:
     for seed in range(args.seeds):
         for task, level, name, extra in plan:
             i += 1
-            if (task, level, name, seed) in finished:
+            if (task, level, name, seed) in finished or args.report_only:
                 continue
             data_dir = data[(task, level)]
             if name == "oracle":  # clean labels do not depend on the noise level
@@ -263,7 +264,7 @@ def main() -> None:
     figs = weight_figures(done, ROOT / "benchmarks" / "figures")
     text += "\n\n" + "\n".join(f"![{p.stem}](benchmarks/figures/{p.name})" for p in figs)
     text += (f"\n\nCommand: `python benchmarks/accuracy.py --seeds {args.seeds}`"
-             + (f" --data {args.data}" if args.data else "") + f"; {len(done)} runs.")
+             + (f" --data {args.data}" if args.data else "") + f"; {len(done)} of {total} runs finished.")
     print(text)
     if not args.no_write:
         write_benchmarks_md(text)
