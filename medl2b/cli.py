@@ -8,6 +8,7 @@ stderr and a non-zero exit code, never a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -150,7 +151,9 @@ def train_cmd(
         overrides[key.strip()] = value
     cfg = load_config(task, profile=profile, config_file=config, overrides=overrides)
     row = train(cfg, resume=resume)
-    typer.echo(f"finished {cfg.epochs} epochs in {out}: last validation score {row.get('val_score', float('nan')):.4f}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+            typer.echo(f"finished {cfg.epochs} epochs in {out}: last validation score "
+                   f"{row.get('val_score', float('nan')):.4f}")
 
 
 @app.command("eval")

@@ -117,6 +117,7 @@ def meta_weights(
     normalise: str = "batch",
     impl: str = "fast",
     param_names: Sequence[str] | None = None,
+    reduce_meta_grad: Callable[[list[torch.Tensor]], None] | None = None,
 ) -> MetaWeights:
     """Compute L2B/L2RW weights for one training batch.
 
@@ -133,6 +134,9 @@ def meta_weights(
         impl: ``"fast"`` (forward-mode, default) or ``"reference"`` (double backward).
         param_names: restrict the virtual step to these parameters (``--meta-scope last``);
             ``None`` = every trainable parameter.
+        reduce_meta_grad: fast implementation only: called in place on ``v = ∇_θ L_meta``
+            before the forward-mode pass. Distributed runs average ``v`` over processes
+            here, so every process weighs its batch against the meta batches of all.
     """
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}")
@@ -141,7 +145,7 @@ def meta_weights(
     params = _selected_params(model, param_names)
     if impl == "reference":
         return _reference(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, normalise)
-    return _fast(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, normalise)
+    return _fast(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, normalise, reduce_meta_grad)
 
 
 def _reference(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, normalise) -> MetaWeights:
@@ -159,12 +163,15 @@ def _reference(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, no
     return MetaWeights(weights, losses, g_eps, float(m_loss.detach()), skipped)
 
 
-def _fast(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, normalise) -> MetaWeights:
+def _fast(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, normalise, reduce_meta_grad=None
+          ) -> MetaWeights:
     names, tensors = list(params), list(params.values())
     meta_out = functional_call(model, _cloned_buffers(model), (meta_inputs,), strict=False)
     m_loss = meta_loss(meta_out)
     v = torch.autograd.grad(m_loss, tensors, allow_unused=True)
     v = [torch.zeros_like(p) if g is None else g for p, g in zip(tensors, v)]
+    if reduce_meta_grad is not None:
+        reduce_meta_grad(v)
     buffers = _cloned_buffers(model)
     with fwad.dual_level():
         duals = {n: fwad.make_dual(p, t) for n, p, t in zip(names, tensors, v)}

@@ -28,19 +28,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
+from torch.utils.data.distributed import DistributedSampler
 
 from medl2b.config import TrainConfig, save_config
 from medl2b.errors import InputError, TrainingError, atomic_file
-from medl2b.inference import flip_averaged_probs
-from medl2b.meta import meta_weights
 from medl2b.models import build_model, head_parameter_names
-from medl2b.train.methods import Method, fixed_weights, get_method, make_loss_terms
+from medl2b.train import distributed
+from medl2b.train.methods import get_method
 from medl2b.train.metaset import select_clean
+from medl2b.train.step import StepModule
 from medl2b.train.tasks import build_task
 
-__all__ = ["Trainer", "train", "weighted_losses", "resolve_device", "METRIC_COLUMNS"]
+__all__ = ["Trainer", "train", "resolve_device", "METRIC_COLUMNS"]
 
 log = logging.getLogger("medl2b")
 
@@ -102,9 +102,13 @@ class Trainer:
             raise InputError(latest, "nothing to resume: no checkpoint in this run folder")
         if not resume and latest.exists():
             raise InputError(self.out, "already holds a run; pass --resume to continue it or choose another --out")
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._setup_logging()
         self.device = resolve_device(cfg.device)
+        self.dist = distributed.setup(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self._setup_logging()
         self.method = get_method(cfg.method)
         _seed_everything(cfg.seed)
         self.task = build_task(cfg)
@@ -113,6 +117,16 @@ class Trainer:
         self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
         self.head = head_parameter_names(self.model) if cfg.meta_scope == "last" else None
+        self.step_module = StepModule(self.model, self.method, bootstrap_beta=cfg.bootstrap_beta,
+                                      meta_impl=cfg.meta_impl, param_names=self.head,
+                                      pseudo_tta=cfg.pseudo_label_tta and cfg.task == "prostate-seg",
+                                      reduce_meta_grad=distributed.average_in_place if self.dist.enabled else None)
+        self.engine = self.step_module
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.engine = DistributedDataParallel(
+                self.step_module, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None)
         self.amp_dtype = (torch.bfloat16 if self.device.type == "cuda" and cfg.amp and torch.cuda.is_bf16_supported()
                           else None)
         self.epoch = 0
@@ -121,9 +135,9 @@ class Trainer:
         self.online_meta: np.ndarray | None = None
         if resume:
             self.load_checkpoint(latest)
-        else:
+        elif self.dist.is_main:
             save_config(cfg, self.out / "config.yaml")
-        self.tb = self._tensorboard()
+        self.tb = self._tensorboard() if self.dist.is_main else None
 
     # ----------------------------------------------------------------- set-up
     def _setup_logging(self) -> None:
@@ -132,15 +146,17 @@ class Trainer:
             if getattr(h, "_medl2b", False):
                 log.removeHandler(h)
                 h.close()
+        log.propagate = False
+        if not self.dist.is_main:  # only rank 0 logs
+            return
         fh = logging.FileHandler(self.out / "train.log")
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         fh._medl2b = True  # type: ignore[attr-defined]
         log.addHandler(fh)
-        if not self.progress:
-            sh = logging.StreamHandler(sys.stdout)
-            sh.setFormatter(logging.Formatter("%(message)s"))
-            sh._medl2b = True  # type: ignore[attr-defined]
-            log.addHandler(sh)
+        sh = logging.StreamHandler(sys.stdout)  # epoch summaries; step lines only when there is no bar
+        sh.setFormatter(logging.Formatter("%(message)s"))
+        sh._medl2b = True  # type: ignore[attr-defined]
+        log.addHandler(sh)
         log.propagate = False
 
     def _tensorboard(self):
@@ -167,21 +183,41 @@ class Trainer:
             row = self.on_epoch_end(stats, score, time.time() - start)
         if self.tb is not None:
             self.tb.close()
+        if self.dist.enabled:
+            self._check_replicas()
+            distributed.cleanup()
         return row
+
+    def _check_replicas(self) -> None:
+        """After a distributed run, every process must hold the same weights."""
+        import torch.distributed as dist
+
+        checksum = torch.tensor([sum(float(p.detach().double().sum()) for p in self.model.parameters())],
+                                dtype=torch.float64, device=self.device)
+        gathered = [torch.zeros_like(checksum) for _ in range(self.dist.world)]
+        dist.all_gather(gathered, checksum)
+        values = [float(g) for g in gathered]
+        if max(values) - min(values) > 1e-6 * max(1.0, abs(values[0])):
+            raise TrainingError(f"distributed replicas diverged: weight checksums {values}")
+        log.info("all %d processes hold identical weights (checksum %.6f)", self.dist.world, values[0])
 
     def _loaders(self, seed: int):
         cfg = self.cfg
         gen = torch.Generator().manual_seed(seed)
         n = len(self.task.train_set)
-        train = DataLoader(self.task.train_set, batch_size=min(cfg.batch_size, n), shuffle=True, drop_last=True,
-                           generator=gen, num_workers=cfg.num_workers)
+        sampler = None
+        if self.dist.enabled:  # every process takes its own share; batch_size is per process
+            sampler = DistributedSampler(self.task.train_set, num_replicas=self.dist.world, rank=self.dist.rank,
+                                         shuffle=True, seed=seed, drop_last=True)
+        train = DataLoader(self.task.train_set, batch_size=min(cfg.batch_size, n), shuffle=sampler is None,
+                           sampler=sampler, drop_last=True, generator=gen, num_workers=cfg.num_workers)
         meta_ds = self.task.meta_set
         if cfg.meta_set == "gmm" and self.online_meta is not None:
             meta_ds = Subset(self.task.train_set, self.online_meta.tolist())
         meta = None
         if meta_ds is not None and len(meta_ds) > 0:
             meta = _forever(DataLoader(meta_ds, batch_size=min(cfg.meta_batch_size, len(meta_ds)), shuffle=True,
-                                       generator=torch.Generator().manual_seed(seed + 3),
+                                       generator=torch.Generator().manual_seed(seed + 3 + 7919 * self.dist.rank),
                                        num_workers=cfg.num_workers))
         return train, meta
 
@@ -210,7 +246,7 @@ class Trainer:
         return stats
 
     def _progress(self, total: int):
-        if not self.progress:
+        if not self.progress or not self.dist.is_main:
             return None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -241,28 +277,31 @@ class Trainer:
             xm = self.task.input_transform(meta_batch["image"].to(self.device))
             ym = meta_batch["label"].to(self.device)
         with self._autocast():
-            weights, losses, meta_out = weighted_losses(
-                self.model, self.method, x, y, xm, ym, lr=self.optimizer.param_groups[0]["lr"], warm=warm,
-                bootstrap_beta=cfg.bootstrap_beta, meta_impl=cfg.meta_impl, param_names=self.head,
-                pseudo_tta=cfg.pseudo_label_tta and cfg.task == "prostate-seg")
+            loss, weights, losses, meta_out = self.engine(x, y, xm, ym, lr=self.optimizer.param_groups[0]["lr"],
+                                                          warm=warm)
         skipped = meta_out is not None and meta_out.skipped
         if meta_out is not None:
             stats.meta_loss += meta_out.meta_loss
             stats.meta_steps += 1
-        loss = sum((w * l.float()).sum() for w, l in zip(weights, losses))
         plain = float(losses[0].detach().float().mean())
-        if not (math.isfinite(plain) and math.isfinite(float(loss.detach()))):
+        bad = not (math.isfinite(plain) and math.isfinite(float(loss.detach())))
+        if self.dist.enabled:  # agree across processes before DDP's backward
+            n_bad, n_skipped = distributed.any_flags(bad, skipped, device=self.device)
+            bad, skipped = n_bad > 0, n_skipped == self.dist.world
+        if bad:
             raise TrainingError(f"loss is NaN/inf at epoch {self.epoch + 1} step {step + 1}; training stopped. "
                                 f"The last good checkpoint is {self.out / 'checkpoint_latest.pt'}")
         self.optimizer.zero_grad(set_to_none=True)
         stats.steps += 1
         stats.loss += plain
         self._record_weights(stats, weights, y, batch["clean"].to(self.device))
+        if skipped and not self.dist.enabled:
+            stats.skipped += 1
+            return
+        loss.backward()  # under DDP every process joins the gradient all-reduce, even with zero weights
         if skipped:
             stats.skipped += 1
-            log.debug("epoch %d step %d skipped: no element helps the meta set", self.epoch + 1, step + 1)
             return
-        loss.backward()
         if cfg.clip_grad and cfg.clip_grad > 0:
             torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.clip_grad)
         self.optimizer.step()
@@ -319,6 +358,8 @@ class Trainer:
         improved = select and score > self.best_score
         if improved:
             self.best_score = score
+        if not self.dist.is_main:
+            return row
         self._write_metrics()
         self.save_checkpoint(self.out / "checkpoint_latest.pt")
         if improved or not select:
@@ -366,28 +407,6 @@ class Trainer:
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
         log.info("resumed from %s at epoch %d", path, self.epoch)
-
-
-def weighted_losses(model, method: Method, x: torch.Tensor, y: torch.Tensor, xm: torch.Tensor | None = None,
-                    ym: torch.Tensor | None = None, *, lr: float, warm: bool = False, bootstrap_beta: float = 0.8,
-                    meta_impl: str = "fast", param_names=None, pseudo_tta: bool = False):
-    """Weights and per-element losses of one training step, for any method: the one shared code path.
-
-    Returns ``(weights, losses, meta)``: the real step is ``Σ_k (weights[k] * losses[k]).sum()``;
-    ``meta`` is the :class:`~medl2b.meta.MetaWeights` of a meta step (``None`` without one).
-    During warm-up (``warm=True``) every method is plain CE on the given labels.
-    """
-    n_terms = 1 if warm else method.n_terms
-    pseudo = flip_averaged_probs(model, x).argmax(1) if (n_terms == 2 and pseudo_tta) else None
-    terms = make_loss_terms(y, n_terms=n_terms, pseudo=pseudo)
-    if method.uses_meta and not warm:
-        if xm is None or ym is None:
-            raise ValueError(f"{method.name} needs a meta batch")
-        out = meta_weights(model, x, terms, xm, lambda logits: F.cross_entropy(logits.float(), ym), lr=lr,
-                           normalise=method.normalise, impl=meta_impl, param_names=param_names)
-        return out.weights, out.losses, out
-    losses = terms(model(x))
-    return fixed_weights(get_method("ce") if warm else method, losses, bootstrap_beta=bootstrap_beta), losses, None
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = None) -> dict:

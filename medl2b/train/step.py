@@ -1,0 +1,71 @@
+"""One training step of any method, as a plain function and as a module for DDP.
+
+:func:`weighted_losses` is the single code path of all five methods: it returns the
+per-element losses and their weights, from the meta step (``l2rw``, ``l2b``,
+``l2b-sum1``) or fixed (``ce``, ``bootstrap``, and every method during warm-up).
+:class:`StepModule` wraps it so that ``DistributedDataParallel`` sees the whole
+step as one forward and averages the gradients of its backward across processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medl2b.inference import flip_averaged_probs
+from medl2b.meta import meta_weights
+from medl2b.train.methods import Method, fixed_weights, get_method, make_loss_terms
+
+__all__ = ["StepModule", "weighted_losses"]
+
+
+def weighted_losses(model, method: Method, x: torch.Tensor, y: torch.Tensor, xm: torch.Tensor | None = None,
+                    ym: torch.Tensor | None = None, *, lr: float, warm: bool = False, bootstrap_beta: float = 0.8,
+                    meta_impl: str = "fast", param_names: Sequence[str] | None = None, pseudo_tta: bool = False,
+                    reduce_meta_grad: Callable[[list[torch.Tensor]], None] | None = None):
+    """Weights and per-element losses of one training step, for any method: the one shared code path.
+
+    Returns ``(weights, losses, meta)``: the real step is ``Σ_k (weights[k] * losses[k]).sum()``;
+    ``meta`` is the :class:`~medl2b.meta.MetaWeights` of a meta step (``None`` without one).
+    During warm-up (``warm=True``) every method is plain CE on the given labels.
+    ``reduce_meta_grad`` (distributed runs) averages the meta gradient over processes.
+    """
+    n_terms = 1 if warm else method.n_terms
+    pseudo = flip_averaged_probs(model, x).argmax(1) if (n_terms == 2 and pseudo_tta) else None
+    terms = make_loss_terms(y, n_terms=n_terms, pseudo=pseudo)
+    if method.uses_meta and not warm:
+        if xm is None or ym is None:
+            raise ValueError(f"{method.name} needs a meta batch")
+        out = meta_weights(model, x, terms, xm, lambda logits: F.cross_entropy(logits.float(), ym), lr=lr,
+                           normalise=method.normalise, impl=meta_impl, param_names=param_names,
+                           reduce_meta_grad=reduce_meta_grad)
+        return out.weights, out.losses, out
+    losses = terms(model(x))
+    return fixed_weights(get_method("ce") if warm else method, losses, bootstrap_beta=bootstrap_beta), losses, None
+
+
+class StepModule(nn.Module):
+    """The weighted loss of one step as a module: ``forward`` returns ``(loss, weights, losses, meta)``.
+
+    ``loss = Σ_k (weights[k] * losses[k]).sum()`` is the scalar to back-propagate.
+    Wrapping this module (not the bare network) in DDP makes the meta step part of
+    DDP's forward, so the real step's backward is the one DDP synchronises.
+    """
+
+    def __init__(self, net: nn.Module, method: Method, *, bootstrap_beta: float = 0.8, meta_impl: str = "fast",
+                 param_names: Sequence[str] | None = None, pseudo_tta: bool = False,
+                 reduce_meta_grad: Callable[[list[torch.Tensor]], None] | None = None):
+        super().__init__()
+        self.net = net
+        self.method = method
+        self.options = {"bootstrap_beta": bootstrap_beta, "meta_impl": meta_impl, "param_names": param_names,
+                        "pseudo_tta": pseudo_tta, "reduce_meta_grad": reduce_meta_grad}
+
+    def forward(self, x, y, xm=None, ym=None, *, lr: float, warm: bool = False):
+        weights, losses, meta = weighted_losses(self.net, self.method, x, y, xm, ym, lr=lr, warm=warm,
+                                                **self.options)
+        loss = sum((w * l.float()).sum() for w, l in zip(weights, losses))
+        return loss, weights, losses, meta
