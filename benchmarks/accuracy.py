@@ -3,7 +3,8 @@
 On phantom data the project generates (default), with the CPU profiles:
 
 * segmentation: ``ce`` and ``l2b`` at noise Dice 0.8, 0.6 and 0.4; at 0.6 also ``bootstrap``,
-  ``l2rw``, ``l2b-sum1``, ``l2b`` with ``--meta-set gmm`` and the oracle (``ce`` on clean labels);
+  ``l2rw``, ``l2b-sum1``, ``l2b`` with ``--meta-set gmm``, ``l2b`` with ``--meta-scope last``
+  (FaMUS-style approximate meta step) and the oracle (``ce`` on clean labels);
 * classification: ``ce``, ``l2rw`` and ``l2b`` at 20 % and 50 % symmetric noise;
 
 each with ``--seeds`` seeds (default 3). Every run is trained, then evaluated on the test split
@@ -43,6 +44,7 @@ def seg_plan(levels):
         if math.isclose(level, 0.6) or len(levels) == 1:
             plan += [("seg", level, "bootstrap", {}), ("seg", level, "l2rw", {}), ("seg", level, "l2b-sum1", {}),
                      ("seg", level, "l2b-gmm", {"meta_set": "gmm"}),
+                     ("seg", level, "l2b-last", {"meta_scope": "last"}),
                      ("seg", level, "oracle", {"label_source": "clean", "method": "ce"})]
     return plan
 
@@ -128,7 +130,7 @@ def tables(rows: list[dict]) -> str:
                 "| noise Dice | method | seeds | Dice (%) | HD95 (mm) | ASD (mm) | failed cases | train time (s) |",
                 "|---|---|---|---|---|---|---|---|"]
         for level in levels:
-            for method in ("ce", "bootstrap", "l2rw", "l2b-sum1", "l2b", "l2b-gmm", "oracle"):
+            for method in ("ce", "bootstrap", "l2rw", "l2b-sum1", "l2b", "l2b-last", "l2b-gmm", "oracle"):
                 rs = [r for r in seg if r["level"] == level and r["method"] == method]
                 if not rs:
                     continue
