@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["predict_logits", "flip_averaged_probs"]
+__all__ = ["predict_logits", "predict_dataset", "flip_averaged_probs"]
 
 
 @torch.no_grad()
@@ -28,6 +28,33 @@ def predict_logits(model: nn.Module, images: torch.Tensor, *, batch_size: int = 
     finally:
         model.train(was_training)
     return torch.cat(outs) if outs else torch.empty(0)
+
+
+@torch.no_grad()
+def predict_dataset(model: nn.Module, dataset, *, batch_size: int = 32, device: torch.device | str = "cpu",
+                    transform=None, num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits, given labels and clean labels of a whole dataset of ``{"image", "label", "clean"}`` items.
+
+    Streams the dataset in batches, so only the logits are held in memory (a 20k-image
+    ISIC split would not fit as one tensor of images).
+    """
+    from torch.utils.data import DataLoader
+
+    logits, labels, cleans = [], [], []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in loader:
+            x = batch["image"].to(device, non_blocking=True)
+            if transform is not None:
+                x = transform(x)
+            logits.append(model(x).float().cpu())
+            labels.append(batch["label"])
+            cleans.append(batch["clean"])
+    finally:
+        model.train(was_training)
+    return torch.cat(logits), torch.cat(labels), torch.cat(cleans)
 
 
 @torch.no_grad()

@@ -191,14 +191,11 @@ def _evaluate_cls(model, cfg, run, data, split, checkpoint, out, dev, figures) -
     from medl2b.data.datasets import IsicDataset, load_isic, load_manifest
     from medl2b.evaluate.metrics import classification_metrics
     from medl2b.evaluate.report import write_cls_report
-    from medl2b.inference import predict_logits
+    from medl2b.inference import predict_dataset
 
     manifest = load_manifest(data, task="skin-lesion-cls")
     _split_cases(manifest, split, "images")
-    images = load_isic(data, split)
-    ds = IsicDataset(images, augment=False)
-    x = torch.stack([ds[i]["image"] for i in range(len(ds))])
-    y = np.asarray([int(ds[i]["clean"]) for i in range(len(ds))])
+    ds = IsicDataset(load_isic(data, split), augment=False)
     size = cfg.image_size or int(manifest["size"])
 
     def resize(b):
@@ -206,7 +203,8 @@ def _evaluate_cls(model, cfg, run, data, split, checkpoint, out, dev, figures) -
             return b
         return F.interpolate(b, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
-    pred = predict_logits(model, x, batch_size=cfg.batch_size, device=dev, transform=resize).argmax(1).numpy()
+    logits, _, clean = predict_dataset(model, ds, batch_size=cfg.batch_size, device=dev, transform=resize)
+    pred, y = logits.argmax(1).numpy(), clean.numpy()
     classes = manifest["classes"]
     metrics = classification_metrics(y, pred, n_classes=len(classes), class_names=classes)
     summary = write_cls_report(out, metrics=metrics, split=split, checkpoint=checkpoint, class_names=classes,

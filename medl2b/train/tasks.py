@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from medl2b.inference import predict_logits
+from medl2b.inference import predict_dataset, predict_logits
 
 __all__ = ["Task", "SegmentationTask", "ClassificationTask", "build_task", "dice_score"]
 
@@ -112,22 +112,17 @@ class ClassificationTask(Task):
             return x
         return F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
 
-    def _stack(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
-        items = [dataset[i] for i in range(len(dataset))]
-        return torch.stack([it["image"] for it in items]), torch.as_tensor([int(it["label"]) for it in items])
-
     def validate(self, model, device) -> float:
         from medl2b.data.datasets import IsicDataset
 
-        x, y = self._stack(IsicDataset(self.val_images, augment=False))
-        pred = predict_logits(model, x, batch_size=self.batch_size, device=device,
-                              transform=self.input_transform).argmax(1)
-        return float((pred == y).float().mean())
+        logits, _, clean = predict_dataset(model, IsicDataset(self.val_images, augment=False),
+                                           batch_size=self.batch_size, device=device, transform=self.input_transform)
+        return float((logits.argmax(1) == clean).float().mean())
 
     def sample_losses(self, model, device, batch_size: int) -> np.ndarray:
-        x, y = self._stack(self.train_plain)
-        logits = predict_logits(model, x, batch_size=batch_size, device=device, transform=self.input_transform)
-        return F.cross_entropy(logits, y, reduction="none").numpy()
+        logits, given, _ = predict_dataset(model, self.train_plain, batch_size=batch_size, device=device,
+                                           transform=self.input_transform)
+        return F.cross_entropy(logits, given, reduction="none").numpy()
 
     def selection_quality(self, indices: np.ndarray) -> dict[str, float]:
         good = np.asarray(self.train_images.label) == np.asarray(self.train_images.clean)
