@@ -4,7 +4,8 @@ On phantom data the project generates (default), with the CPU profiles:
 
 * segmentation: ``ce`` and ``l2b`` at noise Dice 0.8, 0.6 and 0.4; at 0.6 also ``bootstrap``,
   ``l2rw``, ``l2b-sum1``, ``l2b`` with ``--meta-set gmm``, ``l2b`` with ``--meta-scope last``
-  (FaMUS-style approximate meta step) and the oracle (``ce`` on clean labels);
+  (FaMUS-style approximate meta step), ``l2b`` with flip-averaged pseudo-labels
+  (``pseudo_label_tta``) and the oracle (``ce`` on clean labels);
 * classification: ``ce``, ``l2rw`` and ``l2b`` at 20 % and 50 % symmetric noise;
 
 each with ``--seeds`` seeds (default 3). Every run is trained, then evaluated on the test split
@@ -45,6 +46,7 @@ def seg_plan(levels):
             plan += [("seg", level, "bootstrap", {}), ("seg", level, "l2rw", {}), ("seg", level, "l2b-sum1", {}),
                      ("seg", level, "l2b-gmm", {"meta_set": "gmm"}),
                      ("seg", level, "l2b-last", {"meta_scope": "last"}),
+                     ("seg", level, "l2b-tta", {"pseudo_label_tta": True}),
                      ("seg", level, "oracle", {"label_source": "clean", "method": "ce"})]
     return plan
 
@@ -130,7 +132,7 @@ def tables(rows: list[dict]) -> str:
                 "| noise Dice | method | seeds | Dice (%) | HD95 (mm) | ASD (mm) | failed cases | train time (s) |",
                 "|---|---|---|---|---|---|---|---|"]
         for level in levels:
-            for method in ("ce", "bootstrap", "l2rw", "l2b-sum1", "l2b", "l2b-last", "l2b-gmm", "oracle"):
+            for method in ("ce", "bootstrap", "l2rw", "l2b-sum1", "l2b", "l2b-tta", "l2b-last", "l2b-gmm", "oracle"):
                 rs = [r for r in seg if r["level"] == level and r["method"] == method]
                 if not rs:
                     continue
