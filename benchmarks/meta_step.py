@@ -88,14 +88,38 @@ def time_all(net: str, args) -> dict[str, float]:
     return {v: statistics.median(ts) for v, ts in times.items()}
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
+
+
 def memory_child(net: str, variant: str, args) -> None:
+    """Peak resident memory during 3 steps, above the resident memory just before them.
+
+    A thread samples /proc/self/statm every millisecond (``ru_maxrss`` cannot be used:
+    importing torch and MONAI already peaks higher than a small step).
+    """
+    import threading
+
     model, batch = make(net, args.size, args.batch)
     step = stepper(model, variant, batch)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step()  # allocator warm-up, optimizer state
+    base = _rss_mb()
+    peak = [base]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_mb())
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
     for _ in range(3):
         step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"delta_mb": (peak - base) / 1024}))
+    stop.set()
+    thread.join()
+    print(json.dumps({"delta_mb": peak[0] - base}))
 
 
 def memory(net: str, variant: str, args) -> float:
@@ -127,10 +151,11 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for net in args.nets.split(","):
         times = time_all(net, args)
+        print(f"# {net} step times: " + ", ".join(f"{v} {t:.3f}s" for v, t in times.items()), flush=True)
         mem = {v: float("nan") for v in VARIANTS} if args.no_memory else {v: memory(net, v, args) for v in VARIANTS}
         for v in VARIANTS:
             print(f"| {net} | {v} | {times[v]:.3f} | {times[v] / times['ce']:.2f} | {mem[v]:.0f} | "
-                  f"{mem[v] / mem['ce']:.2f} |")
+                  f"{mem[v] / mem['ce'] if mem['ce'] > 0 else float('nan'):.2f} |")
         if net == "unetpp":
             ratio_line = f"l2b/ce step-time ratio: {times['l2b (fast)'] / times['ce']:.2f}"
     print()

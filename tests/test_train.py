@@ -67,7 +67,12 @@ def test_every_method_trains_on_both_tasks(task, method, promise12_prepared, isi
 
 def test_gmm_meta_set_logs_size_and_precision(promise12_prepared, tmp_path):
     run = tmp_path / "gmm"
-    train(seg_cfg(promise12_prepared, run, method="l2b", meta_set="gmm", epochs=3), progress=False)
+    trainer = Trainer(seg_cfg(promise12_prepared, run, method="l2b", meta_set="gmm", epochs=3), progress=False)
+    trainer.fit()
+    given = trainer.task.train_slices.label
+    chosen = trainer.online_meta
+    assert len(chosen) > 0 and all(int(given[i].sum()) > 0 for i in chosen)  # never an empty slice
+    assert len(chosen) < len(given)
     rows = read_rows(run)
     assert rows[0]["meta_size"] != ""  # selected after warm-up (epoch 1), used in epochs 2 and 3
     assert 0 < int(float(rows[0]["meta_size"])) <= 400

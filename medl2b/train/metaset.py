@@ -5,6 +5,10 @@ are min-max normalised and fitted with a two-component 1-D Gaussian mixture
 (scikit-learn). Samples whose posterior of the low-mean component exceeds a
 threshold are taken as likely clean and form the meta set of the next epoch,
 with their given labels.
+
+For segmentation the unit is a slice (its mean pixel loss), and only slices whose
+given mask has foreground are candidates (``Task.meta_candidates``): empty slices
+have almost no loss and would otherwise fill the clean component.
 """
 
 from __future__ import annotations

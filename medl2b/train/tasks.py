@@ -47,8 +47,19 @@ class Task:
         """Per-sample losses on the given labels in eval mode, ``(N,)`` (per slice for segmentation)."""
         raise NotImplementedError
 
-    def selection_quality(self, indices: np.ndarray) -> dict[str, float]:
-        """How clean an online meta set is, from the known clean labels."""
+    def meta_candidates(self) -> np.ndarray:
+        """Indices of the training samples the online meta set may be chosen from (default: all)."""
+        return np.arange(len(self.train_plain))
+
+    def selection_quality(self, indices: np.ndarray, candidates: np.ndarray) -> dict[str, float]:
+        """How clean an online meta set is, from the known clean labels (precision vs the candidates' rate)."""
+        good = self._clean_mask()
+        return {"meta_size": int(len(indices)),
+                "meta_precision": float(good[indices].mean()) if len(indices) else float("nan"),
+                "meta_base_rate": float(good[candidates].mean()) if len(candidates) else float("nan")}
+
+    def _clean_mask(self) -> np.ndarray:
+        """Per training sample: is its given label (nearly) right?"""
         raise NotImplementedError
 
 
@@ -82,13 +93,20 @@ class SegmentationTask(Task):
         logits = predict_logits(model, self.train_slices.image, batch_size=batch_size, device=device)
         return F.cross_entropy(logits, self.train_slices.label, reduction="none").mean((1, 2)).numpy()
 
-    def selection_quality(self, indices: np.ndarray) -> dict[str, float]:
+    def meta_candidates(self) -> np.ndarray:
+        """Slices whose given mask has foreground.
+
+        Empty slices have almost no loss, so a mixture fitted on every slice puts them in
+        the clean component, and a meta set of empty slices teaches only background
+        (measured on phantoms at noise Dice 0.6: test Dice 0.014, the network collapses).
+        """
+        has_fg = np.flatnonzero(self.train_slices.label.flatten(1).sum(1).numpy() > 0)
+        return has_fg if len(has_fg) >= 4 else np.arange(len(self.train_plain))
+
+    def _clean_mask(self) -> np.ndarray:
+        """A slice counts as clean when its given mask has Dice >= 0.9 with the clean one."""
         lab, clean = self.train_slices.label.numpy() > 0, self.train_slices.clean.numpy() > 0
-        per_slice = np.array([dice_score(lab[i], clean[i]) for i in range(lab.shape[0])])
-        good = per_slice >= 0.9
-        return {"meta_size": int(len(indices)),
-                "meta_precision": float(good[indices].mean()) if len(indices) else float("nan"),
-                "meta_base_rate": float(good.mean())}
+        return np.array([dice_score(lab[i], clean[i]) >= 0.9 for i in range(lab.shape[0])])
 
 
 class ClassificationTask(Task):
@@ -124,11 +142,8 @@ class ClassificationTask(Task):
                                            transform=self.input_transform)
         return F.cross_entropy(logits, given, reduction="none").numpy()
 
-    def selection_quality(self, indices: np.ndarray) -> dict[str, float]:
-        good = np.asarray(self.train_images.label) == np.asarray(self.train_images.clean)
-        return {"meta_size": int(len(indices)),
-                "meta_precision": float(good[indices].mean()) if len(indices) else float("nan"),
-                "meta_base_rate": float(good.mean())}
+    def _clean_mask(self) -> np.ndarray:
+        return np.asarray(self.train_images.label) == np.asarray(self.train_images.clean)
 
 
 def build_task(cfg) -> Task:

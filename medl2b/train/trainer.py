@@ -340,10 +340,12 @@ class Trainer:
         quality: dict = {}
         if cfg.uses_meta and cfg.meta_set == "gmm" and self.epoch >= cfg.warmup_epochs and self.epoch < cfg.epochs:
             losses = self.task.sample_losses(self.model, self.device, cfg.batch_size)
-            self.online_meta, _ = select_clean(losses, threshold=cfg.gmm_threshold, seed=cfg.seed + self.epoch)
-            quality = self.task.selection_quality(self.online_meta)
-            log.info("online meta set: %d of %d samples, precision %.3f (base rate %.3f)", quality["meta_size"],
-                     len(losses), quality["meta_precision"], quality["meta_base_rate"])
+            candidates = self.task.meta_candidates()
+            chosen, _ = select_clean(losses[candidates], threshold=cfg.gmm_threshold, seed=cfg.seed + self.epoch)
+            self.online_meta = candidates[chosen]
+            quality = self.task.selection_quality(self.online_meta, candidates)
+            log.info("online meta set: %d of %d candidate samples, precision %.3f (candidates' rate %.3f)",
+                     quality["meta_size"], len(candidates), quality["meta_precision"], quality["meta_base_rate"])
         steps = max(stats.steps, 1)
         row = {"epoch": self.epoch, "lr": lr, "train_loss": stats.loss / steps,
                "meta_loss": stats.meta_loss / stats.meta_steps if stats.meta_steps else float("nan"),
