@@ -35,6 +35,7 @@ VARIANTS = {  # name -> (method, meta_impl, meta_scope)
     "l2rw": ("l2rw", "fast", "all"),
     "l2b (reference)": ("l2b", "reference", "all"),
     "l2b (fast)": ("l2b", "fast", "all"),
+    "l2b (fast-lowmem)": ("l2b", "fast-lowmem", "all"),
     "l2b (last)": ("l2b", "fast", "last"),
 }
 

@@ -130,7 +130,7 @@ def train_cmd(
     seed: Optional[int] = typer.Option(None, "--seed"),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
     pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Local torchvision-layout ImageNet weights."),
-    meta_impl: Optional[str] = typer.Option(None, "--meta-impl", help="fast (forward-mode) | reference (double backward)."),
+    meta_impl: Optional[str] = typer.Option(None, "--meta-impl", help="fast (forward-mode) | fast-lowmem | reference (double backward)."),
     meta_scope: Optional[str] = typer.Option(None, "--meta-scope", help="all | last (FaMUS-style, head only)."),
     label_source: Optional[str] = typer.Option(None, "--label-source", help="noisy | clean (the oracle)."),
     set_: List[str] = typer.Option([], "--set", help="Any config key: --set lr=0.01 (repeatable)."),

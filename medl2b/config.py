@@ -50,7 +50,7 @@ class TrainConfig:
     steps_per_epoch: int | None = None  # None = one pass over the training set
     # method knobs
     bootstrap_beta: float = 0.8         # weight of the given label in `bootstrap`
-    meta_impl: str = "fast"             # fast (forward-mode JVP) | reference (double backward)
+    meta_impl: str = "fast"             # fast (forward-mode JVP) | fast-lowmem | reference (double backward)
     meta_scope: str = "all"             # all | last (FaMUS-style: virtual step on the head only)
     pseudo_label_tta: bool = False      # segmentation: average flipped predictions first
     gmm_threshold: float = 0.5          # P(clean) above which a sample joins the online meta set
@@ -70,7 +70,7 @@ class TrainConfig:
     def validate(self, where: str = "config") -> "TrainConfig":
         """Check values; raise :class:`InputError` naming the key."""
         choices = {"task": TASKS, "method": METHODS, "meta_set": ("clean", "gmm"),
-                   "label_source": ("noisy", "clean"), "meta_impl": ("fast", "reference"),
+                   "label_source": ("noisy", "clean"), "meta_impl": ("fast", "fast-lowmem", "reference"),
                    "meta_scope": ("all", "last"), "device": ("auto", "cpu", "cuda")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:

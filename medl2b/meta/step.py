@@ -16,6 +16,10 @@ for K terms (k = given label, pseudo-label), each of shape ``S`` (``(B,)`` or
   with tangent ``v`` (``torch.autograd.forward_ad``) gives every ⟨v, ∇ℓ_k,i⟩ at
   once, and its primal output is the training forward that the real step
   back-propagates through.
+* ``impl="fast-lowmem"``: as ``fast``, but the forward-mode pass runs without an
+  autograd graph and the real step takes its own plain forward. One forward more,
+  in exchange for not keeping the tangents alive until the real backward (measured
+  in ``BENCHMARKS.md``).
 
 BatchNorm: the meta forward (and the dual forward) run on *cloned* buffers, so
 running statistics are not updated three times per step. The training forward
@@ -131,7 +135,8 @@ def meta_weights(
         meta_loss: maps the meta logits to the scalar clean loss (a mean).
         lr: the virtual step size η (the current learning rate).
         normalise: ``"batch"`` or ``"element"``, see :func:`normalise_weights`.
-        impl: ``"fast"`` (forward-mode, default) or ``"reference"`` (double backward).
+        impl: ``"fast"`` (forward-mode, default), ``"fast-lowmem"`` (forward-mode, no shared
+            forward) or ``"reference"`` (double backward).
         param_names: restrict the virtual step to these parameters (``--meta-scope last``);
             ``None`` = every trainable parameter.
         reduce_meta_grad: fast implementation only: called in place on ``v = ∇_θ L_meta``
@@ -140,12 +145,13 @@ def meta_weights(
     """
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}")
-    if impl not in ("fast", "reference"):
-        raise ValueError(f"impl must be 'fast' or 'reference', got {impl!r}")
+    if impl not in ("fast", "fast-lowmem", "reference"):
+        raise ValueError(f"impl must be 'fast', 'fast-lowmem' or 'reference', got {impl!r}")
     params = _selected_params(model, param_names)
     if impl == "reference":
         return _reference(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, normalise)
-    return _fast(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, normalise, reduce_meta_grad)
+    return _fast(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, normalise, reduce_meta_grad,
+                 share_forward=impl == "fast")
 
 
 def _reference(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, normalise) -> MetaWeights:
@@ -163,8 +169,8 @@ def _reference(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, no
     return MetaWeights(weights, losses, g_eps, float(m_loss.detach()), skipped)
 
 
-def _fast(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, normalise, reduce_meta_grad=None
-          ) -> MetaWeights:
+def _fast(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, normalise, reduce_meta_grad=None,
+          share_forward: bool = True) -> MetaWeights:
     names, tensors = list(params), list(params.values())
     meta_out = functional_call(model, _cloned_buffers(model), (meta_inputs,), strict=False)
     m_loss = meta_loss(meta_out)
@@ -173,16 +179,20 @@ def _fast(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, normali
     if reduce_meta_grad is not None:
         reduce_meta_grad(v)
     buffers = _cloned_buffers(model)
-    with fwad.dual_level():
+    with torch.set_grad_enabled(share_forward and torch.is_grad_enabled()), fwad.dual_level():
         duals = {n: fwad.make_dual(p, t) for n, p, t in zip(names, tensors, v)}
         out = functional_call(model, {**buffers, **duals}, (inputs,), strict=False)
         unpacked = [fwad.unpack_dual(l) for l in loss_terms(out)]
         losses = [u.primal for u in unpacked]
         tangents = [torch.zeros_like(u.primal) if u.tangent is None else u.tangent.detach() for u in unpacked]
         new_buffers = {n: fwad.unpack_dual(b).primal.detach() for n, b in buffers.items()}
-    with torch.no_grad():  # the dual forward was the training forward: move the real statistics once
-        for n, b in model.named_buffers():
-            b.copy_(new_buffers[n])
+        del duals, out, unpacked
+    if share_forward:
+        with torch.no_grad():  # the dual forward was the training forward: move the real statistics once
+            for n, b in model.named_buffers():
+                b.copy_(new_buffers[n])
+    else:
+        losses = list(loss_terms(model(inputs)))  # a plain training forward for the real step
     g_eps = [-lr * t for t in tangents]
     weights, skipped = normalise_weights([-g for g in g_eps], mode=normalise)
     return MetaWeights(weights, losses, g_eps, float(m_loss.detach()), skipped)
