@@ -54,6 +54,7 @@ def extras_plan(level=0.6):
     return [("seg", level, "l2b-last", {"meta_scope": "last"}), ("seg", level, "l2b-tta", {"pseudo_label_tta": True})]
 
 
+
 def cls_plan(levels):
     return [("cls", level, m, {}) for level in levels for m in ("ce", "l2rw", "l2b")]
 
@@ -226,6 +227,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=ROOT / "bench_runs" / "accuracy")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--extra-seeds", type=int, default=1, help="seeds of the extras (l2b-last, l2b-tta)")
     ap.add_argument("--tasks", default="seg,cls")
     ap.add_argument("--data", type=Path, default=None, help="a real prepared dataset (runs one task)")
     ap.add_argument("--task", default=None, help="with --data: prostate-seg or skin-lesion-cls")
@@ -252,7 +254,7 @@ def main() -> None:
     # the protocol for every seed first, then the extras for every seed
     schedule = [(seed, p) for seed in range(args.seeds) for p in plan]
     if args.data is None and "seg" in args.tasks.split(","):
-        schedule += [(seed, p) for seed in range(args.seeds) for p in extras_plan()]
+        schedule += [(seed, p) for seed in range(args.extra_seeds) for p in extras_plan()]
     total = len(schedule)
     t0 = time.time()
     i = 0
