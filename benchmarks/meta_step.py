@@ -98,14 +98,15 @@ def memory_child(net: str, variant: str, args) -> None:
     """Peak resident memory during 3 steps, above the resident memory just before them.
 
     A thread samples /proc/self/statm every millisecond (``ru_maxrss`` cannot be used:
-    importing torch and MONAI already peaks higher than a small step).
+    importing torch and MONAI already peaks higher than a small step). The first step's
+    one-time allocations (optimiser state, oneDNN primitives) are included for every method.
     """
     import threading
 
     model, batch = make(net, args.size, args.batch)
     step = stepper(model, variant, batch)
-    step()  # allocator warm-up, optimizer state
-    base = _rss_mb()
+    base = _rss_mb()  # model, data and optimiser built, no step taken (steps after the first would
+    # start from a heap glibc kept from the first peak, so their growth would read as ~0)
     peak = [base]
     stop = threading.Event()
 
