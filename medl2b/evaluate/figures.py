@@ -111,7 +111,7 @@ def _overlay_slices(
     """Axial slices of ``image`` (X, Y, Z) with one contour per (mask, colour, label) layer."""
     from matplotlib.lines import Line2D
 
-    fg = np.zeros(image.shape[2], dtype=bool)
+    fg = np.zeros(image.shape[2], dtype=np.bool_)
     for m in select:
         fg |= m.any(axis=(0, 1))
     candidates = np.flatnonzero(fg) if fg.any() else np.arange(image.shape[2])
