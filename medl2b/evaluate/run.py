@@ -74,7 +74,7 @@ def evaluate_run(run: str | Path, *, data: str | Path | None = None, split: str 
     return _evaluate_cls(model, cfg, run, data, split, checkpoint, out, dev, figures)
 
 
-def _split_cases(manifest: dict, split: str, key: str) -> list:
+def _split_cases(manifest: dict, split: str) -> list:
     if split not in manifest["splits"]:
         raise InputError("--split", f"unknown split {split!r}; the dataset has {', '.join(manifest['splits'])}")
     items = manifest["splits"][split]
@@ -92,7 +92,7 @@ def _evaluate_seg(model, cfg, run, data, split, checkpoint, out, dev, figures, p
     from medl2b.inference import predict_logits
 
     manifest = load_manifest(data, task="prostate-seg")
-    cases = _split_cases(manifest, split, "cases")
+    cases = _split_cases(manifest, split)
     per_case, volumes = [], {}
     for case in _iterate(cases, progress, "predicting"):
         info = manifest["cases"][case]
@@ -153,8 +153,8 @@ def weight_map_examples(model, cfg, data, dev, *, n: int = 4) -> dict | None:
     slices, and returns arrays ``(n, H, W)`` for :func:`plot_weight_maps`.
     """
     from medl2b.data.datasets import load_manifest, load_slices
-    from medl2b.meta import meta_weights
-    from medl2b.train.methods import get_method, make_loss_terms
+    from medl2b.train.methods import get_method
+    from medl2b.train.step import weighted_losses
 
     manifest = load_manifest(data, task="prostate-seg")
     if not manifest["splits"]["meta"]:
@@ -170,12 +170,11 @@ def weight_map_examples(model, cfg, data, dev, *, n: int = 4) -> dict | None:
     method = get_method(cfg.method)
     net = copy.deepcopy(model).train()
     x, y = train.image[idx].to(dev), train.label[idx].to(dev)
-    res = meta_weights(net, x, make_loss_terms(y, n_terms=method.n_terms), meta.image[midx].to(dev),
-                       lambda logits: F.cross_entropy(logits, meta.clean[midx].to(dev)), lr=cfg.lr,
-                       normalise=method.normalise, impl="fast")
-    count = res.weights[0].numel()
-    alpha = (res.weights[0] * count).cpu().numpy()
-    beta = (res.weights[1] * count).cpu().numpy() if len(res.weights) > 1 else np.zeros_like(alpha)
+    weights, _, _ = weighted_losses(net, method, x, y, meta.image[midx].to(dev), meta.clean[midx].to(dev),
+                                    lr=cfg.lr)
+    count = weights[0].numel()
+    alpha = (weights[0] * count).cpu().numpy()
+    beta = (weights[1] * count).cpu().numpy() if len(weights) > 1 else np.zeros_like(alpha)
     with torch.no_grad():
         pseudo = net.eval()(x).argmax(1).cpu().numpy()
     def upright(a):  # slices are (x, y); show them as the volume overlays do, rows = y
@@ -194,7 +193,7 @@ def _evaluate_cls(model, cfg, run, data, split, checkpoint, out, dev, figures) -
     from medl2b.inference import predict_dataset
 
     manifest = load_manifest(data, task="skin-lesion-cls")
-    _split_cases(manifest, split, "images")
+    _split_cases(manifest, split)
     ds = IsicDataset(load_isic(data, split), augment=False)
     size = cfg.image_size or int(manifest["size"])
 
