@@ -40,7 +40,9 @@ class TrainConfig:
     label_source: str = "noisy"        # noisy | clean (clean = the oracle ceiling)
     # optimisation (paper: SGD, momentum 0.9, wd 5e-4, cosine annealing, gradient clipping)
     epochs: int = 30
-    warmup_epochs: int = 1
+    warmup_epochs: int = 1             # at least this many epochs of plain CE before a meta method starts
+    warmup_until_score: float | None = None  # ...and, if set, until the clean validation score reaches this
+    warmup_max_epochs: int | None = None     # cap on the score-gated warm-up; None = half the epochs
     batch_size: int = 64
     meta_batch_size: int = 64
     lr: float = 0.01
@@ -81,6 +83,13 @@ class TrainConfig:
                 raise InputError(where, f"{key} must be > 0, got {getattr(self, key)!r}")
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise InputError(where, f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
+        if self.warmup_until_score is not None:
+            if self.meta_set != "clean":
+                raise InputError(where, "warmup_until_score needs the clean meta set to score on (meta_set clean)")
+            if not 0.0 < self.warmup_until_score <= 1.0:
+                raise InputError(where, f"warmup_until_score must be in (0, 1], got {self.warmup_until_score}")
+        if self.warmup_max_epochs is not None and not self.warmup_epochs <= self.warmup_max_epochs <= self.epochs:
+            raise InputError(where, f"warmup_max_epochs must be in [warmup_epochs, epochs], got {self.warmup_max_epochs}")
         if not 0.0 <= self.bootstrap_beta <= 1.0:
             raise InputError(where, f"bootstrap_beta must be in [0, 1], got {self.bootstrap_beta}")
         if not 0.0 < self.gmm_threshold < 1.0:
@@ -88,6 +97,20 @@ class TrainConfig:
         if self.meta_set == "gmm" and self.method not in ("l2rw", "l2b", "l2b-sum1"):
             raise InputError(where, f"meta_set gmm only applies to meta-learning methods, not {self.method!r}")
         return self
+
+    def in_warmup(self, epoch: int, scores: list[float]) -> bool:
+        """Whether 0-based ``epoch`` is still warm-up (plain CE), given the validation scores of the
+        epochs before it. Fixed: the first ``warmup_epochs``. Score-gated (``warmup_until_score``):
+        also every later epoch until some earlier epoch scored at least the threshold on the clean
+        meta cases, but never past ``warmup_max_epochs`` (default: half the run), so a network that
+        never gets there still meets the meta step."""
+        if epoch < self.warmup_epochs:
+            return True
+        if self.warmup_until_score is None:
+            return False
+        cap = self.epochs // 2 if self.warmup_max_epochs is None else self.warmup_max_epochs
+        reached = any(s >= self.warmup_until_score for s in scores[:epoch])
+        return epoch < max(cap, self.warmup_epochs) and not reached
 
     @property
     def uses_meta(self) -> bool:

@@ -81,6 +81,33 @@ def test_gmm_meta_set_logs_size_and_precision(promise12_prepared, tmp_path):
     assert "online meta set" in (run / "train.log").read_text()
 
 
+def test_score_gated_warmup_waits_for_the_validation_score():
+    cfg = load_config("prostate-seg", profile="cpu", overrides={"warmup_epochs": 2, "warmup_until_score": 0.3})
+    assert cfg.in_warmup(1, [0.5])                     # the fixed minimum comes first
+    assert cfg.in_warmup(2, [0.0, 0.1]) and cfg.in_warmup(5, [0.0, 0.1, 0.2, 0.25, 0.29])
+    assert not cfg.in_warmup(3, [0.0, 0.1, 0.31])       # reached at epoch 3 -> meta from epoch 4
+    assert not cfg.in_warmup(4, [0.0, 0.4, 0.1, 0.1])   # once reached, warm-up never comes back
+    assert cfg.in_warmup(11, [0.0] * 11) and not cfg.in_warmup(12, [0.0] * 12)  # cap: half of 24 epochs
+    capped = load_config("prostate-seg", profile="cpu", overrides={"warmup_until_score": 0.3, "warmup_max_epochs": 9})
+    assert capped.in_warmup(8, [0.0] * 8) and not capped.in_warmup(9, [0.0] * 9)
+    plain = load_config("prostate-seg", profile="cpu")
+    assert plain.in_warmup(7, [1.0] * 7) and not plain.in_warmup(8, [0.0] * 8)
+    with pytest.raises(InputError, match="warmup_until_score needs the clean meta set"):
+        load_config("prostate-seg", overrides={"warmup_until_score": 0.3, "meta_set": "gmm"})
+    with pytest.raises(InputError, match="warmup_max_epochs must be in"):
+        load_config("prostate-seg", overrides={"warmup_max_epochs": 500})
+
+
+def test_unreached_warmup_score_hands_over_at_the_cap(promise12_prepared, tmp_path):
+    run = tmp_path / "gated"
+    train(seg_cfg(promise12_prepared, run, method="l2b", epochs=3, warmup_until_score=1.0, warmup_max_epochs=2),
+          progress=False)
+    rows = read_rows(run)
+    assert [int(r["warmup"]) for r in rows] == [1, 1, 0]
+    assert [r["meta_loss"] == "" for r in rows] == [True, True, False]
+    assert "epoch 3: warm-up over" in (run / "train.log").read_text()
+
+
 @pytest.mark.parametrize("task", ["seg", "cls"])
 def test_killed_and_resumed_run_matches_uninterrupted(task, promise12_prepared, isic_prepared, tmp_path):
     def cfg(out):

@@ -44,9 +44,9 @@ __all__ = ["Trainer", "train", "resolve_device", "METRIC_COLUMNS"]
 
 log = logging.getLogger("medl2b")
 
-METRIC_COLUMNS = ["epoch", "lr", "train_loss", "meta_loss", "alpha_sum", "beta_sum", "alpha_on_wrong",
-                  "alpha_on_right", "beta_on_wrong", "beta_on_right", "beta_share_on_wrong", "beta_share_on_right", "skipped_steps", "steps", "val_score",
-                  "meta_size", "meta_precision", "meta_base_rate", "time_s"]
+METRIC_COLUMNS = ["epoch", "warmup", "lr", "train_loss", "meta_loss", "alpha_sum", "beta_sum", "alpha_on_wrong",
+                  "alpha_on_right", "beta_on_wrong", "beta_on_right", "beta_share_on_wrong", "beta_share_on_right",
+                  "skipped_steps", "steps", "val_score", "meta_size", "meta_precision", "meta_base_rate", "time_s"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -72,6 +72,7 @@ def _forever(loader):
 class EpochStats:
     """Running sums over one epoch."""
 
+    warmup: bool = False
     steps: int = 0
     skipped: int = 0
     loss: float = 0.0
@@ -224,12 +225,14 @@ class Trainer:
     def train_epoch(self, seed: int) -> EpochStats:
         cfg = self.cfg
         train, meta = self._loaders(seed)
-        warm = self.epoch < cfg.warmup_epochs
+        warm = cfg.in_warmup(self.epoch, [row["val_score"] for row in self.history])
+        if self.method.uses_meta and warm != cfg.in_warmup(self.epoch - 1, [row["val_score"] for row in self.history]):
+            log.info("epoch %d: warm-up over, the meta step starts", self.epoch + 1)
         use_meta = self.method.uses_meta and not warm
         if use_meta and meta is None:
             raise TrainingError(f"{cfg.method} needs a meta set, but it is empty (meta_set={cfg.meta_set})")
         total = len(train) if cfg.steps_per_epoch is None else min(cfg.steps_per_epoch, len(train))
-        stats = EpochStats()
+        stats = EpochStats(warmup=warm)
         self.model.train()
         bar = self._progress(total)
         for step, batch in enumerate(train):
@@ -347,7 +350,7 @@ class Trainer:
             log.info("online meta set: %d of %d candidate samples, precision %.3f (candidates' rate %.3f)",
                      quality["meta_size"], len(candidates), quality["meta_precision"], quality["meta_base_rate"])
         steps = max(stats.steps, 1)
-        row = {"epoch": self.epoch, "lr": lr, "train_loss": stats.loss / steps,
+        row = {"epoch": self.epoch, "warmup": int(stats.warmup), "lr": lr, "train_loss": stats.loss / steps,
                "meta_loss": stats.meta_loss / stats.meta_steps if stats.meta_steps else float("nan"),
                "alpha_sum": stats.alpha_sum / steps, "beta_sum": stats.beta_sum / steps,
                **{k: (v[0] / v[1] if v[1] else float("nan")) for k, v in stats.split.items()},
