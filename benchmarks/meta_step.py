@@ -17,6 +17,7 @@ implementation (fast).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import statistics
@@ -26,6 +27,7 @@ import time
 
 import torch
 
+import medl2b.meta.step as meta_step_module
 from medl2b.models import build_resnet50, build_unetpp, head_parameter_names
 from medl2b.train.methods import get_method
 from medl2b.train.step import weighted_losses
@@ -35,9 +37,11 @@ VARIANTS = {  # name -> (method, meta_impl, meta_scope)
     "l2rw": ("l2rw", "fast", "all"),
     "l2b (reference)": ("l2b", "reference", "all"),
     "l2b (fast)": ("l2b", "fast", "all"),
+    "l2b (fast, generic rules)": ("l2b", "fast", "all"),
     "l2b (fast-lowmem)": ("l2b", "fast-lowmem", "all"),
     "l2b (last)": ("l2b", "fast", "last"),
 }
+GENERIC = {"l2b (fast, generic rules)"}  # PyTorch's own forward-mode rules instead of medl2b.meta.jvp's
 
 
 def make(net: str, size: int, batch: int, seed: int = 0):
@@ -54,6 +58,17 @@ def make(net: str, size: int, batch: int, seed: int = 0):
     return model.train(), (x, y, xm, ym)
 
 
+@contextlib.contextmanager
+def generic_rules():
+    """The fast step as it was before the hand-written tangent rules (``lean=False``), for comparison."""
+    original = meta_step_module.lean_tangents
+    meta_step_module.lean_tangents = lambda model: contextlib.nullcontext()
+    try:
+        yield
+    finally:
+        meta_step_module.lean_tangents = original
+
+
 def stepper(model, variant: str, batch):
     method_name, impl, scope = VARIANTS[variant]
     method = get_method(method_name)
@@ -63,7 +78,9 @@ def stepper(model, variant: str, batch):
     x, y, xm, ym = batch
 
     def step():
-        weights, losses, _ = weighted_losses(model, method, x, y, xm, ym, lr=0.01, meta_impl=impl, param_names=head)
+        with generic_rules() if variant in GENERIC else contextlib.nullcontext():
+            weights, losses, _ = weighted_losses(model, method, x, y, xm, ym, lr=0.01, meta_impl=impl,
+                                                 param_names=head)
         loss = sum((w * l).sum() for w, l in zip(weights, losses))
         opt.zero_grad(set_to_none=True)
         loss.backward()

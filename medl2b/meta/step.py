@@ -28,6 +28,7 @@ at ``θ`` updates the real statistics exactly once, as a plain step would.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -35,6 +36,8 @@ import torch
 from torch import nn
 from torch.autograd import forward_ad as fwad
 from torch.func import functional_call
+
+from medl2b.meta.jvp import lean_tangents
 
 __all__ = ["MetaWeights", "meta_weights", "normalise_weights"]
 
@@ -122,6 +125,7 @@ def meta_weights(
     impl: str = "fast",
     param_names: Sequence[str] | None = None,
     reduce_meta_grad: Callable[[list[torch.Tensor]], None] | None = None,
+    lean: bool = True,
 ) -> MetaWeights:
     """Compute L2B/L2RW weights for one training batch.
 
@@ -142,6 +146,9 @@ def meta_weights(
         reduce_meta_grad: fast implementation only: called in place on ``v = ∇_θ L_meta``
             before the forward-mode pass. Distributed runs average ``v`` over processes
             here, so every process weighs its batch against the meta batches of all.
+        lean: fast implementations: use the hand-written tangent rules of :mod:`medl2b.meta.jvp`
+            for convolutions, norms and ReLUs (default); ``False`` = PyTorch's generic forward-mode
+            rules everywhere (same numbers, slower, more memory; kept for tests and benchmarks).
     """
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}")
@@ -151,7 +158,7 @@ def meta_weights(
     if impl == "reference":
         return _reference(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, normalise)
     return _fast(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, normalise, reduce_meta_grad,
-                 share_forward=impl == "fast")
+                 share_forward=impl == "fast", lean=lean)
 
 
 def _reference(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, normalise) -> MetaWeights:
@@ -170,7 +177,7 @@ def _reference(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, no
 
 
 def _fast(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, normalise, reduce_meta_grad=None,
-          share_forward: bool = True) -> MetaWeights:
+          share_forward: bool = True, lean: bool = True) -> MetaWeights:
     names, tensors = list(params), list(params.values())
     meta_out = functional_call(model, _cloned_buffers(model), (meta_inputs,), strict=False)
     m_loss = meta_loss(meta_out)
@@ -179,7 +186,8 @@ def _fast(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, normali
     if reduce_meta_grad is not None:
         reduce_meta_grad(v)
     buffers = _cloned_buffers(model)
-    with torch.set_grad_enabled(share_forward and torch.is_grad_enabled()), fwad.dual_level():
+    lean_rules = lean_tangents(model) if lean else contextlib.nullcontext()
+    with torch.set_grad_enabled(share_forward and torch.is_grad_enabled()), fwad.dual_level(), lean_rules:
         duals = {n: fwad.make_dual(p, t) for n, p, t in zip(names, tensors, v)}
         out = functional_call(model, {**buffers, **duals}, (inputs,), strict=False)
         unpacked = [fwad.unpack_dual(l) for l in loss_terms(out)]

@@ -1,0 +1,196 @@
+"""Hand-written forward-mode rules for the layers that dominate the fast meta step.
+
+``torch.autograd.forward_ad`` computes every tangent with differentiable operations.
+When the same pass is also the training forward (``impl="fast"``), each tangent
+operation that touches a parameter or an activation that requires grad is recorded
+in the autograd graph and keeps its inputs alive until the real backward: the
+tangent of every convolution saves a second copy of the layer's activations.
+Normalisation and in-place activations also go through slow generic rules (a clone
+per in-place ReLU, a chain of broadcasts per norm).
+
+Inside :func:`lean_tangents`, convolutions, transposed convolutions, batch/instance
+norms that use batch statistics and (leaky) ReLUs compute their primal output with
+the ordinary functional op (recorded for the real backward, exactly as in a plain
+step) and their tangent separately under ``torch.no_grad()`` from the textbook rules:
+
+* conv:  ``ẏ = conv(ẋ, W) + conv(x, Ẇ) + ḃ``
+* norm:  ``x̂ = (x − μ)/σ``, ``ẏ = γ̇ x̂ + ḃ + γ (ẋ − mean(ẋ) − x̂ · mean(ẋ x̂)) / σ``
+  (means over the normalised dimensions; ``σ² = var + eps``, biased variance), which is
+  the batch-norm backward formula applied to ``ẋ``: two fused kernels
+* (leaky) ReLU: ``ẏ = ẋ · (1 if x > 0 else slope)``
+
+then join them with ``forward_ad.make_dual``. The tangents are the same numbers
+(tested against the double-backward reference), nothing of them is kept for the
+backward, and every other layer keeps PyTorch's own rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd import forward_ad as fwad
+
+__all__ = ["lean_tangents"]
+
+_CONV = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}
+_DECONV = {nn.ConvTranspose1d: F.conv_transpose1d, nn.ConvTranspose2d: F.conv_transpose2d,
+           nn.ConvTranspose3d: F.conv_transpose3d}
+
+
+def _split(t: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    if t is None:
+        return None, None
+    primal, tangent = fwad.unpack_dual(t)
+    return primal, tangent
+
+
+def _join(primal: torch.Tensor, tangent: torch.Tensor | None) -> torch.Tensor:
+    return primal if tangent is None else fwad.make_dual(primal, tangent)
+
+
+def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    if a is None:
+        return b
+    return a if b is None else a.add_(b)
+
+
+def _bias_shape(bias: torch.Tensor, ndim: int) -> torch.Tensor:
+    return bias.view(1, -1, *([1] * (ndim - 2)))
+
+
+def _linear_layer(module: nn.Module, op, x: torch.Tensor, **kw) -> torch.Tensor:
+    """conv / transposed conv: bilinear in (x, W), plus a bias."""
+    x_p, x_t = _split(x)
+    w_p, w_t = _split(module.weight)
+    b_p, b_t = _split(module.bias)
+    y = op(x_p, w_p, b_p, **kw)
+    with torch.no_grad():
+        y_t = None if x_t is None else op(x_t, w_p.detach(), None, **kw)
+        if w_t is not None:
+            y_t = _add(y_t, op(x_p.detach(), w_t, None, **kw))
+        if b_t is not None:
+            y_t = _add(y_t, _bias_shape(b_t, y.dim()).expand_as(y).clone() if y_t is None else _bias_shape(b_t, y.dim()))
+    return _join(y, y_t)
+
+
+def _conv(module, op):
+    def forward(x):
+        kw = dict(stride=module.stride, padding=module.padding, dilation=module.dilation, groups=module.groups)
+        if module.padding_mode != "zeros":  # padded explicitly by the generic rule, then a valid conv
+            x = F.pad(x, module._reversed_padding_repeated_twice, mode=module.padding_mode)
+            kw["padding"] = 0
+        return _linear_layer(module, op, x, **kw)
+    return forward
+
+
+def _deconv(module, op):
+    def forward(x, output_size=None):
+        pad = module._output_padding(x, output_size, module.stride, module.padding, module.kernel_size,
+                                     len(module.kernel_size), module.dilation)
+        return _linear_layer(module, op, x, stride=module.stride, padding=module.padding, output_padding=pad,
+                             groups=module.groups, dilation=module.dilation)
+    return forward
+
+
+def _norm(module, original, instance: bool):
+    def forward(x):
+        x_p, x_t = _split(x)
+        w_p, w_t = _split(module.weight)
+        b_p, b_t = _split(module.bias)
+        if x_t is None and w_t is None and b_t is None:
+            return original(x)
+        # primal: the module's own forward on primals (updates the (cloned) running statistics)
+        y = _primal_call(module, original, x_p)
+        with torch.no_grad():
+            y_t = _norm_tangent(x_p.detach(), x_t, None if w_p is None else w_p.detach(), w_t, b_t, module.eps,
+                                instance)
+        return _join(y, y_t)
+    return forward
+
+
+def _norm_tangent(x, x_t, w, w_t, b_t, eps: float, instance: bool) -> torch.Tensor | None:
+    """Tangent of ``y = w · x̂ + b`` with batch statistics (per channel, or per sample and channel).
+
+    The map ``x → x̂`` has a symmetric Jacobian, so its JVP is its VJP: PyTorch's fused
+    batch-norm backward kernel, fed the tangent as the output gradient. ``ẇ · x̂ + ḃ`` is a
+    batch norm of ``x`` with ``ẇ`` and ``ḃ`` as affine parameters, which also yields the
+    statistics. An instance norm is a batch norm of the ``(1, B·C, ...)`` reshape.
+    """
+    shape = x.shape
+    if instance:
+        b, c = shape[:2]
+        x = x.reshape(1, b * c, *shape[2:])
+        x_t = None if x_t is None else x_t.reshape(x.shape)
+        w, w_t, b_t = (None if t is None else t.repeat(b) for t in (w, w_t, b_t))
+    affine_t, mean, invstd = torch.native_batch_norm(x, w_t, b_t, None, None, True, 0.0, eps)
+    y_t = affine_t if (w_t is not None or b_t is not None) else None
+    if x_t is not None:
+        dx = torch.ops.aten.native_batch_norm_backward(x_t.contiguous(), x, w, None, None, mean, invstd, True, eps,
+                                                       [True, False, False])[0]
+        y_t = dx if y_t is None else y_t.add_(dx)
+    return None if y_t is None else y_t.reshape(shape)
+
+
+def _primal_call(module: nn.Module, original, x_p: torch.Tensor) -> torch.Tensor:
+    """The module's forward with its parameters (dual inside ``functional_call``) seen as primals."""
+    saved = {}
+    for name in ("weight", "bias"):
+        value = getattr(module, name, None)
+        if isinstance(value, torch.Tensor):
+            saved[name] = value
+            module.__dict__[name] = fwad.unpack_dual(value).primal  # shadows the registered tensor
+    try:
+        return original(x_p)
+    finally:
+        for name in saved:
+            del module.__dict__[name]
+
+
+def _relu(module, slope: float):
+    def forward(x):
+        x_p, x_t = _split(x)
+        y = F.leaky_relu(x_p, slope) if slope else F.relu(x_p)
+        if x_t is None:
+            return y
+        with torch.no_grad():  # elementwise, so the JVP is the (fused) VJP kernel
+            y_t = (torch.ops.aten.leaky_relu_backward(x_t, y.detach(), slope, True) if slope
+                   else torch.ops.aten.threshold_backward(x_t, y.detach(), 0))
+        return _join(y, y_t)  # outside no_grad: the dual must stay on the graph
+    return forward
+
+
+def _rule(module: nn.Module):
+    kind = type(module)
+    if kind in _CONV:
+        return _conv(module, _CONV[kind])
+    if kind in _DECONV:
+        return _deconv(module, _DECONV[kind])
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and (module.training or module.running_mean is None):
+        return _norm(module, module.forward, instance=False)
+    if isinstance(module, nn.modules.instancenorm._InstanceNorm) and (module.training or not module.track_running_stats):
+        return _norm(module, module.forward, instance=True)
+    if kind is nn.ReLU:
+        return _relu(module, 0.0)
+    if kind is nn.LeakyReLU and module.negative_slope > 0:
+        return _relu(module, module.negative_slope)
+    return None
+
+
+@contextmanager
+def lean_tangents(model: nn.Module) -> Iterator[None]:
+    """Within the block, the model's heavy layers use the rules above (see the module docstring)."""
+    patched = []
+    for module in model.modules():
+        rule = _rule(module)
+        if rule is not None:
+            module.forward = rule
+            patched.append(module)
+    try:
+        yield
+    finally:
+        for module in patched:
+            del module.forward
