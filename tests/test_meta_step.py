@@ -214,3 +214,28 @@ def test_meta_scope_last_only_uses_the_head():
     for a, b, c in zip(fast.meta_grads, ref.meta_grads, full.meta_grads):
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-15)
         assert not torch.allclose(a, c)
+
+
+@pytest.mark.parametrize("net", ["unetpp", "resnet50"])
+def test_hand_written_rules_run_under_bf16_autocast(net):
+    """Trainer runs the step under autocast on CUDA; CPU autocast exercises the same mixed dtypes."""
+    torch.manual_seed(6)
+    if net == "unetpp":
+        model = build_unetpp(features=(4, 4, 8, 8, 16, 4)).train()
+        x, y = torch.randn(2, 1, 32, 32), torch.randint(0, 2, (2, 32, 32))
+        xm, ym = torch.randn(2, 1, 32, 32), torch.randint(0, 2, (2, 32, 32))
+    else:
+        model = build_resnet50(num_classes=3, width=0.125).train()
+        x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 3, (4,))
+        xm, ym = torch.randn(3, 3, 32, 32), torch.randint(0, 3, (3,))
+    grads = {}
+    for lean in (True, False):
+        m = copy.deepcopy(model)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = meta_weights(m, x, two_terms(y), xm, lambda z: F.cross_entropy(z.float(), ym), lr=0.1,
+                               impl="fast", lean=lean)
+        sum((w * l.float()).sum() for w, l in zip(out.weights, out.losses)).backward()
+        grads[lean] = torch.cat([g.flatten() for g in out.meta_grads]).float()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters() if p.requires_grad)
+    cosine = F.cosine_similarity(grads[True], grads[False], dim=0)
+    assert cosine > 0.98, float(cosine)

@@ -49,7 +49,9 @@ def _split(t: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | 
 
 
 def _join(primal: torch.Tensor, tangent: torch.Tensor | None) -> torch.Tensor:
-    return primal if tangent is None else fwad.make_dual(primal, tangent)
+    if tangent is None:
+        return primal
+    return fwad.make_dual(primal, tangent.to(primal.dtype))  # autocast may have changed the primal's dtype
 
 
 def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
@@ -105,9 +107,10 @@ def _norm(module, original, instance: bool):
             return original(x)
         # primal: the module's own forward on primals (updates the (cloned) running statistics)
         y = _primal_call(module, original, x_p)
-        with torch.no_grad():
-            y_t = _norm_tangent(x_p.detach(), x_t, None if w_p is None else w_p.detach(), w_t, b_t, module.eps,
-                                instance)
+        with torch.no_grad():  # in one dtype: autocast may hand a bf16 input to an fp32 norm
+            dtype = x_p.dtype if w_p is None else torch.promote_types(x_p.dtype, w_p.dtype)
+            cast = (lambda t: None if t is None else t.detach().to(dtype))  # noqa: E731
+            y_t = _norm_tangent(cast(x_p), cast(x_t), cast(w_p), cast(w_t), cast(b_t), module.eps, instance)
         return _join(y, y_t)
     return forward
 
