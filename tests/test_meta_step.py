@@ -129,7 +129,8 @@ class LayerZoo(nn.Module):
         self.conv = nn.Conv2d(2, 4, 3, padding=1, padding_mode="reflect")
         self.inorm = nn.InstanceNorm2d(4)                 # no affine parameters
         self.act = nn.LeakyReLU(0.1, inplace=True)
-        self.down = nn.Conv2d(4, 6, 3, stride=2, padding=1, bias=False, groups=2)
+        self.pool = nn.MaxPool2d(3, stride=1, padding=1)
+        self.down = nn.Conv2d(8, 6, 3, stride=2, bias=False, groups=2)
         self.bn = nn.BatchNorm2d(6, momentum=None)        # cumulative running average
         self.relu = nn.ReLU(inplace=True)
         self.up = nn.ConvTranspose2d(6, 3, 3, stride=2, padding=1, output_padding=1)
@@ -137,7 +138,9 @@ class LayerZoo(nn.Module):
         self.head = nn.Conv2d(3, 2, 1)
 
     def forward(self, x):
-        h = self.act(self.inorm(self.conv(x)))
+        h = self.pool(self.act(self.inorm(self.conv(x))))
+        h = F.pad(h, (1, 1, 1, 1), mode="constant", value=0.5)
+        h = torch.cat([h, F.pad(h * 2, (0, 0, 0, 0), mode="replicate")], 1)   # an op-made dual into a conv
         h = self.relu(self.bn(self.down(h)))
         return self.head(torch.tanh(self.inorm_affine(self.up(h))))
 

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd import forward_ad as fwad
+from torch.overrides import TorchFunctionMode
 
 __all__ = ["lean_tangents"]
 
@@ -41,10 +42,31 @@ _DECONV = {nn.ConvTranspose1d: F.conv_transpose1d, nn.ConvTranspose2d: F.conv_tr
            nn.ConvTranspose3d: F.conv_transpose3d}
 
 
+class _Detached(torch.autograd.Function):
+    """Identity for autograd whose output shares storage with, but is not a view of, its input."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.detach()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
 def _split(t: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Primal and tangent of a dual tensor.
+
+    The primal of a dual made by an operation (cat, pooling, a residual sum) is a view of
+    the dual itself, so saving it for the backward would keep the tangent alive until the
+    end of the pass. Such primals are re-issued through :class:`_Detached`, which the
+    autograd graph can save without holding on to the dual.
+    """
     if t is None:
         return None, None
     primal, tangent = fwad.unpack_dual(t)
+    if tangent is not None and primal._base is t:
+        primal = _Detached.apply(primal)
     return primal, tangent
 
 
@@ -154,11 +176,14 @@ def _primal_call(module: nn.Module, original, x_p: torch.Tensor) -> torch.Tensor
 
 
 def _relu(module, slope: float):
+    original, inplace = module.forward, module.inplace
+
     def forward(x):
         x_p, x_t = _split(x)
-        y = F.leaky_relu(x_p, slope) if slope else F.relu(x_p)
         if x_t is None:
-            return y
+            return original(x)
+        # in place when the layer is: the plain step keeps one buffer here, not two
+        y = F.leaky_relu(x_p, slope, inplace=inplace) if slope else F.relu(x_p, inplace=inplace)
         with torch.no_grad():  # elementwise, so the JVP is the (fused) VJP kernel
             y_t = (torch.ops.aten.leaky_relu_backward(x_t, y.detach(), slope, True) if slope
                    else torch.ops.aten.threshold_backward(x_t, y.detach(), 0))
@@ -166,8 +191,46 @@ def _relu(module, slope: float):
     return forward
 
 
+_POOL = {nn.MaxPool1d: F.max_pool1d, nn.MaxPool2d: F.max_pool2d, nn.MaxPool3d: F.max_pool3d}
+
+
+def _max_pool(module, op):
+    original = module.forward
+
+    def forward(x):
+        x_p, x_t = _split(x)
+        if x_t is None or module.return_indices:
+            return original(x)
+        y, idx = op(x_p, module.kernel_size, module.stride, module.padding, module.dilation,
+                    ceil_mode=module.ceil_mode, return_indices=True)
+        with torch.no_grad():  # the tangent of the maximum is the tangent at the argmax
+            y_t = x_t.flatten(2).gather(2, idx.flatten(2)).view_as(y)
+        return _join(y, y_t)
+    return forward
+
+
+class _LinearFunctions(TorchFunctionMode):
+    """``F.pad`` (linear in its input) on a dual: the primal pad saves a primal, not the dual."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.pad and args and isinstance(args[0], torch.Tensor):
+            x_p, x_t = _split(args[0])
+            if x_t is not None:
+                pad = args[1] if len(args) > 1 else kwargs["pad"]
+                mode = args[2] if len(args) > 2 else kwargs.get("mode", "constant")
+                value = args[3] if len(args) > 3 else kwargs.get("value", None)
+                y = F.pad(x_p, pad, mode, value)
+                with torch.no_grad():  # a constant fills the primal only: its tangent is 0
+                    y_t = F.pad(x_t, pad, mode, 0.0 if mode == "constant" else None)
+                return _join(y, y_t)
+        return func(*args, **kwargs)
+
+
 def _rule(module: nn.Module):
     kind = type(module)
+    if kind in _POOL:
+        return _max_pool(module, _POOL[kind])
     if kind in _CONV:
         return _conv(module, _CONV[kind])
     if kind in _DECONV:
@@ -193,7 +256,8 @@ def lean_tangents(model: nn.Module) -> Iterator[None]:
             module.forward = rule
             patched.append(module)
     try:
-        yield
+        with _LinearFunctions():
+            yield
     finally:
         for module in patched:
             del module.forward
