@@ -182,6 +182,10 @@ def _fast(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, normali
     meta_out = functional_call(model, _cloned_buffers(model), (meta_inputs,), strict=False)
     m_loss = meta_loss(meta_out)
     v = torch.autograd.grad(m_loss, tensors, allow_unused=True)
+    m_value = float(m_loss.detach())
+    # with a restricted scope (--meta-scope last) the backward stopped at the head: the rest of the
+    # meta graph is still alive and would sit beside the training graph
+    del meta_out, m_loss
     v = [torch.zeros_like(p) if g is None else g for p, g in zip(tensors, v)]
     if reduce_meta_grad is not None:
         reduce_meta_grad(v)
@@ -203,4 +207,4 @@ def _fast(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, normali
         losses = list(loss_terms(model(inputs)))  # a plain training forward for the real step
     g_eps = [-lr * t for t in tangents]
     weights, skipped = normalise_weights([-g for g in g_eps], mode=normalise)
-    return MetaWeights(weights, losses, g_eps, float(m_loss.detach()), skipped)
+    return MetaWeights(weights, losses, g_eps, m_value, skipped)
