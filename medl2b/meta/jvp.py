@@ -43,7 +43,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd import forward_ad as fwad
-from torch.overrides import TorchFunctionMode
 
 __all__ = ["lean_tangents"]
 
@@ -219,22 +218,18 @@ def _max_pool(module, op):
     return forward
 
 
-class _LinearFunctions(TorchFunctionMode):
-    """``F.pad`` (linear in its input) on a dual: the primal pad saves a primal, not the dual."""
+_F_PAD = F.pad
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.pad and args and isinstance(args[0], torch.Tensor):
-            x_p, x_t = _split(args[0])
-            if x_t is not None:
-                pad = args[1] if len(args) > 1 else kwargs["pad"]
-                mode = args[2] if len(args) > 2 else kwargs.get("mode", "constant")
-                value = args[3] if len(args) > 3 else kwargs.get("value", None)
-                y = F.pad(x_p, pad, mode, value)
-                with torch.no_grad():  # a constant fills the primal only: its tangent is 0
-                    y_t = F.pad(x_t, pad, mode, 0.0 if mode == "constant" else None)
-                return _join(y, y_t)
-        return func(*args, **kwargs)
+
+def _pad(input, pad, mode="constant", value=None):  # noqa: A002 (F.pad's own signature)
+    """``F.pad`` (linear in its input) on a dual: the primal pad saves a primal, not the dual."""
+    x_p, x_t = _split(input)
+    if x_t is None:
+        return _F_PAD(input, pad, mode, value)
+    y = _F_PAD(x_p, pad, mode, value)
+    with torch.no_grad():  # a constant fills the primal only: its tangent is 0
+        y_t = _F_PAD(x_t, pad, mode, 0.0 if mode == "constant" else None)
+    return _join(y, y_t)
 
 
 def _rule(module: nn.Module):
@@ -265,9 +260,14 @@ def lean_tangents(model: nn.Module) -> Iterator[None]:
         if rule is not None:
             module.forward = rule
             patched.append(module)
+    # F.pad is called as a function (MONAI's UpCat), so its rule replaces the function for the
+    # duration of the pass. (A TorchFunctionMode would be the tidy way, but with one active, a
+    # torchrun/DDP process aborted at exit in ~1 of 3 runs: "terminate called without an active
+    # exception".)
+    F.pad = _pad
     try:
-        with _LinearFunctions():
-            yield
+        yield
     finally:
+        F.pad = _F_PAD
         for module in patched:
             del module.forward
