@@ -106,14 +106,15 @@ def _linear_layer(module: nn.Module, op, x: torch.Tensor, **kw) -> torch.Tensor:
         if w_t is not None:
             y_t = _add(y_t, op(x_p.detach(), w_t, None, **kw))
         if b_t is not None:
-            y_t = _add(y_t, _bias_shape(b_t, y.dim()).expand_as(y).clone() if y_t is None else _bias_shape(b_t, y.dim()))
+            bias_t = _bias_shape(b_t, y.dim())
+            y_t = bias_t.expand_as(y).clone() if y_t is None else y_t.add_(bias_t)
     return _join(y, y_t)
 
 
 def _conv(module, op):
     def forward(x):
         kw = dict(stride=module.stride, padding=module.padding, dilation=module.dilation, groups=module.groups)
-        if module.padding_mode != "zeros":  # padded explicitly by the generic rule, then a valid conv
+        if module.padding_mode != "zeros":  # padded explicitly (the F.pad rule below), then a valid conv
             x = F.pad(x, module._reversed_padding_repeated_twice, mode=module.padding_mode)
             kw["padding"] = 0
         return _linear_layer(module, op, x, **kw)
