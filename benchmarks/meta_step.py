@@ -2,8 +2,10 @@
 
 Times one full training step (forward, meta step if any, backward, clipping,
 SGD update) of ``ce``, ``l2rw``, ``l2b`` with the double-backward reference,
-``l2b`` with the fast forward-mode implementation, and ``l2b`` with
-``--meta-scope last``, on UNet++ and ResNet-50 (128x128, batch 8, meta batch 8),
+``l2b`` with the fast forward-mode implementation (also with PyTorch's generic
+forward-mode rules instead of ``medl2b.meta.jvp``'s, with ``fast-lowmem``, and with
+the meta batch halved), and ``l2b`` with ``--meta-scope last``, on UNet++ and
+ResNet-50 (128x128, batch 8, meta batch 8),
 on the CPU. The methods are interleaved round-robin, after warm-up, and the
 median of the repeats is reported. Peak memory is measured separately, one
 subprocess per (network, method), as the growth of the peak RSS over the steps,
@@ -42,9 +44,11 @@ VARIANTS = {  # name -> (method, meta_impl, meta_scope)
     "l2b (fast)": ("l2b", "fast", "all"),
     "l2b (fast, generic rules)": ("l2b", "fast", "all"),
     "l2b (fast-lowmem)": ("l2b", "fast-lowmem", "all"),
+    "l2b (fast, meta batch 4)": ("l2b", "fast", "all"),
     "l2b (last)": ("l2b", "fast", "last"),
 }
 GENERIC = {"l2b (fast, generic rules)"}  # PyTorch's own forward-mode rules instead of medl2b.meta.jvp's
+HALF_META = {"l2b (fast, meta batch 4)"}  # the meta batch halved (meta_batch_size): fewer FLOPs, same method
 
 
 def make(net: str, size: int, batch: int, seed: int = 0):
@@ -79,6 +83,8 @@ def stepper(model, variant: str, batch):
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
     x, y, xm, ym = batch
+    if variant in HALF_META:
+        xm, ym = xm[: len(xm) // 2], ym[: len(ym) // 2]
 
     def step():
         with generic_rules() if variant in GENERIC else contextlib.nullcontext():
