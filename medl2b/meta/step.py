@@ -16,10 +16,12 @@ for K terms (k = given label, pseudo-label), each of shape ``S`` (``(B,)`` or
   with tangent ``v`` (``torch.autograd.forward_ad``) gives every ⟨v, ∇ℓ_k,i⟩ at
   once, and its primal output is the training forward that the real step
   back-propagates through.
+  The heavy layers use the hand-written tangent rules of :mod:`medl2b.meta.jvp`
+  (same numbers as PyTorch's generic ones, less time, and no tangent outlives its layer).
 * ``impl="fast-lowmem"``: as ``fast``, but the forward-mode pass runs without an
-  autograd graph and the real step takes its own plain forward. One forward more,
-  in exchange for not keeping the tangents alive until the real backward (measured
-  in ``BENCHMARKS.md``).
+  autograd graph and the real step takes its own plain forward: one forward more, for
+  a peak that never holds the training graph and the tangents at once (measured in
+  ``BENCHMARKS.md``).
 
 BatchNorm: the meta forward (and the dual forward) run on *cloned* buffers, so
 running statistics are not updated three times per step. The training forward
