@@ -59,7 +59,8 @@ def extras_plan(level=0.6):
     at every level L2B whose warm-up lasts until the clean validation Dice reaches ``GATE`` (capped at half
     the run), the follow-up to the diagnosis that fixed-length warm-up ends before the network predicts
     any foreground."""
-    plan = [("seg", level, "l2b-last", {"meta_scope": "last"}), ("seg", level, "l2b-tta", {"pseudo_label_tta": True})]
+    plan = [("seg", level, "l2b-last", {"meta_scope": "last"}), ("seg", level, "l2b-tta", {"pseudo_label_tta": True}),
+            ("seg", level, "l2b-gated-meta4", {"warmup_until_score": GATE, "meta_batch_size": 4})]  # the 2.1x step
     return plan + [("seg", lv, "l2b-gated", {"warmup_until_score": GATE}) for lv in SEG_LEVELS]
 
 
@@ -151,7 +152,7 @@ def tables(rows: list[dict]) -> str:
                 "| noise Dice | method | seeds | Dice (%) | HD95 (mm) | ASD (mm) | failed cases | train time (s), min / median |",
                 "|---|---|---|---|---|---|---|---|"]
         for level in levels:
-            for method in ("ce", "bootstrap", "l2rw", "l2b-sum1", "l2b", "l2b-gated", "l2b-tta", "l2b-last", "l2b-gmm",
+            for method in ("ce", "bootstrap", "l2rw", "l2b-sum1", "l2b", "l2b-gated", "l2b-gated-meta4", "l2b-tta", "l2b-last", "l2b-gmm",
                            "oracle"):
                 rs = [r for r in seg if r["level"] == level and r["method"] == method]
                 if not rs:
