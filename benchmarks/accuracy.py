@@ -152,8 +152,8 @@ def tables(rows: list[dict]) -> str:
                 "| noise Dice | method | seeds | Dice (%) | HD95 (mm) | ASD (mm) | failed cases | train time (s), min / median |",
                 "|---|---|---|---|---|---|---|---|"]
         for level in levels:
-            for method in ("ce", "bootstrap", "l2rw", "l2b-sum1", "l2b", "l2b-gated", "l2b-gated-meta4", "l2b-tta", "l2b-last", "l2b-gmm",
-                           "oracle"):
+            for method in ("ce", "bootstrap", "l2rw", "l2b-sum1", "l2b", "l2b-gated", "l2b-gated-meta4", "l2b-tta",
+                           "l2b-last", "l2b-gmm", "oracle"):
                 rs = [r for r in seg if r["level"] == level and r["method"] == method]
                 if not rs:
                     continue
