@@ -21,7 +21,6 @@ implementation (fast).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import resource
@@ -32,7 +31,6 @@ import time
 
 import torch
 
-import medl2b.meta.step as meta_step_module
 from medl2b.models import build_resnet50, build_unetpp, head_parameter_names
 from medl2b.train.methods import get_method
 from medl2b.train.step import weighted_losses
@@ -65,17 +63,6 @@ def make(net: str, size: int, batch: int, seed: int = 0):
     return model.train(), (x, y, xm, ym)
 
 
-@contextlib.contextmanager
-def generic_rules():
-    """The fast step as it was before the hand-written tangent rules (``lean=False``), for comparison."""
-    original = meta_step_module.lean_tangents
-    meta_step_module.lean_tangents = lambda model: contextlib.nullcontext()
-    try:
-        yield
-    finally:
-        meta_step_module.lean_tangents = original
-
-
 def stepper(model, variant: str, batch):
     method_name, impl, scope = VARIANTS[variant]
     method = get_method(method_name)
@@ -87,9 +74,8 @@ def stepper(model, variant: str, batch):
         xm, ym = xm[: len(xm) // 2], ym[: len(ym) // 2]
 
     def step():
-        with generic_rules() if variant in GENERIC else contextlib.nullcontext():
-            weights, losses, _ = weighted_losses(model, method, x, y, xm, ym, lr=0.01, meta_impl=impl,
-                                                 param_names=head)
+        weights, losses, _ = weighted_losses(model, method, x, y, xm, ym, lr=0.01, meta_impl=impl,
+                                             param_names=head, lean=variant not in GENERIC)
         loss = sum((w * l).sum() for w, l in zip(weights, losses))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -170,7 +156,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--nets", default="unetpp,resnet50")
     ap.add_argument("--no-memory", action="store_true")
-    ap.add_argument("--variants", default=None, help="comma-separated subset of the rows (ce is always kept)")
+    ap.add_argument("--variants", default=None, help="';'-separated subset of the rows, e.g. 'l2b (fast);l2b (last)' (ce is always kept)")
     ap.add_argument("--child", nargs=2, metavar=("NET", "VARIANT"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -178,7 +164,10 @@ def main() -> None:
         memory_child(args.child[0], args.child[1], args)
         return
     if args.variants:
-        keep = {"ce", *args.variants.split(",")}
+        keep = {"ce", *(v.strip() for v in args.variants.split(";"))}  # names contain commas
+        unknown = keep - set(VARIANTS)
+        if unknown:
+            ap.error(f"unknown variants {sorted(unknown)}; choose from {list(VARIANTS)}")
         for name in [v for v in VARIANTS if v not in keep]:
             del VARIANTS[name]
     ratio_line = None

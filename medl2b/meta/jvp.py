@@ -130,7 +130,9 @@ def _deconv(module, op):
     return forward
 
 
-def _norm(module, original, instance: bool):
+def _norm(module, instance: bool):
+    original = module.forward
+
     def forward(x):
         x_p, x_t = _split(x)
         w_p, w_t = _split(module.weight)
@@ -166,7 +168,7 @@ def _norm_tangent(x, x_t, w, w_t, b_t, eps: float, instance: bool) -> torch.Tens
     if x_t is not None:
         dx = torch.ops.aten.native_batch_norm_backward(x_t.contiguous(), x, w, None, None, mean, invstd, True, eps,
                                                        [True, False, False])[0]
-        y_t = dx if y_t is None else y_t.add_(dx)
+        y_t = _add(y_t, dx)
     return None if y_t is None else y_t.reshape(shape)
 
 
@@ -242,9 +244,9 @@ def _rule(module: nn.Module):
     if kind in _DECONV:
         return _deconv(module, _DECONV[kind])
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and (module.training or module.running_mean is None):
-        return _norm(module, module.forward, instance=False)
+        return _norm(module, instance=False)
     if isinstance(module, nn.modules.instancenorm._InstanceNorm) and (module.training or not module.track_running_stats):
-        return _norm(module, module.forward, instance=True)
+        return _norm(module, instance=True)
     if kind is nn.ReLU:
         return _relu(module, 0.0)
     if kind is nn.LeakyReLU and module.negative_slope > 0:

@@ -25,13 +25,14 @@ __all__ = ["StepModule", "weighted_losses"]
 def weighted_losses(model, method: Method, x: torch.Tensor, y: torch.Tensor, xm: torch.Tensor | None = None,
                     ym: torch.Tensor | None = None, *, lr: float, warm: bool = False, bootstrap_beta: float = 0.8,
                     meta_impl: str = "fast", param_names: Sequence[str] | None = None, pseudo_tta: bool = False,
-                    reduce_meta_grad: Callable[[list[torch.Tensor]], None] | None = None):
+                    reduce_meta_grad: Callable[[list[torch.Tensor]], None] | None = None, lean: bool = True):
     """Weights and per-element losses of one training step, for any method: the one shared code path.
 
     Returns ``(weights, losses, meta)``: the real step is ``Σ_k (weights[k] * losses[k]).sum()``;
     ``meta`` is the :class:`~medl2b.meta.MetaWeights` of a meta step (``None`` without one).
     During warm-up (``warm=True``) every method is plain CE on the given labels.
-    ``reduce_meta_grad`` (distributed runs) averages the meta gradient over processes.
+    ``reduce_meta_grad`` (distributed runs) averages the meta gradient over processes;
+    ``lean=False`` uses PyTorch's generic forward-mode rules (benchmarks compare the two).
     """
     n_terms = 1 if warm else method.n_terms
     pseudo = flip_averaged_probs(model, x).argmax(1) if (n_terms == 2 and pseudo_tta) else None
@@ -41,7 +42,7 @@ def weighted_losses(model, method: Method, x: torch.Tensor, y: torch.Tensor, xm:
             raise ValueError(f"{method.name} needs a meta batch")
         out = meta_weights(model, x, terms, xm, lambda logits: F.cross_entropy(logits.float(), ym), lr=lr,
                            normalise=method.normalise, impl=meta_impl, param_names=param_names,
-                           reduce_meta_grad=reduce_meta_grad)
+                           reduce_meta_grad=reduce_meta_grad, lean=lean)
         return out.weights, out.losses, out
     losses = terms(model(x))
     return fixed_weights(get_method("ce") if warm else method, losses, bootstrap_beta=bootstrap_beta), losses, None

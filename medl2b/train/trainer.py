@@ -226,7 +226,7 @@ class Trainer:
         cfg = self.cfg
         train, meta = self._loaders(seed)
         warm = cfg.in_warmup(self.epoch, [row["val_score"] for row in self.history])
-        if self.method.uses_meta and warm != cfg.in_warmup(self.epoch - 1, [row["val_score"] for row in self.history]):
+        if self.method.uses_meta and not warm and self.history and self.history[-1].get("warmup"):
             log.info("epoch %d: warm-up over, the meta step starts", self.epoch + 1)
         use_meta = self.method.uses_meta and not warm
         if use_meta and meta is None:
