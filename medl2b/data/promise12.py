@@ -35,20 +35,21 @@ Preparation of a case:
 
 from __future__ import annotations
 
-import contextlib
-import importlib.resources
 import json
 import os
 import re
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
-from medl2b.data.nifti import Geometry, write_nifti
+from medl2b.data.grid import (PERCENTILES, geometry_of, normalise_intensity, prepare_volume, prepared_geometry,
+                              to_original_grid)
+from medl2b.data.nifti import write_nifti
+from medl2b.data.splits import split_cases as _split_cases
 from medl2b.errors import InputError, atomic_dir
+from medl2b.progress import progress_bar
 from medl2b.noise.masks import DEFAULT_CONFIG, calibrate_strength, corrupt_volumes, mask_dice
 
 __all__ = [
@@ -67,7 +68,6 @@ _MASK_RE = re.compile(r"^(Case\d+)_segmentation\.mhd$")
 _MET_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
               "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
               "MET_DOUBLE": 8}
-PERCENTILES = (0.5, 99.5)
 PUBLIC_CASES = tuple(f"Case{i:02d}" for i in range(50))
 
 
@@ -235,203 +235,21 @@ def find_cases(raw: str | os.PathLike) -> list[tuple[str, Path, Path]]:
     return [(case, images[case], masks[case]) for case in sorted(images)]
 
 
-# --------------------------------------------------------------------------- grid and intensity
-
-def normalise_intensity(array: np.ndarray) -> tuple[np.ndarray, dict]:
-    """Clip to the 0.5..99.5th percentiles, then z-score with the clipped volume's mean/std.
-
-    Args:
-        array: Image of any shape.
-
-    Returns:
-        ``(float32 array of the same shape, {"lo", "hi", "mean", "std"})``.
-    """
-    data = np.asarray(array, dtype=np.float32)
-    lo, hi = (float(v) for v in np.percentile(data, PERCENTILES))
-    clipped = np.clip(data, lo, hi)
-    mean, std = float(clipped.mean()), float(clipped.std())
-    out = (clipped - mean) / std if std > 0 else np.zeros_like(clipped)
-    return out.astype(np.float32), {"lo": lo, "hi": hi, "mean": mean, "std": std}
-
-
-def _geometry(image) -> Geometry:
-    return Geometry(tuple(int(v) for v in image.GetSize()), tuple(float(v) for v in image.GetSpacing()),
-                    tuple(float(v) for v in image.GetOrigin()), tuple(float(v) for v in image.GetDirection()))
-
-
-def prepared_geometry(original: dict | Geometry, size: int) -> Geometry:
-    """Grid with ``size × size`` axial pixels over the same field of view as ``original``.
-
-    Spacing ``(sx·Nx/size, sy·Ny/size, sz)``; origin moved by half the spacing change
-    along the first two direction axes so that the pixel edges span the same extent.
-    """
-    geo = Geometry.from_dict(original) if isinstance(original, dict) else original
-    n = np.asarray(geo.size, dtype=float)
-    sp = np.asarray(geo.spacing, dtype=float)
-    new_sp = np.array([sp[0] * n[0] / size, sp[1] * n[1] / size, sp[2]])
-    d = np.asarray(geo.direction, dtype=float).reshape(3, 3)
-    origin = np.asarray(geo.origin, dtype=float) + d @ ((new_sp - sp) / 2.0 * np.array([1.0, 1.0, 0.0]))
-    return Geometry((size, size, geo.size[2]), tuple(new_sp.tolist()), tuple(origin.tolist()), geo.direction)
-
-
-def _resample(image, geo: Geometry, *, linear: bool):
-    import SimpleITK as sitk
-
-    return sitk.Resample(image, list(geo.size), sitk.Transform(),
-                         sitk.sitkLinear if linear else sitk.sitkNearestNeighbor,
-                         list(geo.origin), list(geo.spacing), list(geo.direction), 0.0,
-                         sitk.sitkFloat32 if linear else sitk.sitkUInt8)
-
-
-def _to_xyz(image) -> np.ndarray:
-    import SimpleITK as sitk
-
-    return np.ascontiguousarray(np.transpose(sitk.GetArrayFromImage(image), (2, 1, 0)))
-
-
-def to_original_grid(array_xyz: np.ndarray, prepared: dict, original: dict) -> np.ndarray:
-    """Resample a prepared-grid label volume back onto the raw case's grid (nearest neighbour).
-
-    Use it to write predictions that overlay the raw ``CaseNN.mhd`` in 3D Slicer.
-
-    Args:
-        array_xyz: Labels on the prepared grid, shape ``prepared["size"]`` = (X', Y', Z).
-        prepared: ``dataset.json`` ``cases[id]["prepared"]`` (size, spacing, origin, direction).
-        original: ``dataset.json`` ``cases[id]["original"]``.
-
-    Returns:
-        Array of shape ``original["size"]`` (X, Y, Z), same dtype as the input (bool -> uint8).
-    """
-    import SimpleITK as sitk
-
-    arr = np.asarray(array_xyz)
-    src, dst = Geometry.from_dict(prepared), Geometry.from_dict(original)
-    if tuple(arr.shape) != tuple(src.size):
-        raise ValueError(f"array_xyz has shape {arr.shape}, but the prepared grid is {list(src.size)}")
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8)
-    img = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(arr, (2, 1, 0))))
-    img.SetSpacing(src.spacing)
-    img.SetOrigin(src.origin)
-    img.SetDirection(src.direction)
-    out = sitk.Resample(img, list(dst.size), sitk.Transform(), sitk.sitkNearestNeighbor, list(dst.origin),
-                        list(dst.spacing), list(dst.direction), 0, img.GetPixelID())
-    return _to_xyz(out).astype(arr.dtype, copy=False)
-
-
-def _prepare_case(image, mask, size: int) -> tuple[np.ndarray, np.ndarray, Geometry, dict]:
-    """Normalise and resample one case; returns (image xyz float32, mask xyz uint8, geometry, intensity)."""
-    import SimpleITK as sitk
-
-    geo = _geometry(image)
-    target = prepared_geometry(geo, size)
-    zyx, intensity = normalise_intensity(sitk.GetArrayViewFromImage(image))
-    sigma = [max(0.0, (n / size - 1.0) / 2.0) for n in geo.size[:2]]  # in-plane anti-aliasing (x, y)
-    if max(sigma) > 0:
-        zyx = ndimage.gaussian_filter(zyx, sigma=(0.0, sigma[1], sigma[0]), mode="nearest")
-    smooth = sitk.GetImageFromArray(zyx)
-    smooth.CopyInformation(image)
-    img_xyz = _to_xyz(_resample(smooth, target, linear=True)).astype(np.float32)
-    mask_xyz = _to_xyz(_resample(mask, target, linear=False)).astype(np.uint8)
-    return img_xyz, mask_xyz, target, intensity
-
-
 # --------------------------------------------------------------------------- splits
-
-def _load_split(path: Path | None) -> dict[str, list[str]]:
-    if path is None:
-        resource = importlib.resources.files("medl2b") / "splits" / "promise12.json"
-        text, where = resource.read_text(), "medl2b/splits/promise12.json"
-    else:
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(path, "split file not found")
-        text, where = path.read_text(), str(path)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(where, f"not valid JSON ({exc.msg}, line {exc.lineno})") from None
-    splits = {}
-    for key in ("train", "meta", "test"):
-        value = data.get(key) if isinstance(data, dict) else None
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise InputError(where, f"needs a list of case ids under '{key}'")
-        splits[key] = sorted(value)
-    seen: dict[str, str] = {}
-    for key, cases in splits.items():
-        for case in cases:
-            if case in seen:
-                raise InputError(where, f"{case} is in both '{seen[case]}' and '{key}'")
-            seen[case] = key
-    return splits
-
 
 def split_cases(cases: Sequence[str], *, meta_cases: int = 3, test_cases: int = 10,
                 split_file: str | os.PathLike | None = None, seed: int = 0,
                 raw: str | os.PathLike = ".") -> tuple[dict[str, list[str]], str]:
-    """Split case ids into train/meta/test (by case, never by slice).
+    """Split PROMISE12 case ids into train/meta/test (see :func:`medl2b.data.splits.split_cases`).
 
-    * ``split_file`` given: use it (it must list exactly the found cases).
-    * Cases exactly ``Case00..Case49`` and the default counts (3 meta, 10 test): the
-      packaged split ``medl2b/splits/promise12.json`` (meta = the paper's 05, 14, 29).
-    * Otherwise a seeded draw: ``test_cases`` test, ``meta_cases`` meta, the rest train.
-
-    Args:
-        cases: The case ids found.
-        meta_cases: Meta cases of a seeded draw.
-        test_cases: Test cases of a seeded draw.
-        split_file: JSON ``{"train": [...], "meta": [...], "test": [...]}``.
-        seed: Seed of the draw.
-        raw: Folder the cases came from (for messages).
-
-    Returns:
-        ``({"train": [...], "meta": [...], "test": [...]}, source)`` with sorted lists and
-        ``source`` one of ``"packaged"``, ``"file:<name>"``, ``"seeded"``.
+    Cases exactly ``Case00..Case49`` with the default counts (3 meta, 10 test) get the
+    packaged split ``medl2b/splits/promise12.json`` (meta = the paper's 05, 14, 29).
     """
-    cases = sorted(cases)
-    split_file = Path(split_file) if split_file is not None else None
-    raw = Path(raw)
-    if split_file is not None or (set(cases) == set(PUBLIC_CASES) and (meta_cases, test_cases) == (3, 10)):
-        splits = _load_split(split_file)
-        where = split_file if split_file is not None else "medl2b/splits/promise12.json"
-        listed = set().union(*splits.values())
-        missing = sorted(listed - set(cases))
-        unlisted = sorted(set(cases) - listed)
-        if missing:
-            raise InputError(where, f"lists cases not found in {raw}: {', '.join(missing[:5])}")
-        if unlisted:
-            raise InputError(where, f"does not list these cases found in {raw}: {', '.join(unlisted[:5])}")
-        if not splits["train"]:
-            raise InputError(where, "the train split is empty")
-        return splits, ("packaged" if split_file is None else f"file:{Path(split_file).name}")
-    need = test_cases + meta_cases + 1
-    if len(cases) < need:
-        raise InputError(raw, f"found {len(cases)} cases; {test_cases} test + {meta_cases} meta + at least 1 train "
-                              f"needs {need}")
-    order = [cases[i] for i in np.random.default_rng([seed, 1212]).permutation(len(cases))]
-    return {"train": sorted(order[test_cases + meta_cases:]), "meta": sorted(order[test_cases:test_cases + meta_cases]),
-            "test": sorted(order[:test_cases])}, "seeded"
+    return _split_cases(cases, meta_cases=meta_cases, test_cases=test_cases, split_file=split_file, seed=seed,
+                        raw=raw, packaged=("promise12", frozenset(PUBLIC_CASES), (3, 10)))
 
 
 # --------------------------------------------------------------------------- main
-
-@contextlib.contextmanager
-def _progress(enabled: bool, total: int, label: str) -> Iterator:
-    if not enabled:
-        yield lambda description=None: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(label, total=total)
-
-        def advance(description: str | None = None) -> None:
-            bar.update(task, advance=1, **({"description": description} if description else {}))
-
-        yield advance
-
 
 def prepare_promise12(raw: str | os.PathLike, out: str | os.PathLike, *, size: int = 144, noise_dice: float = 0.6,
                       meta_cases: int = 3, test_cases: int = 10, split_file: str | os.PathLike | None = None,
@@ -476,14 +294,17 @@ def prepare_promise12(raw: str | os.PathLike, out: str | os.PathLike, *, size: i
             (tmp / sub).mkdir()
         entries: dict[str, dict] = {}
         train_masks: dict[str, tuple[np.ndarray, tuple[float, ...]]] = {}
-        with _progress(progress, len(found) + 1, "PROMISE12") as advance:
+        with progress_bar(progress, len(found) + 1, "PROMISE12") as advance:
             for case, image_path, mask_path in found:
+                if split_of[case] == "unused":
+                    advance(f"PROMISE12 {case} (unused)")
+                    continue
                 image, mask = read_case(image_path, mask_path)
-                img_xyz, mask_xyz, geo, intensity = _prepare_case(image, mask, size)
+                (img_xyz,), mask_xyz, geo, (intensity,) = prepare_volume(image, mask, size)
                 kw = {"spacing": geo.spacing, "origin": geo.origin, "direction": geo.direction}
                 write_nifti(img_xyz, tmp / "imagesTr" / f"{case}_0000.nii.gz", **kw)
                 write_nifti(mask_xyz, tmp / "labelsTr" / f"{case}.nii.gz", **kw)
-                original = _geometry(image).to_dict()
+                original = geometry_of(image).to_dict()
                 original["pixel_type"] = image.GetPixelIDTypeAsString()
                 entries[case] = {
                     "image": f"imagesTr/{case}_0000.nii.gz", "label": f"labelsTr/{case}.nii.gz",
