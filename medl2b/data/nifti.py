@@ -60,12 +60,16 @@ def geometry_from_affine(affine: np.ndarray, shape) -> Geometry:
                     tuple(direction.reshape(-1).tolist()))
 
 
-def write_nifti(array: np.ndarray, path: str | os.PathLike, *, spacing, origin, direction) -> Path:
-    """Write ``array`` (x, y, z) to ``path`` (.nii.gz) atomically, with the given ITK geometry."""
+def write_nifti(array: np.ndarray, path: str | os.PathLike, *, spacing=None, origin=None, direction=None,
+                affine=None) -> Path:
+    """Write ``array`` (x, y, z) to ``path`` (.nii.gz) atomically, with the given ITK geometry
+    (``spacing``, ``origin``, ``direction``) or a 4x4 RAS ``affine`` (e.g. a raw file's own)."""
     import nibabel as nib
 
     path = Path(path)
-    img = nib.Nifti1Image(np.asarray(array), affine_from_geometry(spacing, origin, direction))
+    if affine is None:
+        affine = affine_from_geometry(spacing, origin, direction)
+    img = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=float))
     img.header.set_xyzt_units("mm")
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)

@@ -10,7 +10,9 @@ from medl2b.noise.masks import (
     calibrate_strength,
     corrupt_volume,
     corrupt_volumes,
+    label_dice,
     mask_dice,
+    per_class_dice,
     sample_slice_noise,
 )
 
@@ -21,7 +23,9 @@ __all__ = [
     "calibrate_strength",
     "corrupt_volume",
     "corrupt_volumes",
+    "label_dice",
     "mask_dice",
+    "per_class_dice",
     "sample_slice_noise",
     "symmetric_noise",
 ]

@@ -45,7 +45,9 @@ __all__ = [
     "calibrate_strength",
     "corrupt_volume",
     "corrupt_volumes",
+    "label_dice",
     "mask_dice",
+    "per_class_dice",
     "sample_slice_noise",
 ]
 
@@ -203,7 +205,8 @@ def apply_slice_noise(mask2d: np.ndarray, params: SliceNoise, spacing2d: Sequenc
 
 
 def corrupt_volume(mask_xyz: np.ndarray, spacing: Sequence[float], *, strength: float,
-                   rng: np.random.Generator, config: MaskNoiseConfig = DEFAULT_CONFIG) -> np.ndarray:
+                   rng: np.random.Generator, config: MaskNoiseConfig = DEFAULT_CONFIG,
+                   classes: Sequence[int] | None = None) -> np.ndarray:
     """Corrupt every axial slice of a 3-D mask independently.
 
     Parameters are drawn for every slice, empty or not, so the random stream is
@@ -216,10 +219,23 @@ def corrupt_volume(mask_xyz: np.ndarray, spacing: Sequence[float], *, strength: 
         strength: Noise level, >= 0.
         rng: Source of randomness (e.g. ``np.random.default_rng([seed, case_index])``).
         config: Shape of the noise.
+        classes: Foreground label values of a multi-class label map. ``None`` (default):
+            binary, any non-zero value is foreground and the result is 0/1. Otherwise each
+            class is corrupted on its own (its own slice parameters, drawn for every class
+            on every slice) and the results are merged: where several noisy classes claim
+            one voxel, the class with the highest priority on that slice wins (priorities
+            are uniforms drawn per slice, so no class always swallows another).
 
     Returns:
-        uint8 noisy mask of shape (X, Y, Z), values 0/1.
+        uint8 noisy mask of shape (X, Y, Z): values 0/1, or 0 and ``classes``.
     """
+    if classes is not None and len(classes) > 1:
+        return _corrupt_multiclass(mask_xyz, spacing, strength=strength, rng=rng, config=config,
+                                   classes=[int(c) for c in classes])
+    if classes is not None:  # one foreground class: the binary stream, labelled with its value
+        value = int(classes[0])
+        noisy = corrupt_volume(np.asarray(mask_xyz) == value, spacing, strength=strength, rng=rng, config=config)
+        return noisy * np.uint8(value)
     mask_xyz = np.asarray(mask_xyz)
     if mask_xyz.ndim != 3:
         raise ValueError(f"mask_xyz must be 3-D (X, Y, Z), got shape {mask_xyz.shape}")
@@ -237,12 +253,52 @@ def corrupt_volume(mask_xyz: np.ndarray, spacing: Sequence[float], *, strength: 
     return noisy
 
 
+def _corrupt_multiclass(mask_xyz, spacing, *, strength: float, rng: np.random.Generator, config: MaskNoiseConfig,
+                        classes: list[int]) -> np.ndarray:
+    """Per class, per slice corruption with a per-slice priority for contested voxels."""
+    mask_xyz = np.asarray(mask_xyz)
+    if mask_xyz.ndim != 3:
+        raise ValueError(f"mask_xyz must be 3-D (X, Y, Z), got shape {mask_xyz.shape}")
+    if len(spacing) < 2 or min(spacing[:2]) <= 0:
+        raise ValueError(f"spacing must hold positive (sx, sy[, sz]), got {spacing}")
+    sx, sy = float(spacing[0]), float(spacing[1])
+    noisy = np.zeros(mask_xyz.shape, dtype=np.uint8)
+    for z in range(mask_xyz.shape[2]):
+        params = [sample_slice_noise(rng, strength=strength, config=config) for _ in classes]
+        priority = rng.random(len(classes))
+        best = np.full(mask_xyz.shape[:2], -1.0)
+        for value, p, prio in zip(classes, params, priority):
+            slice_ = mask_xyz[:, :, z] == value
+            area = float(np.count_nonzero(slice_)) * sx * sy
+            if area == 0 or area < config.min_area_mm2:
+                continue
+            claim = apply_slice_noise(slice_, p, (sx, sy)) > 0
+            win = claim & (prio > best)
+            noisy[:, :, z][win] = value
+            best[win] = prio
+    return noisy
+
+
+def label_dice(noisy: np.ndarray, clean: np.ndarray, classes: Sequence[int] | None = None) -> float:
+    """Mean over the foreground ``classes`` of the per-class 3-D Dice (binary :func:`mask_dice` if None)."""
+    if classes is None:
+        return mask_dice(noisy, clean)
+    return float(np.mean(per_class_dice(noisy, clean, classes)))
+
+
+def per_class_dice(noisy: np.ndarray, clean: np.ndarray, classes: Sequence[int]) -> list[float]:
+    """3-D Dice of each foreground class (1.0 where a class is absent from both)."""
+    noisy, clean = np.asarray(noisy), np.asarray(clean)
+    return [mask_dice(noisy == c, clean == c) for c in classes]
+
+
 def _case_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(index)])
 
 
 def corrupt_volumes(masks: Sequence[tuple[np.ndarray, Sequence[float]]], *, strength: float, seed: int,
-                    config: MaskNoiseConfig = DEFAULT_CONFIG) -> list[np.ndarray]:
+                    config: MaskNoiseConfig = DEFAULT_CONFIG, classes: Sequence[int] | None = None
+                    ) -> list[np.ndarray]:
     """Corrupt several volumes; volume ``i`` uses ``np.random.default_rng([seed, i])``.
 
     Args:
@@ -250,13 +306,14 @@ def corrupt_volumes(masks: Sequence[tuple[np.ndarray, Sequence[float]]], *, stre
         strength: Noise level, >= 0.
         seed: Non-negative integer seed.
         config: Shape of the noise.
+        classes: Foreground values of multi-class label maps (see :func:`corrupt_volume`).
 
     Returns:
         One uint8 noisy mask (X, Y, Z) per input, in order.
     """
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
-    return [corrupt_volume(m, sp, strength=strength, rng=_case_rng(seed, i), config=config)
+    return [corrupt_volume(m, sp, strength=strength, rng=_case_rng(seed, i), config=config, classes=classes)
             for i, (m, sp) in enumerate(masks)]
 
 
@@ -271,11 +328,12 @@ def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def calibrate_strength(masks: Sequence[tuple[np.ndarray, Sequence[float]]], target_dice: float, *, seed: int,
-                       tol: float = 0.01, max_iter: int = 30,
-                       config: MaskNoiseConfig = DEFAULT_CONFIG) -> tuple[float, float, list[float]]:
+                       tol: float = 0.01, max_iter: int = 30, config: MaskNoiseConfig = DEFAULT_CONFIG,
+                       classes: Sequence[int] | None = None) -> tuple[float, float, list[float]]:
     """Find the ``strength`` whose noisy masks have the requested mean 3-D Dice.
 
-    The mean over cases of Dice(noisy, clean) falls from about 1 at strength 0
+    The mean over cases of Dice(noisy, clean) (for multi-class ``classes``: of the
+    mean over the foreground classes of the per-class Dice) falls from about 1 at strength 0
     towards 0. The same per-case random streams are used at every evaluation
     (see :func:`corrupt_volumes`), so the curve is a fixed, nearly monotone step
     function; it is bracketed by doubling, then searched with the Illinois
@@ -288,6 +346,7 @@ def calibrate_strength(masks: Sequence[tuple[np.ndarray, Sequence[float]]], targ
         tol: Stop once ``|achieved - target| <= tol``.
         max_iter: Largest number of evaluations in the search phase.
         config: Shape of the noise.
+        classes: Foreground values of multi-class label maps; ``None`` = binary.
 
     Returns:
         ``(strength, achieved_mean_dice, per_case_dice)``.
@@ -306,8 +365,8 @@ def calibrate_strength(masks: Sequence[tuple[np.ndarray, Sequence[float]]], targ
 
     def evaluate(strength: float) -> float:
         if strength not in cache:
-            noisy = corrupt_volumes(masks, strength=strength, seed=seed, config=config)
-            per_case = [mask_dice(n, m) for n, (m, _) in zip(noisy, masks)]
+            noisy = corrupt_volumes(masks, strength=strength, seed=seed, config=config, classes=classes)
+            per_case = [label_dice(n, m, classes) for n, (m, _) in zip(noisy, masks)]
             cache[strength] = (float(np.mean(per_case)), per_case)
         return cache[strength][0] - target_dice
 

@@ -1,0 +1,494 @@
+"""Medical Segmentation Decathlon and nnU-Net v2 raw datasets -> prepared dataset.
+
+Two layouts are read, told apart by their ``dataset.json``:
+
+* **MSD v1** (``Task04_Hippocampus/``): ``labels`` maps ``"0"`` -> name, ``modality``
+  names the channels, ``training`` lists ``{"image": "./imagesTr/X.nii.gz", "label":
+  "./labelsTr/X.nii.gz"}``. Multi-modal images are one 4-D NIfTI with the channels on
+  the last axis (Task05 Prostate: T2, ADC). Files the list does not name (macOS
+  ``._*`` files, ``imagesTs/``) are ignored.
+* **nnU-Net v2 raw** (``DatasetNNN_Name/``): ``labels`` maps name -> value,
+  ``channel_names`` names the channels, ``file_ending`` is the extension; cases are
+  found from ``labelsTr/CASE<file_ending>`` and their channels are
+  ``imagesTr/CASE_0000<file_ending>``, ``CASE_0001...``. NIfTI is read with nibabel,
+  any other ending (``.mha``, ``.nrrd``) with SimpleITK. Region-based labels (a list of
+  values) are not supported.
+
+Preparation of a case:
+
+1. **Checks** (each failure is an :class:`~medl2b.errors.InputError` naming the file):
+   readable files, the label map's shape equal to the image's spatial shape, image and
+   label (and all channels) on one grid (affines equal within ``AFFINE_TOL``), the
+   declared channel count, integer label values that ``labels`` declares.
+2. **Orientation**: the arrays are turned to the closest RAS+ orientation (a permutation
+   and flips of the axes, no resampling, nibabel's ``as_closest_canonical``), then the
+   chosen ``slice_axis`` (axial = S, coronal = A, sagittal = R) is put last. Every case
+   is thus sliced along the same anatomical axis whatever its stored orientation.
+3. **Grid and intensity** as for PROMISE12 (:mod:`medl2b.data.grid`): each channel is
+   clipped to its 0.5..99.5th percentiles and z-scored, then resampled to ``size ×
+   size`` in-plane over the same field of view; label maps by nearest neighbour.
+4. **Labels** are stored as consecutive indices ``0..K-1`` in the order of the declared
+   values (``labels`` in the manifest maps name -> index, ``label_values`` index -> raw
+   value); :func:`prediction_to_raw` maps a prediction back onto the raw grid and values.
+5. **Noise** on the train cases only: every foreground class is corrupted by the mask
+   noise family of :mod:`medl2b.noise.masks`, no two classes claiming one voxel, with the
+   strength calibrated so that the mean over cases of the mean over foreground classes
+   of the per-case Dice meets ``noise_dice``. Achieved per-case, per-class and mean Dice
+   go into the manifest.
+
+Output (``out``), nnU-Net-like::
+
+    imagesTr/CASE_0000.nii.gz ...   float32, one file per channel
+    labelsTr/CASE.nii.gz            uint8 clean label map (indices)
+    labelsNoisy/CASE.nii.gz         uint8 noisy label map (train cases only)
+    dataset.json                    manifest (task "segmentation")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medl2b.data.grid import PERCENTILES, image_from_xyz, prepare_volume, to_original_grid
+from medl2b.data.nifti import Geometry, affine_from_geometry, geometry_from_affine, write_nifti
+from medl2b.data.splits import split_cases
+from medl2b.errors import InputError, atomic_dir
+from medl2b.noise.masks import DEFAULT_CONFIG, calibrate_strength, corrupt_volumes, per_class_dice
+from medl2b.progress import progress_bar
+
+__all__ = ["AFFINE_TOL", "SLICE_AXES", "MsdCase", "MsdDataset", "find_msd_dataset", "prediction_to_raw",
+           "prepare_msd", "read_msd_case"]
+
+#: Largest difference allowed between two affines of one case (mm and direction cosines).
+AFFINE_TOL = 1e-3
+#: Slice axis name -> the RAS axis it runs along.
+SLICE_AXES = {"axial": 2, "coronal": 1, "sagittal": 0}
+#: Mask noise for MSD data: the default family without the minimum slice area (structures
+#: such as the hippocampus are a few mm² per slice; the strength calibration sets the level).
+MSD_NOISE_CONFIG = dataclasses.replace(DEFAULT_CONFIG, min_area_mm2=0.0)
+_NIFTI = (".nii.gz", ".nii")
+
+
+@dataclass
+class MsdCase:
+    """One labelled case of a raw dataset: channel files (one 4-D file, or one per channel) and its label."""
+
+    case_id: str
+    images: list[Path]
+    label: Path
+
+
+@dataclass
+class MsdDataset:
+    """What a raw ``dataset.json`` declares, plus the labelled cases found."""
+
+    root: Path
+    layout: str                       # "msd" or "nnunetv2"
+    name: str
+    labels: dict[int, str]            # raw value -> name, background (0) included, sorted by value
+    channel_names: list[str]
+    file_ending: str
+    cases: list[MsdCase] = field(default_factory=list)
+    licence: str | None = None
+    reference: str | None = None
+
+
+# --------------------------------------------------------------------------- dataset.json
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise InputError(path, "missing: expected an MSD or nnU-Net v2 dataset.json here")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"cannot read ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(data, dict):
+        raise InputError(path, "must hold a JSON object")
+    return data
+
+
+def _int_value(value, where: Path, what: str) -> int:
+    if isinstance(value, bool):
+        raise InputError(where, f"{what}: {value!r} is not an integer label value")
+    if isinstance(value, list):
+        raise InputError(where, f"{what}: region-based labels (a list of values) are not supported")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(where, f"{what}: {value!r} is not an integer label value") from None
+    if not number.is_integer() or not 0 <= number <= 255:
+        raise InputError(where, f"{what}: {value!r} is not an integer label value in 0..255")
+    return int(number)
+
+
+def _channel_list(mapping, where: Path, key: str) -> list[str]:
+    if not isinstance(mapping, dict) or not mapping:
+        raise InputError(where, f"'{key}' must be a non-empty object of channel index -> name")
+    try:
+        order = sorted(mapping, key=int)
+    except ValueError:
+        raise InputError(where, f"'{key}' keys must be channel indices \"0\", \"1\", ...") from None
+    if [int(k) for k in order] != list(range(len(order))):
+        raise InputError(where, f"'{key}' keys must be 0..{len(order) - 1}, got {order}")
+    return [str(mapping[k]) for k in order]
+
+
+def find_msd_dataset(raw: str | os.PathLike) -> MsdDataset:
+    """Read ``raw/dataset.json`` (MSD v1 or nnU-Net v2) and list the labelled cases.
+
+    Raises:
+        InputError: the folder or ``dataset.json`` is missing or malformed, or a listed
+            image or label file does not exist.
+    """
+    root = Path(raw)
+    if not root.is_dir():
+        raise InputError(root, "folder not found")
+    path = root / "dataset.json"
+    meta = _read_json(path)
+    labels_raw = meta.get("labels")
+    if not isinstance(labels_raw, dict) or not labels_raw:
+        raise InputError(path, "'labels' must be a non-empty object")
+    nnunet = "channel_names" in meta or "file_ending" in meta
+    labels: dict[int, str] = {}
+    for key, value in labels_raw.items():
+        name, number = (key, value) if nnunet else (value, key)
+        number = _int_value(number, path, f"label {key!r}")
+        if number in labels:
+            raise InputError(path, f"label value {number} is declared twice")
+        labels[number] = str(name)
+    if 0 not in labels:
+        raise InputError(path, "'labels' must declare the background value 0")
+    if len(labels) < 2:
+        raise InputError(path, "'labels' declares no foreground class")
+    labels = dict(sorted(labels.items()))
+    if nnunet:
+        ds = _find_nnunet(root, path, meta, labels)
+    else:
+        ds = _find_msd(root, path, meta, labels)
+    if not ds.cases:
+        raise InputError(path, "lists no labelled training cases")
+    ds.licence = meta.get("licence") or meta.get("license")
+    ds.reference = meta.get("reference")
+    return ds
+
+
+def _find_msd(root: Path, path: Path, meta: dict, labels: dict[int, str]) -> MsdDataset:
+    channels = _channel_list(meta.get("modality"), path, "modality")
+    training = meta.get("training")
+    if not isinstance(training, list):
+        raise InputError(path, "'training' must be a list of {\"image\", \"label\"} entries")
+    cases, seen = [], set()
+    for i, entry in enumerate(training):
+        if not isinstance(entry, dict) or not isinstance(entry.get("image"), str) \
+                or not isinstance(entry.get("label"), str):
+            raise InputError(path, f"training[{i}] must be an object with string 'image' and 'label'")
+        image, label = root / entry["image"], root / entry["label"]
+        for f in (image, label):
+            if not f.is_file():
+                raise InputError(f, f"listed in {path.name} (training[{i}]) but not found")
+        case_id = _strip_ending(label.name, ".nii.gz")
+        if case_id in seen:
+            raise InputError(path, f"case {case_id} is listed twice in 'training'")
+        seen.add(case_id)
+        cases.append(MsdCase(case_id, [image], label))
+    return MsdDataset(root, "msd", str(meta.get("name", root.name)), labels, channels, ".nii.gz",
+                      sorted(cases, key=lambda c: c.case_id))
+
+
+def _find_nnunet(root: Path, path: Path, meta: dict, labels: dict[int, str]) -> MsdDataset:
+    channels = _channel_list(meta.get("channel_names"), path, "channel_names")
+    ending = meta.get("file_ending")
+    if not isinstance(ending, str) or not ending.startswith("."):
+        raise InputError(path, "'file_ending' must be a string such as \".nii.gz\"")
+    label_dir = root / "labelsTr"
+    if not label_dir.is_dir():
+        raise InputError(label_dir, "folder not found (nnU-Net v2 keeps the training labels here)")
+    cases = []
+    for label in sorted(label_dir.iterdir()):
+        if label.name.startswith(".") or not label.name.endswith(ending):
+            continue
+        case_id = _strip_ending(label.name, ending)
+        images = [root / "imagesTr" / f"{case_id}_{c:04d}{ending}" for c in range(len(channels))]
+        for c, image in enumerate(images):
+            if not image.is_file():
+                raise InputError(image, f"channel {c} ({channels[c]}) of case {case_id} not found")
+        extra = root / "imagesTr" / f"{case_id}_{len(channels):04d}{ending}"
+        if extra.is_file():
+            raise InputError(extra, f"case {case_id} has more channels than the {len(channels)} in channel_names")
+        cases.append(MsdCase(case_id, images, label))
+    return MsdDataset(root, "nnunetv2", str(meta.get("name", root.name)), labels, channels, ending, cases)
+
+
+def _strip_ending(name: str, ending: str) -> str:
+    return name[: -len(ending)] if name.endswith(ending) else name.split(".")[0]
+
+
+# --------------------------------------------------------------------------- reading one case
+
+def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Array (x, y, z[, c]) and 4x4 RAS affine of one file; any failure names the file."""
+    if path.name.endswith(_NIFTI):
+        import nibabel as nib
+
+        try:
+            img = nib.load(str(path))
+            return np.asanyarray(img.dataobj), np.asarray(img.affine, dtype=float)
+        except Exception as exc:  # nibabel raises many types for damaged or truncated files
+            raise InputError(path, f"cannot read NIfTI ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+                             ) from None
+    import SimpleITK as sitk
+
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        reason = " ".join(str(exc).split()).split("ITK ERROR:", 1)[-1].strip()
+        raise InputError(path, f"cannot read image ({reason[:200]})") from None
+    arr = sitk.GetArrayFromImage(img)
+    arr = np.transpose(arr, tuple(range(arr.ndim - 1, -1, -1))) if img.GetNumberOfComponentsPerPixel() == 1 \
+        else np.transpose(arr, (2, 1, 0, 3))
+    return arr, affine_from_geometry(img.GetSpacing(), img.GetOrigin(), img.GetDirection())
+
+
+def _orient(array: np.ndarray, affine: np.ndarray, slice_axis: str) -> tuple[np.ndarray, np.ndarray]:
+    """Closest RAS+ orientation, then the slice axis last: array (x, y, z[, c]) and its affine."""
+    from nibabel import orientations as ornt
+
+    current = ornt.io_orientation(affine)
+    to_ras = ornt.ornt_transform(current, ornt.axcodes2ornt(("R", "A", "S")))
+    data = ornt.apply_orientation(array, to_ras)
+    aff = affine @ ornt.inv_ornt_aff(to_ras, array.shape[:3])
+    axis = SLICE_AXES[slice_axis]
+    perm = [a for a in range(3) if a != axis] + [axis]
+    data = np.transpose(data, perm + list(range(3, data.ndim)))
+    new = aff.copy()
+    new[:, :3] = aff[:, perm]
+    return np.ascontiguousarray(data), new
+
+
+def read_msd_case(ds: MsdDataset, case: MsdCase, *, slice_axis: str = "axial") -> dict:
+    """Read and check one case.
+
+    Returns:
+        ``{"channels": [float32 (x, y, z) arrays in the oriented frame], "label": uint8 index map,
+        "geometry": Geometry of the oriented frame (ITK/LPS), "raw_affine": 4x4, "raw_shape": (X, Y, Z)}``.
+
+    Raises:
+        InputError: naming the file, for every check listed in the module docstring.
+    """
+    label, label_affine = _load(case.label)
+    if label.ndim == 4 and label.shape[3] == 1:
+        label = label[..., 0]
+    if label.ndim != 3:
+        raise InputError(case.label, f"expected a 3-D label map, got shape {tuple(label.shape)}")
+    n_ch = len(ds.channel_names)
+    channels: list[np.ndarray] = []
+    for path in case.images:
+        data, affine = _load(path)
+        if data.ndim == 4 and data.shape[3] == 1:
+            data = data[..., 0]
+        if data.ndim not in (3, 4):
+            raise InputError(path, f"expected a 3-D or 4-D image, got shape {tuple(data.shape)}")
+        if tuple(data.shape[:3]) != tuple(label.shape):
+            raise InputError(case.label, f"label shape {list(label.shape)} differs from image shape "
+                                         f"{list(data.shape[:3])} of {path.name}")
+        if not np.allclose(affine, label_affine, atol=AFFINE_TOL, rtol=0):
+            diff = float(np.abs(affine - label_affine).max())
+            raise InputError(case.label, f"affine differs from that of {path.name} by up to {diff:.4g} "
+                                         f"(tolerance {AFFINE_TOL})")
+        parts = [data[..., c] for c in range(data.shape[3])] if data.ndim == 4 else [data]
+        channels += parts
+    if len(channels) != n_ch:
+        raise InputError(case.images[0], f"has {len(channels)} channel(s), but dataset.json declares {n_ch} "
+                                         f"({', '.join(ds.channel_names)})")
+    if not np.issubdtype(label.dtype, np.integer):
+        if not np.all(np.isfinite(label)) or not np.all(np.mod(label, 1) == 0):
+            raise InputError(case.label, "holds non-integer label values")
+    values = np.unique(label).astype(np.int64)
+    undeclared = [int(v) for v in values if int(v) not in ds.labels]
+    if undeclared:
+        raise InputError(case.label, f"holds label value(s) {undeclared} not declared in dataset.json labels "
+                                     f"{sorted(ds.labels)}")
+    lut = np.zeros(int(max(ds.labels)) + 1, dtype=np.uint8)
+    for index, value in enumerate(ds.labels):
+        lut[value] = index
+    index_map = lut[label.astype(np.int64)]
+    stack = np.stack([np.asarray(c, dtype=np.float32) for c in channels], axis=-1)
+    for c in range(stack.shape[-1]):
+        if not np.all(np.isfinite(stack[..., c])):
+            raise InputError(case.images[min(c, len(case.images) - 1)], "holds NaN or infinite intensities")
+    oriented, affine = _orient(stack, label_affine, slice_axis)
+    oriented_label, _ = _orient(index_map, label_affine, slice_axis)
+    geo = geometry_from_affine(affine, oriented.shape[:3])
+    return {"channels": [oriented[..., c] for c in range(oriented.shape[-1])], "label": oriented_label,
+            "geometry": geo, "raw_affine": label_affine, "raw_shape": tuple(int(s) for s in label.shape)}
+
+
+# --------------------------------------------------------------------------- back to the raw grid
+
+def prediction_to_raw(pred_xyz: np.ndarray, manifest: dict, case: str) -> tuple[np.ndarray, np.ndarray]:
+    """A prepared-grid prediction (label indices) on the raw case's grid, with the raw label values.
+
+    Returns:
+        ``(uint8 array of the raw label's shape, the raw label's 4x4 affine)``: write it with
+        :func:`medl2b.data.nifti.write_nifti` ``(affine=...)`` and it overlays the raw image in
+        3D Slicer and is a valid nnU-Net prediction.
+    """
+    info = manifest["cases"][case]
+    original = info["original"]
+    values = manifest.get("label_values")
+    lut = np.arange(256, dtype=np.uint8)
+    if values:
+        for index, value in values.items():
+            lut[int(index)] = int(value)
+    raw = to_original_grid(np.asarray(pred_xyz, dtype=np.uint8), info["prepared"], original)
+    affine = np.asarray(original["affine"], dtype=float) if "affine" in original else \
+        affine_from_geometry(original["spacing"], original["origin"], original["direction"])
+    return lut[raw], affine
+
+
+# --------------------------------------------------------------------------- main
+
+def _default_size(sizes: list[tuple[int, int]]) -> int:
+    """Median of the larger in-plane side over the cases, rounded up to a multiple of 16."""
+    side = float(np.median([max(s) for s in sizes]))
+    return int(max(16, 16 * int(np.ceil(side / 16.0))))
+
+
+def prepare_msd(raw: str | os.PathLike, out: str | os.PathLike, *, size: int | None = None,
+                noise_dice: float = 0.6, meta_cases: int = 3, test_cases: int = 10,
+                split_file: str | os.PathLike | None = None, seed: int = 0, slice_axis: str = "axial",
+                overwrite: bool = False, progress: bool = True) -> dict:
+    """Convert an MSD v1 or nnU-Net v2 raw dataset into a prepared dataset (see the module docstring).
+
+    Args:
+        raw: Folder holding ``dataset.json``, ``imagesTr/`` and ``labelsTr/``.
+        out: Prepared dataset folder; written atomically (nothing half-written stays).
+        size: In-plane size of the prepared slices; ``None`` = the median larger in-plane side
+            of the cases, rounded up to a multiple of 16.
+        noise_dice: Target mean (over train cases) of the mean over foreground classes of the
+            per-case 3-D Dice of noisy vs clean; ``>= 1`` = no noise.
+        meta_cases: Clean meta cases of a seeded split.
+        test_cases: Held-out evaluation cases of a seeded split.
+        split_file: JSON ``{"train", "meta", "test"[, "unused"]}`` to use instead.
+        seed: Seed of the split draw and of the noise.
+        slice_axis: ``axial``, ``coronal`` or ``sagittal``: the anatomical axis 2-D slices are cut along.
+        overwrite: Replace an existing prepared dataset in ``out``.
+        progress: Show a rich progress bar on stderr.
+
+    Returns:
+        The manifest, as written to ``out/dataset.json``.
+    """
+    if size is not None and size < 8:
+        raise ValueError(f"size must be >= 8, got {size}")
+    if not 0.0 <= noise_dice or not np.isfinite(noise_dice):
+        raise ValueError(f"noise_dice must be a finite number >= 0, got {noise_dice}")
+    if slice_axis not in SLICE_AXES:
+        raise InputError("--slice-axis", f"must be one of {', '.join(SLICE_AXES)}, got {slice_axis!r}")
+    ds = find_msd_dataset(raw)
+    by_id = {c.case_id: c for c in ds.cases}
+    splits, split_source = split_cases(list(by_id), meta_cases=meta_cases, test_cases=test_cases,
+                                       split_file=split_file, seed=seed, raw=ds.root)
+    split_of = {case: key for key, cases in splits.items() for case in cases}
+    used = [c for c in ds.cases if split_of[c.case_id] != "unused"]
+    classes = list(range(1, len(ds.labels)))
+    class_names = [ds.labels[v] for v in list(ds.labels)[1:]]
+
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for sub in ("imagesTr", "labelsTr", "labelsNoisy"):
+            (tmp / sub).mkdir()
+        entries: dict[str, dict] = {}
+        train_masks: dict[str, tuple[np.ndarray, tuple[float, ...]]] = {}
+        with progress_bar(progress, 2 * len(used) + 1, ds.name) as advance:
+            loaded = {}
+            for case in used:  # read and check everything before the (slower) resampling
+                loaded[case.case_id] = read_msd_case(ds, case, slice_axis=slice_axis)
+                advance(f"{ds.name} reading {case.case_id}")
+            if size is None:
+                size = _default_size([v["geometry"].size[:2] for v in loaded.values()])
+            for case in used:
+                item = loaded.pop(case.case_id)
+                geo = item["geometry"]
+                channels = [image_from_xyz(c, geo) for c in item["channels"]]
+                mask = image_from_xyz(item["label"].astype(np.uint8), geo)
+                images, mask_xyz, target, intensity = prepare_volume(channels, mask, size)
+                kw = {"spacing": target.spacing, "origin": target.origin, "direction": target.direction}
+                names = []
+                for c, img in enumerate(images):
+                    names.append(f"imagesTr/{case.case_id}_{c:04d}.nii.gz")
+                    write_nifti(img, tmp / names[-1], **kw)
+                write_nifti(mask_xyz, tmp / "labelsTr" / f"{case.case_id}.nii.gz", **kw)
+                raw_geo = geometry_from_affine(item["raw_affine"], item["raw_shape"])
+                original = {**raw_geo.to_dict(), "affine": np.asarray(item["raw_affine"]).tolist()}
+                entries[case.case_id] = {
+                    "image": names[0], "images": names, "label": f"labelsTr/{case.case_id}.nii.gz",
+                    "noisy_label": None, "split": split_of[case.case_id], "original": original,
+                    "oriented": geo.to_dict(), "prepared": target.to_dict(), "noise_dice": None,
+                    "noise_dice_per_class": None, "intensity": intensity,
+                    "source": {"images": [p.relative_to(ds.root).as_posix() for p in case.images],
+                               "label": case.label.relative_to(ds.root).as_posix()},
+                }
+                if split_of[case.case_id] == "train":
+                    train_masks[case.case_id] = (mask_xyz, target.spacing)
+                advance(f"{ds.name} {case.case_id}")
+
+            advance(f"{ds.name} noise calibration")
+            noise = _noise(tmp, entries, train_masks, noise_dice, seed, classes, class_names)
+
+        manifest = {
+            "name": ds.name, "task": "segmentation", "format_version": 1, "source_layout": ds.layout,
+            "channel_names": {str(i): n for i, n in enumerate(ds.channel_names)},
+            "labels": {name: i for i, name in enumerate(ds.labels.values())},
+            "label_values": {str(i): int(v) for i, v in enumerate(ds.labels)},
+            "file_ending": ".nii.gz", "size": int(size), "slice_axis": slice_axis, "seed": int(seed),
+            "orientation": "closest RAS+, slice axis last (see medl2b.data.msd)",
+            "splits": splits, "split_source": split_source,
+            "intensity_normalisation": {"method": "per channel: clip to percentiles, then z-score",
+                                        "percentiles": list(PERCENTILES)},
+            "licence": ds.licence, "reference": ds.reference,
+            "cases": entries, "noise": noise,
+        }
+        (tmp / "dataset.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _noise(tmp: Path, entries: dict, train_masks: dict, noise_dice: float, seed: int, classes: list[int],
+           class_names: list[str]) -> dict:
+    """Calibrate, write the noisy train label maps, and return the manifest's ``noise`` record."""
+    names = sorted(train_masks)
+    pairs = [train_masks[n] for n in names]
+    strength = 0.0
+    if pairs:
+        strength, _, _ = calibrate_strength(pairs, noise_dice, seed=seed, config=MSD_NOISE_CONFIG, classes=classes)
+        noisy = (corrupt_volumes(pairs, strength=strength, seed=seed, config=MSD_NOISE_CONFIG, classes=classes)
+                 if noise_dice < 1 else [m.copy() for m, _ in pairs])
+    else:
+        noisy = []
+    per_case, per_case_class = {}, {}
+    for name, noisy_xyz, (clean_xyz, _sp) in zip(names, noisy, pairs):
+        geo = Geometry.from_dict(entries[name]["prepared"])
+        write_nifti(noisy_xyz, tmp / "labelsNoisy" / f"{name}.nii.gz", spacing=geo.spacing, origin=geo.origin,
+                    direction=geo.direction)
+        dices = per_class_dice(noisy_xyz, clean_xyz, classes)
+        per_case_class[name] = {n: round(d, 6) for n, d in zip(class_names, dices)}
+        per_case[name] = round(float(np.mean(dices)), 6)
+        entries[name]["noisy_label"] = f"labelsNoisy/{name}.nii.gz"
+        entries[name]["noise_dice"] = per_case[name]
+        entries[name]["noise_dice_per_class"] = per_case_class[name]
+    mean = float(np.mean(list(per_case.values()))) if per_case else 1.0
+    per_class_mean = {n: round(float(np.mean([d[n] for d in per_case_class.values()])), 6) if per_case_class else 1.0
+                      for n in class_names}
+    return {"target_dice": float(noise_dice), "achieved_mean_dice": round(mean, 6),
+            "achieved_per_class_dice": per_class_mean, "per_case_dice": per_case,
+            "per_case_class_dice": per_case_class,
+            "params": {"strength": float(strength), **MSD_NOISE_CONFIG.to_dict(),
+                       "classes": "each foreground class corrupted on its own; contested voxels go to the class "
+                                  "with the highest per-slice priority",
+                       "streams": "numpy.random.default_rng([seed, i]) for the i-th train case in sorted order"},
+            "seed": int(seed)}
