@@ -95,6 +95,35 @@ def prepare_promise12_cmd(
                f"mean noisy-vs-clean Dice {noise.get('achieved_mean_dice', 1.0):.3f}")
 
 
+@prepare_app.command("msd")
+@_user_errors
+def prepare_msd_cmd(
+    raw: Path = typer.Argument(..., help="MSD task folder or nnU-Net v2 raw dataset (dataset.json, imagesTr/, labelsTr/)."),
+    out: Path = typer.Argument(..., help="Prepared dataset folder (nnU-Net-like)."),
+    size: Optional[int] = typer.Option(None, "--size", min=16,
+                                       help="In-plane size of the prepared slices (default: the cases' median "
+                                            "larger in-plane side, rounded up to a multiple of 16)."),
+    noise_dice: float = typer.Option(0.6, "--noise-dice", min=0.0, max=1.0,
+                                     help="Target mean foreground-class 3-D Dice of noisy vs clean; 1 = no noise."),
+    meta_cases: int = typer.Option(3, "--meta-cases", min=0, help="Clean meta cases (taken from training)."),
+    test_cases: int = typer.Option(10, "--test-cases", min=1, help="Held-out evaluation cases."),
+    split_file: Optional[Path] = typer.Option(None, "--split-file", help="JSON split to use instead of a seeded one."),
+    slice_axis: str = typer.Option("axial", "--slice-axis", help="axial | coronal | sagittal: the 2-D slicing axis."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (split and noise)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing prepared dataset in OUT."),
+) -> None:
+    """Decathlon (MSD v1) or nnU-Net v2 raw dataset -> prepared slices with clean and calibrated noisy labels."""
+    from medl2b.data.msd import prepare_msd
+
+    manifest = prepare_msd(raw, out, size=size, noise_dice=noise_dice, meta_cases=meta_cases, test_cases=test_cases,
+                           split_file=split_file, seed=seed, slice_axis=slice_axis, overwrite=overwrite,
+                           progress=sys.stderr.isatty())
+    noise = manifest["noise"]
+    per_class = ", ".join(f"{k} {v:.3f}" for k, v in noise["achieved_per_class_dice"].items())
+    typer.echo(f"prepared {len(manifest['cases'])} cases in {out} at {manifest['size']} px; "
+               f"noisy-vs-clean Dice {noise['achieved_mean_dice']:.3f} (mean over classes; {per_class})")
+
+
 @prepare_app.command("isic2019")
 @_user_errors
 def prepare_isic2019_cmd(
@@ -119,7 +148,8 @@ def prepare_isic2019_cmd(
 @app.command("train")
 @_user_errors
 def train_cmd(
-    task: str = typer.Option(..., "--task", help="prostate-seg or skin-lesion-cls."),
+    task: Optional[str] = typer.Option(None, "--task", help="segmentation, prostate-seg or skin-lesion-cls "
+                                                            "(default: the prepared dataset's own)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared dataset folder."),
     out: Path = typer.Option(..., "--out", help="Run folder (config, log, metrics, checkpoints)."),
     method: Optional[str] = typer.Option(None, "--method", help="ce | bootstrap | l2rw | l2b | l2b-sum1."),
@@ -149,11 +179,37 @@ def train_cmd(
             raise InputError("--set", f"expected KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         overrides[key.strip()] = value
+    if task is None:
+        task = _task_of(data, out, resume)
     cfg = load_config(task, profile=profile, config_file=config, overrides=overrides)
     row = train(cfg, resume=resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
             typer.echo(f"finished {cfg.epochs} epochs in {out}: last validation score "
                    f"{row.get('val_score', float('nan')):.4f}")
+
+
+def _task_of(data: Optional[Path], out: Path, resume: bool) -> str:
+    """The task a prepared dataset (or, on --resume, a run folder) was made for."""
+    import json
+
+    from medl2b.errors import InputError
+
+    if resume and (out / "config.yaml").is_file():
+        import yaml
+
+        task = (yaml.safe_load((out / "config.yaml").read_text()) or {}).get("task")
+        if task:
+            return str(task)
+    if data is None:
+        raise InputError("--task", "give --task, or --data so that the task can be read from its dataset.json")
+    path = data / "dataset.json"
+    try:
+        task = json.loads(path.read_text()).get("task")
+    except (OSError, ValueError, AttributeError):
+        raise InputError(path, "cannot read the task from it; give --task") from None
+    if not task:
+        raise InputError(path, "names no task; give --task")
+    return str(task)
 
 
 @app.command("eval")

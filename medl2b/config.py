@@ -22,9 +22,10 @@ import yaml
 
 from medl2b.errors import InputError, atomic_file
 
-__all__ = ["TASKS", "METHODS", "TrainConfig", "load_config", "load_config_file", "save_config", "task_config_path"]
+__all__ = ["TASKS", "SEG_TASKS", "METHODS", "TrainConfig", "load_config", "load_config_file", "save_config", "task_config_path"]
 
-TASKS = ("prostate-seg", "skin-lesion-cls")
+TASKS = ("segmentation", "prostate-seg", "skin-lesion-cls")
+SEG_TASKS = ("segmentation", "prostate-seg")
 METHODS = ("ce", "bootstrap", "l2rw", "l2b", "l2b-sum1")
 
 
@@ -111,6 +112,10 @@ class TrainConfig:
         cap = self.epochs // 2 if self.warmup_max_epochs is None else self.warmup_max_epochs
         reached = any(s >= self.warmup_until_score for s in scores[:epoch])
         return epoch < max(cap, self.warmup_epochs) and not reached
+
+    @property
+    def is_segmentation(self) -> bool:
+        return self.task in SEG_TASKS
 
     @property
     def uses_meta(self) -> bool:

@@ -109,10 +109,10 @@ def load_pretrained_resnet(model: nn.Module, path: str | os.PathLike) -> None:
     log.info("loaded ImageNet weights from %s", path)
 
 
-def build_model(cfg, *, num_classes: int) -> nn.Module:
-    """The network of a :class:`~medl2b.config.TrainConfig`."""
-    if cfg.task == "prostate-seg":
-        return build_unetpp(features=cfg.features, num_classes=num_classes)
+def build_model(cfg, *, num_classes: int, in_channels: int = 1) -> nn.Module:
+    """The network of a :class:`~medl2b.config.TrainConfig` (``in_channels``: segmentation only)."""
+    if cfg.is_segmentation:
+        return build_unetpp(features=cfg.features, num_classes=num_classes, in_channels=in_channels)
     return build_resnet50(num_classes=num_classes, width=cfg.width, pretrained=cfg.pretrained)
 
 

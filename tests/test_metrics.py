@@ -13,6 +13,7 @@ from medl2b.evaluate.metrics import (
     SegmentationMetrics,
     classification_metrics,
     compute_case_metrics,
+    compute_multiclass_case_metrics,
     confusion_matrix,
     summarize_cases,
     volume_diagonal,
@@ -192,6 +193,123 @@ def test_segmentation_metrics_accumulates_and_resets():
     assert s["mean"]["dice"] == pytest.approx(0.5)
     metric.reset()
     assert metric.per_case == []
+
+
+# --- segmentation: several foreground classes -----------------------------------------------------
+
+HIPPO = {1: "Anterior", 2: "Posterior"}
+
+
+def _two_class_truth(shape=(12, 12, 12)) -> np.ndarray:
+    """Label map with a 4^3 cube of class 1 at (1, 1, 1) and one of class 2 at (6, 6, 6)."""
+    truth = np.zeros(shape, dtype=np.int64)
+    truth[_cube(shape, lo=(1, 1, 1), size=4)] = 1
+    truth[_cube(shape, lo=(6, 6, 6), size=4)] = 2
+    return truth
+
+
+def test_multiclass_scores_each_class_and_averages():
+    truth = _two_class_truth()
+    pred = truth.copy()
+    pred[truth == 2] = 0
+    pred[np.roll(truth == 2, 1, axis=2)] = 2  # class 2 one slice (3 mm) up; class 1 exact
+    r = compute_multiclass_case_metrics(pred, truth, ANISO, classes=HIPPO)
+    assert list(r["per_class"]) == ["Anterior", "Posterior"]
+    ant, post = r["per_class"]["Anterior"], r["per_class"]["Posterior"]
+    assert ant == {"dice": pytest.approx(1.0), "hd95": pytest.approx(0.0), "asd": pytest.approx(0.0), "status": "ok"}
+    _, asd = _oracle(pred == 2, truth == 2, ANISO)
+    assert post["dice"] == pytest.approx(2 * 48 / 128)  # 3 of 4 slices of 4 x 4 overlap
+    assert post["hd95"] == pytest.approx(3.0, abs=1e-4)
+    assert post["asd"] == pytest.approx(asd, abs=1e-4)
+    assert r["dice"] == pytest.approx((1.0 + 0.75) / 2)
+    assert r["hd95"] == pytest.approx(1.5, abs=1e-4)
+    assert r["asd"] == pytest.approx(asd / 2, abs=1e-4)
+    assert r["status"] == "ok"
+    # The order of `classes` is the order of per_class; the scores follow the index, not the position.
+    rev = compute_multiclass_case_metrics(pred, truth, ANISO, classes={2: "Posterior", 1: "Anterior"})
+    assert list(rev["per_class"]) == ["Posterior", "Anterior"]
+    assert rev["per_class"]["Posterior"]["dice"] == pytest.approx(0.75)
+
+
+def test_multiclass_missed_class_scores_the_diagonal():
+    truth = _two_class_truth()
+    pred = np.where(truth == 2, 0, truth)  # Posterior never predicted
+    diag = math.sqrt(6**2 + 6**2 + 36**2)
+    r = compute_multiclass_case_metrics(pred, truth, ANISO, classes=HIPPO)
+    assert r["per_class"]["Posterior"] == {"dice": 0.0, "hd95": pytest.approx(diag), "asd": pytest.approx(diag),
+                                           "status": "missed"}
+    assert r["status"] == "missed"
+    assert r["dice"] == pytest.approx(0.5)
+    assert r["hd95"] == pytest.approx(diag / 2) and r["asd"] == pytest.approx(diag / 2)
+
+    # Under "nan" the missed class has no distance: the case mean is the other class's alone.
+    n = compute_multiclass_case_metrics(pred, truth, ANISO, classes=HIPPO, empty_policy="nan")
+    assert math.isnan(n["per_class"]["Posterior"]["hd95"]) and math.isnan(n["per_class"]["Posterior"]["asd"])
+    assert n["dice"] == pytest.approx(0.5)
+    assert n["hd95"] == pytest.approx(0.0) and n["asd"] == pytest.approx(0.0)
+    assert n["status"] == "missed"
+    # No class with a finite distance at all: NaN, not 0.
+    empty = np.zeros_like(truth)
+    none = compute_multiclass_case_metrics(empty, truth, ANISO, classes=HIPPO, empty_policy="nan")
+    assert none["dice"] == 0.0 and math.isnan(none["hd95"]) and math.isnan(none["asd"])
+
+
+def test_multiclass_case_status_is_the_worst_class():
+    truth = _two_class_truth()
+    only_1 = np.where(truth == 2, 0, truth)
+    only_2 = np.where(truth == 1, 0, truth)
+    empty = np.zeros_like(truth)
+
+    def status(p, t):
+        return compute_multiclass_case_metrics(p, t, ANISO, classes=HIPPO)["status"]
+
+    assert status(only_2, only_1) == "missed"  # class 1 missed beats class 2 false positive
+    assert status(truth, only_1) == "false_positive"
+    assert status(only_1, only_1) == "ok"  # one class ok, the other both empty
+    assert status(empty, empty) == "both_empty"
+    r = compute_multiclass_case_metrics(empty, empty, ANISO, classes=HIPPO)
+    assert (r["dice"], r["hd95"], r["asd"]) == (1.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("policy", ["worst", "nan"])
+def test_multiclass_with_one_class_equals_binary(policy):
+    x, y, z = np.mgrid[:16, :16, :12]
+    truth = ((x - 7.5) / 5) ** 2 + ((y - 7.5) / 4) ** 2 + ((z - 5.5) / 3.5) ** 2 <= 1
+    pred = ((x - 8.5) / 4.5) ** 2 + ((y - 7) / 4.5) ** 2 + ((z - 6.5) / 3) ** 2 <= 1
+    spacing = (0.7, 1.1, 2.5)
+    for p, t in ((pred, truth), (pred, np.zeros_like(truth)), (np.zeros_like(pred), np.zeros_like(truth))):
+        binary = compute_case_metrics(p, t, spacing, empty_policy=policy)
+        multi = compute_multiclass_case_metrics(p.astype(np.uint8), t.astype(np.uint8), spacing,
+                                                classes={1: "prostate"}, empty_policy=policy)
+        top = {k: multi[k] for k in ("dice", "hd95", "asd", "status")}
+        for got in (top, multi["per_class"]["prostate"]):
+            assert got["status"] == binary["status"]
+            for k in ("dice", "hd95", "asd"):
+                assert got[k] == binary[k] or (math.isnan(got[k]) and math.isnan(binary[k])), k
+
+
+def test_multiclass_rejects_bad_labels_and_classes():
+    truth = _two_class_truth()
+    bad = truth.copy()
+    bad[0, 0, 0] = 3
+    with pytest.raises(ValueError, match=r"truth holds label values \[3\]"):
+        compute_multiclass_case_metrics(truth, bad, ANISO, classes=HIPPO)
+    with pytest.raises(ValueError, match=r"pred holds label values \[-1\]"):
+        compute_multiclass_case_metrics(np.where(truth == 1, -1, truth), truth, ANISO, classes=HIPPO)
+    with pytest.raises(ValueError, match=r"label values \[1\]"):  # class 1 present but not in classes
+        compute_multiclass_case_metrics(truth, truth, ANISO, classes={2: "Posterior"})
+    with pytest.raises(ValueError, match="integer"):
+        compute_multiclass_case_metrics(truth * 0.5, truth, ANISO, classes=HIPPO)
+    with pytest.raises(ValueError, match="same shape"):
+        compute_multiclass_case_metrics(truth, truth[:-1], ANISO, classes=HIPPO)
+    with pytest.raises(ValueError, match="background"):
+        compute_multiclass_case_metrics(truth, truth, ANISO, classes={0: "bg", 1: "a", 2: "b"})
+    with pytest.raises(ValueError, match="unique"):
+        compute_multiclass_case_metrics(truth, truth, ANISO, classes={1: "a", 2: "a"})
+    with pytest.raises(ValueError, match="classes"):
+        compute_multiclass_case_metrics(truth, truth, ANISO, classes={})
+    with pytest.raises(ValueError, match="empty_policy"):
+        compute_multiclass_case_metrics(truth, truth, ANISO, classes=HIPPO, empty_policy="zero")
 
 
 # --- classification -------------------------------------------------------------------------------

@@ -21,6 +21,20 @@ SEG_ROWS = [
 ]
 
 
+NAN = float("nan")
+HIPPO_ROWS = [  # two foreground classes; case values are the means of the finite per-class values
+    {"case": "hip1", "dice": 0.85, "hd95": 2.0, "asd": 0.5, "status": "ok",
+     "per_class": {"Anterior": {"dice": 0.8, "hd95": 3.0, "asd": 0.6, "status": "ok"},
+                   "Posterior": {"dice": 0.9, "hd95": 1.0, "asd": 0.4, "status": "ok"}}},
+    {"case": "hip2", "dice": 0.3, "hd95": 5.0, "asd": 1.0, "status": "missed",
+     "per_class": {"Anterior": {"dice": 0.6, "hd95": 5.0, "asd": 1.0, "status": "ok"},
+                   "Posterior": {"dice": 0.0, "hd95": NAN, "asd": NAN, "status": "missed"}}},
+    {"case": "hip3", "dice": 0.75, "hd95": 3.0, "asd": 0.7, "status": "ok",
+     "per_class": {"Anterior": {"dice": 0.7, "hd95": 4.0, "asd": 0.8, "status": "ok"},
+                   "Posterior": {"dice": 0.8, "hd95": 2.0, "asd": 0.6, "status": "ok"}}},
+]
+
+
 def _strict_json(path):
     def reject(token):
         raise AssertionError(f"non-standard JSON token {token}")
@@ -81,6 +95,91 @@ def test_write_seg_report_rejects_bad_input(tmp_path):
     assert not (tmp_path / "summary.json").exists()
 
 
+def test_write_seg_report_binary_csv_bytes(tmp_path):
+    write_seg_report(tmp_path, per_case=SEG_ROWS, split="test", checkpoint="c", empty_policy="nan")
+    assert (tmp_path / "metrics.csv").read_bytes() == (b"case,dice,hd95,asd,status\r\n"
+                                                       b"Case01,0.9,3.0,1.0,ok\r\n"
+                                                       b"Case02,0.7,5.0,2.0,ok\r\n"
+                                                       b"Case03,0.0,,,missed\r\n")
+    s = _strict_json(tmp_path / "summary.json")
+    assert "classes" not in s and "per_class" not in s
+    assert "mean fg" not in (tmp_path / "report.md").read_text()
+
+
+def test_write_seg_report_per_class(tmp_path):
+    s = write_seg_report(tmp_path, per_case=HIPPO_ROWS, split="test", checkpoint="c.pth", empty_policy="nan",
+                         extra={"dataset": "hippocampus"})
+    js = _strict_json(tmp_path / "summary.json")
+    assert js == s
+    assert js["classes"] == ["Anterior", "Posterior"]
+    assert list(js["per_class"]) == ["Anterior", "Posterior"]
+    ant, post = js["per_class"]["Anterior"], js["per_class"]["Posterior"]
+    assert set(ant) == {"mean", "std", "median", "n_failed", "n_nan"}
+    assert ant["mean"] == pytest.approx({"dice": 0.7, "hd95": 4.0, "asd": 0.8})
+    assert ant["std"]["dice"] == pytest.approx(np.std([0.8, 0.6, 0.7]))
+    assert ant["n_failed"] == 0 and ant["n_nan"] == {"dice": 0, "hd95": 0, "asd": 0}
+    assert post["mean"] == pytest.approx({"dice": 1.7 / 3, "hd95": 1.5, "asd": 0.5})
+    assert post["median"]["dice"] == pytest.approx(0.8)
+    assert post["n_failed"] == 1 and post["n_nan"] == {"dice": 0, "hd95": 1, "asd": 1}
+    # The case-level statistics are unchanged in meaning: over the case rows.
+    assert js["mean"]["dice"] == pytest.approx((0.85 + 0.3 + 0.75) / 3)
+    assert js["n_failed"] == 1 and js["n_cases"] == 3 and js["dataset"] == "hippocampus"
+    assert js["per_case"][1]["per_class"] == {"Anterior": {"dice": 0.6, "hd95": 5.0, "asd": 1.0, "status": "ok"},
+                                              "Posterior": {"dice": 0.0, "hd95": None, "asd": None,
+                                                            "status": "missed"}}
+
+    rows = _read_csv(tmp_path / "metrics.csv")
+    assert rows[0] == ["case", "dice", "hd95", "asd", "status",
+                       "dice_Anterior", "hd95_Anterior", "asd_Anterior", "status_Anterior",
+                       "dice_Posterior", "hd95_Posterior", "asd_Posterior", "status_Posterior"]
+    assert rows[2] == ["hip2", "0.3", "5.0", "1.0", "missed", "0.6", "5.0", "1.0", "ok", "0.0", "", "", "missed"]
+    assert len(rows) == 4
+
+    md = (tmp_path / "report.md").read_text()
+    assert ("| Case | Dice, mean fg (%) | Dice Anterior (%) | Dice Posterior (%) | HD95 (mm) | ASD (mm) "
+            "| Status |") in md
+    assert "| hip2 | 30.00 | 60.00 | 0.00 | 5.00 | 1.00 | missed |" in md
+    assert "- Dice, mean over foreground classes (%): 63.33 ± " in md
+    assert "| Class | Dice (%) | HD95 (mm) | ASD (mm) | failed |" in md
+    assert "| Anterior | 70.00 ± 8.16 | 4.00 ± 0.82 | 0.80 ± 0.16 | 0/3 |" in md
+    assert ("| Posterior | 56.67 ± 40.28 | 1.50 ± 0.50 (1 NaN excluded) | 0.50 ± 0.10 (1 NaN excluded) "
+            "| 1/3 |") in md
+    assert md.index("- ASD, mean over") < md.index("| Class |") < md.index("Failed cases")
+
+
+def test_write_seg_report_one_class_keeps_plain_dice_label(tmp_path):
+    rows = [{**r, "per_class": {"prostate": {k: r[k] for k in ("dice", "hd95", "asd", "status")}}}
+            for r in SEG_ROWS]
+    s = write_seg_report(tmp_path, per_case=rows, split="test", checkpoint="c", empty_policy="nan")
+    assert s["classes"] == ["prostate"] and s["per_class"]["prostate"]["n_failed"] == 1
+    assert s["per_class"]["prostate"]["mean"]["dice"] == pytest.approx(s["mean"]["dice"])
+    md = (tmp_path / "report.md").read_text()
+    assert "| Case | Dice (%) | Dice prostate (%) | HD95 (mm) | ASD (mm) | Status |" in md
+    assert "mean fg" not in md and "mean over foreground" not in md
+    assert _read_csv(tmp_path / "metrics.csv")[3] == ["Case03", "0.0", "", "", "missed",
+                                                      "0.0", "", "", "missed"]
+
+
+def test_write_seg_report_rejects_mismatched_classes(tmp_path):
+    swapped = {**HIPPO_ROWS[2], "per_class": dict(reversed(list(HIPPO_ROWS[2]["per_class"].items())))}
+    with pytest.raises(ValueError, match="same class names in the same order"):
+        write_seg_report(tmp_path, per_case=[HIPPO_ROWS[0], swapped], split="test", checkpoint="c")
+    renamed = {**HIPPO_ROWS[1], "per_class": {"Anterior": HIPPO_ROWS[1]["per_class"]["Anterior"],
+                                              "Tail": HIPPO_ROWS[1]["per_class"]["Posterior"]}}
+    with pytest.raises(ValueError, match="hip2.*Tail"):
+        write_seg_report(tmp_path, per_case=[HIPPO_ROWS[0], renamed], split="test", checkpoint="c")
+    binary = {k: v for k, v in HIPPO_ROWS[2].items() if k != "per_class"}
+    with pytest.raises(ValueError, match="hip3.*no 'per_class'"):
+        write_seg_report(tmp_path, per_case=[HIPPO_ROWS[0], binary], split="test", checkpoint="c")
+    bad_status = {**HIPPO_ROWS[1], "per_class": {**HIPPO_ROWS[1]["per_class"],
+                                                 "Posterior": {"dice": 0, "hd95": 0, "asd": 0, "status": "?"}}}
+    with pytest.raises(ValueError, match="Posterior.*status"):
+        write_seg_report(tmp_path, per_case=[HIPPO_ROWS[0], bad_status], split="test", checkpoint="c")
+    with pytest.raises(ValueError, match="extra"):
+        write_seg_report(tmp_path, per_case=HIPPO_ROWS, split="test", checkpoint="c", extra={"classes": []})
+    assert not (tmp_path / "summary.json").exists()
+
+
 # --- classification report --------------------------------------------------------------------------
 
 def test_write_cls_report(tmp_path):
@@ -105,7 +204,7 @@ def test_write_cls_report(tmp_path):
 
 # --- comparison -------------------------------------------------------------------------------------
 
-def _fake_seg_run(root, folder, method, dice_mean, config_extra=""):
+def _fake_seg_run(root, folder, method, dice_mean, config_extra="", class_dice=None):
     run = root / folder
     (run / "eval").mkdir(parents=True)
     summary = {"split": "test", "checkpoint": "x", "per_case": [],
@@ -113,6 +212,13 @@ def _fake_seg_run(root, folder, method, dice_mean, config_extra=""):
                "std": {"dice": 0.05, "hd95": 1.0, "asd": None},
                "median": {"dice": dice_mean, "hd95": 4.0, "asd": 1.4},
                "n_cases": 10, "n_failed": 1, "n_nan": {"dice": 0, "hd95": 0, "asd": 0}}
+    if class_dice is not None:  # {name: (mean, std)} of the per-class Dice
+        summary["classes"] = list(class_dice)
+        summary["per_class"] = {name: {"mean": {"dice": m, "hd95": 1.0, "asd": 0.5},
+                                       "std": {"dice": sd, "hd95": 0.1, "asd": 0.1},
+                                       "median": {"dice": m, "hd95": 1.0, "asd": 0.5},
+                                       "n_failed": 0, "n_nan": {"dice": 0, "hd95": 0, "asd": 0}}
+                                for name, (m, sd) in class_dice.items()}
     (run / "eval" / "summary.json").write_text(json.dumps(summary))
     (run / "config.yaml").write_text(f"method: {method}\n{config_extra}")
     return run
@@ -129,6 +235,29 @@ def test_compare_runs_segmentation(tmp_path):
     assert header == "| Run | Method | Data | Noise Dice | Dice (%) | HD95 (mm) | ASD (mm) | failed |"
     assert "| r1 | ce | promise12 | 0.60 | 71.00 ± 5.00 | 4.25 ± 1.00 | 1.50 | 1/10 |" in lines
     assert "| l2b-fast | l2b | promise12 | 0.60 | 82.34 ± 5.00 | 4.25 ± 1.00 | 1.50 | 1/10 |" in lines
+
+
+def test_compare_runs_per_class_columns(tmp_path):
+    a = _fake_seg_run(tmp_path, "r1", "ce", 0.71, class_dice={"Anterior": (0.68, 0.04), "Posterior": (0.74, 0.06)})
+    b = tmp_path / "r2"  # a real report, written from per-class rows
+    write_seg_report(b / "eval", per_case=HIPPO_ROWS, split="test", checkpoint="c", empty_policy="nan")
+    (b / "config.yaml").write_text("method: l2b\n")
+    lines = compare_runs([a, b]).splitlines()
+    header = next(line for line in lines if line.startswith("| Run"))
+    assert header == ("| Run | Method | Dice, mean fg (%) | Dice Anterior (%) | Dice Posterior (%) "
+                      "| HD95 (mm) | ASD (mm) | failed |")
+    assert "| r1 | ce | 71.00 ± 5.00 | 68.00 ± 4.00 | 74.00 ± 6.00 | 4.25 ± 1.00 | 1.50 | 1/10 |" in lines
+    row_b = next(line for line in lines if line.startswith("| r2 |"))
+    assert row_b.startswith("| r2 | l2b | 63.33 ± 23.92 | 70.00 ± 8.16 | 56.67 ± 40.28 | 3.33 ± 1.25 |")
+    assert row_b.endswith("| 1/3 |")
+
+    # Different class lists, a binary run, or a single class: the table is as before.
+    c = _fake_seg_run(tmp_path, "r3", "ce", 0.7, class_dice={"Head": (0.7, 0.1), "Tail": (0.7, 0.1)})
+    binary = _fake_seg_run(tmp_path, "r4", "ce", 0.7)
+    one = _fake_seg_run(tmp_path, "r5", "ce", 0.7, class_dice={"Anterior": (0.7, 0.1)})
+    plain = "| Run | Method | Dice (%) | HD95 (mm) | ASD (mm) | failed |"
+    for runs in ([a, c], [a, binary], [one, one]):
+        assert compare_runs(runs).splitlines()[2] == plain
 
 
 def test_compare_runs_classification_and_fallback_name(tmp_path):

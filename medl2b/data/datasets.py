@@ -1,6 +1,6 @@
 """The torch side of the prepared datasets: manifests, in-memory slice sets, Dataset classes.
 
-Segmentation (PROMISE12): :func:`load_slices` reads the NIfTI volumes of some cases
+Segmentation (PROMISE12, MSD, nnU-Net v2): :func:`load_slices` reads the NIfTI volumes of some cases
 into one :class:`SliceSet` of 2-D axial slices (``volume[:, :, z]``), and
 :class:`SegSliceDataset` serves them, optionally augmented. Classification
 (ISIC 2019): :func:`load_isic` memory-maps ``images.npy`` for one split
@@ -42,6 +42,7 @@ __all__ = [
     "IsicDataset",
     "SegSliceDataset",
     "SliceSet",
+    "case_image_paths",
     "load_isic",
     "load_manifest",
     "load_slices",
@@ -50,6 +51,7 @@ __all__ = [
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _SPLITS = ("train", "meta", "test")
+_SEG_TASKS = ("segmentation", "prostate-seg")
 
 
 def load_manifest(prepared_dir: str | os.PathLike, *, task: str | None = None) -> dict:
@@ -58,7 +60,7 @@ def load_manifest(prepared_dir: str | os.PathLike, *, task: str | None = None) -
     Args:
         prepared_dir: A folder written by ``medl2b prepare``.
         task: If given, the manifest's ``task`` must equal it (``"prostate-seg"`` or
-            ``"skin-lesion-cls"``).
+            ``"skin-lesion-cls"``); ``"segmentation"`` accepts any segmentation dataset.
 
     Raises:
         InputError: the folder or ``dataset.json`` is missing, unreadable, of an unknown
@@ -75,9 +77,19 @@ def load_manifest(prepared_dir: str | os.PathLike, *, task: str | None = None) -
         raise InputError(path, f"cannot read ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format_version") != 1:
         raise InputError(path, "unknown format (expected format_version 1)")
-    if task is not None and manifest.get("task") != task:
-        raise InputError(path, f"holds task {manifest.get('task')!r}, expected {task!r}")
+    found = manifest.get("task")
+    if task == "segmentation":  # the general segmentation task reads any segmentation dataset
+        if found not in _SEG_TASKS:
+            raise InputError(path, f"holds task {found!r}, not a segmentation dataset")
+    elif task is not None and found != task:
+        hint = "; train it with --task segmentation" if found == "segmentation" else ""
+        raise InputError(path, f"holds task {found!r}, expected {task!r}{hint}")
     return manifest
+
+
+def case_image_paths(entry: dict) -> list[str]:
+    """The channel files of one manifest case entry (``images``, or the single ``image``)."""
+    return list(entry.get("images") or [entry["image"]])
 
 
 def _check_label(label: str) -> None:
@@ -92,10 +104,10 @@ class SliceSet:
     """2-D axial slices of some cases, in memory.
 
     Attributes:
-        image: float32 (N, 1, H, W); H, W are the prepared in-plane x, y.
-        label: int64 (N, H, W); the noisy mask for train cases when loaded with
-            ``label="noisy"``, the clean one otherwise.
-        clean: int64 (N, H, W); the clean mask.
+        image: float32 (N, C, H, W); C input channels, H, W the prepared in-plane x, y.
+        label: int64 (N, H, W) class indices; the noisy map for train cases when loaded
+            with ``label="noisy"``, the clean one otherwise.
+        clean: int64 (N, H, W); the clean map.
         case: Case id of each slice, length N.
         slice_index: Axial index z of each slice in its volume, length N.
     """
@@ -111,10 +123,10 @@ class SliceSet:
 
 
 def load_slices(prepared_dir: str | os.PathLike, cases: str | Sequence[str], *, label: str = "noisy") -> SliceSet:
-    """Load every axial slice of some PROMISE12 cases.
+    """Load every 2-D slice of some cases of a prepared segmentation dataset (any channels, classes).
 
     Args:
-        prepared_dir: Prepared PROMISE12 folder.
+        prepared_dir: Prepared segmentation folder (``prepare promise12`` or ``prepare msd``).
         cases: Case ids, or a split name (``"train"``, ``"meta"``, ``"test"``).
         label: ``"noisy"``: train cases get their noisy masks as ``label`` (meta and
             test cases have none and always get the clean mask); ``"clean"``: clean
@@ -125,7 +137,7 @@ def load_slices(prepared_dir: str | os.PathLike, cases: str | Sequence[str], *, 
     """
     _check_label(label)
     root = Path(prepared_dir)
-    manifest = load_manifest(root, task="prostate-seg")
+    manifest = load_manifest(root, task="segmentation")
     if isinstance(cases, str):
         if cases not in _SPLITS:
             raise ValueError(f"cases must be a split name {_SPLITS} or a list of case ids, got {cases!r}")
@@ -135,14 +147,17 @@ def load_slices(prepared_dir: str | os.PathLike, cases: str | Sequence[str], *, 
         entry = manifest["cases"].get(case)
         if entry is None:
             raise InputError(root / "dataset.json", f"has no case {case!r}")
-        img, _ = read_nifti(root / entry["image"], dtype=np.float32)
+        channels = [read_nifti(root / rel, dtype=np.float32)[0] for rel in case_image_paths(entry)]
+        if any(c.shape != channels[0].shape for c in channels):
+            raise InputError(root / case_image_paths(entry)[0], "channels of one case differ in shape")
+        img = np.stack(channels, axis=-1)  # (X, Y, Z, C)
         clean, _ = read_nifti(root / entry["label"], dtype=np.int64)
         noisy_rel = entry.get("noisy_label")
         lab = read_nifti(root / noisy_rel, dtype=np.int64)[0] if (label == "noisy" and noisy_rel) else clean
-        if img.shape != clean.shape or lab.shape != clean.shape:
-            raise InputError(root / entry["label"], f"shape {clean.shape} differs from its image {img.shape}")
-        # (X, Y, Z) -> (Z, X, Y): slice z is volume[:, :, z]
-        images.append(np.moveaxis(img, 2, 0)[:, None])
+        if img.shape[:3] != clean.shape or lab.shape != clean.shape:
+            raise InputError(root / entry["label"], f"shape {clean.shape} differs from its image {img.shape[:3]}")
+        # (X, Y, Z, C) -> (Z, C, X, Y): slice z is volume[:, :, z]
+        images.append(np.transpose(img, (2, 3, 0, 1)))
         cleans.append(np.moveaxis(clean, 2, 0))
         labels.append(np.moveaxis(lab, 2, 0))
         case_ids += [case] * img.shape[2]

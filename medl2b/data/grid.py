@@ -21,7 +21,7 @@ from scipy import ndimage
 from medl2b.data.nifti import Geometry
 
 __all__ = ["PERCENTILES", "geometry_of", "normalise_intensity", "prepare_volume", "prepared_geometry",
-           "image_from_xyz", "resample", "to_original_grid", "to_xyz"]
+           "image_from_xyz", "prediction_to_raw", "resample", "to_original_grid", "to_xyz"]
 
 PERCENTILES = (0.5, 99.5)
 
@@ -147,3 +147,28 @@ def prepare_volume(channels, mask, size: int) -> tuple[list[np.ndarray], np.ndar
         intensity.append(stats)
     mask_xyz = to_xyz(resample(mask, target, linear=False)).astype(np.uint8)
     return images, mask_xyz, target, intensity
+
+
+def prediction_to_raw(pred_xyz: np.ndarray, manifest: dict, case: str) -> tuple[np.ndarray, np.ndarray]:
+    """A prepared-grid prediction (label indices) on the raw case's grid, with the raw label values.
+
+    Returns:
+        ``(uint8 array of the raw label's shape, the raw label's 4x4 affine)``: write it with
+        :func:`medl2b.data.nifti.write_nifti` ``(affine=...)`` and it overlays the raw image in
+        3D Slicer and is a valid nnU-Net prediction.
+    """
+    info = manifest["cases"][case]
+    original = info["original"]
+    values = manifest.get("label_values")
+    lut = np.arange(256, dtype=np.uint8)
+    if values:
+        for index, value in values.items():
+            lut[int(index)] = int(value)
+    raw = to_original_grid(np.asarray(pred_xyz, dtype=np.uint8), info["prepared"], original)
+    if "affine" in original:
+        affine = np.asarray(original["affine"], dtype=float)
+    else:
+        from medl2b.data.nifti import affine_from_geometry
+
+        affine = affine_from_geometry(original["spacing"], original["origin"], original["direction"])
+    return lut[raw], affine

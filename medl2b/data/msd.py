@@ -54,7 +54,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medl2b.data.grid import PERCENTILES, image_from_xyz, prepare_volume, to_original_grid
+from medl2b.data.grid import PERCENTILES, image_from_xyz, prediction_to_raw, prepare_volume
 from medl2b.data.nifti import Geometry, affine_from_geometry, geometry_from_affine, write_nifti
 from medl2b.data.splits import split_cases
 from medl2b.errors import InputError, atomic_dir
@@ -328,29 +328,6 @@ def read_msd_case(ds: MsdDataset, case: MsdCase, *, slice_axis: str = "axial") -
     geo = geometry_from_affine(affine, oriented.shape[:3])
     return {"channels": [oriented[..., c] for c in range(oriented.shape[-1])], "label": oriented_label,
             "geometry": geo, "raw_affine": label_affine, "raw_shape": tuple(int(s) for s in label.shape)}
-
-
-# --------------------------------------------------------------------------- back to the raw grid
-
-def prediction_to_raw(pred_xyz: np.ndarray, manifest: dict, case: str) -> tuple[np.ndarray, np.ndarray]:
-    """A prepared-grid prediction (label indices) on the raw case's grid, with the raw label values.
-
-    Returns:
-        ``(uint8 array of the raw label's shape, the raw label's 4x4 affine)``: write it with
-        :func:`medl2b.data.nifti.write_nifti` ``(affine=...)`` and it overlays the raw image in
-        3D Slicer and is a valid nnU-Net prediction.
-    """
-    info = manifest["cases"][case]
-    original = info["original"]
-    values = manifest.get("label_values")
-    lut = np.arange(256, dtype=np.uint8)
-    if values:
-        for index, value in values.items():
-            lut[int(index)] = int(value)
-    raw = to_original_grid(np.asarray(pred_xyz, dtype=np.uint8), info["prepared"], original)
-    affine = np.asarray(original["affine"], dtype=float) if "affine" in original else \
-        affine_from_geometry(original["spacing"], original["origin"], original["direction"])
-    return lut[raw], affine
 
 
 # --------------------------------------------------------------------------- main

@@ -28,6 +28,20 @@ Segmentation
     any two voxels of the case. With ``empty_policy="nan"`` HD95 and ASD are NaN in all three empty
     cases (Dice is as above), and :func:`summarize_cases` counts them.
 
+    :func:`compute_multiclass_case_metrics` scores one case of a label map with
+    several foreground classes (e.g. the Decathlon hippocampus: 0 background,
+    1 Anterior, 2 Posterior). Each foreground class ``k`` is scored as the binary
+    case ``pred == k`` vs ``truth == k`` by :func:`compute_case_metrics`, so the
+    empty-mask policy applies per class: a class absent from both maps is
+    ``both_empty``, a class predicted nowhere but present in the truth is
+    ``missed``. The case's Dice, HD95 and ASD are the means over the foreground
+    classes (over the finite values only: under ``"nan"`` a class with an empty
+    mask leaves its HD95 and ASD out, and the mean is NaN if no class has a
+    finite value). The case's status is the worst of its classes: ``missed`` if
+    any class is missed, else ``false_positive`` if any class is a false
+    positive, else ``both_empty`` if every class is, else ``ok``. With a single
+    foreground class the case values are exactly the binary ones.
+
     :func:`summarize_cases` reports the mean, std and median of each metric over
     the finite values, with ``n_nan`` counting the values left out, and
     ``n_failed`` counting the ``missed`` and ``false_positive`` cases.
@@ -56,6 +70,7 @@ __all__ = [
     "SegmentationMetrics",
     "classification_metrics",
     "compute_case_metrics",
+    "compute_multiclass_case_metrics",
     "confusion_matrix",
     "summarize_cases",
     "volume_diagonal",
@@ -207,6 +222,120 @@ def compute_case_metrics(
         dice, worst = 0.0, volume_diagonal(p.shape, sp)
     dist = worst if policy is EmptyPolicy.WORST else math.nan
     return {"dice": dice, "hd95": dist, "asd": dist, "status": status}
+
+
+def _as_label_map(x: Any, name: str) -> np.ndarray:
+    """Return ``x`` as an int64 label map; bools count as 0/1, floats must be whole numbers."""
+    if hasattr(x, "detach"):  # torch tensor, possibly on an accelerator
+        x = x.detach().cpu().numpy()
+    arr = np.asarray(x)
+    if arr.dtype == bool:
+        return arr.astype(np.int64)
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise ValueError(f"{name} must be an integer label map, got dtype {arr.dtype}")
+    if not np.issubdtype(arr.dtype, np.integer) and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+        raise ValueError(f"{name} must hold integer class indices (argmax the scores first)")
+    return arr.astype(np.int64)
+
+
+def _check_classes(classes: Any) -> dict[int, str]:
+    """Return ``classes`` as an ordered ``{index: name}`` dict, checked (indices >= 1, unique names)."""
+    if not isinstance(classes, Mapping) or not classes:
+        raise ValueError(f"classes must be a non-empty mapping of foreground index -> name, got {classes!r}")
+    out: dict[int, str] = {}
+    for k, v in classes.items():
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"classes keys must be foreground class indices >= 1 (0 is background), got {k!r}")
+        if not isinstance(v, str) or not v:
+            raise ValueError(f"classes[{k}] must be a non-empty name, got {v!r}")
+        out[int(k)] = v
+    names = list(out.values())
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"classes must have unique names, got duplicates {dup}")
+    return out
+
+
+def _finite_mean(values: Sequence[float]) -> float:
+    """Mean of the finite values; NaN if there is none. One value is returned as is."""
+    if len(values) == 1:
+        return float(values[0])
+    finite = [v for v in values if math.isfinite(v)]
+    return float(sum(finite) / len(finite)) if finite else math.nan
+
+
+def _worst_status(statuses: Sequence[str]) -> str:
+    """The case status of a multi-class case from the statuses of its classes."""
+    if "missed" in statuses:
+        return "missed"
+    if "false_positive" in statuses:
+        return "false_positive"
+    if all(s == "both_empty" for s in statuses):
+        return "both_empty"
+    return "ok"
+
+
+def compute_multiclass_case_metrics(
+    pred: Any,
+    truth: Any,
+    spacing: Sequence[float] | float,
+    *,
+    classes: Mapping[int, str],
+    empty_policy: str | EmptyPolicy = EmptyPolicy.WORST,
+) -> dict[str, Any]:
+    """Dice, HD95 and ASD of one multi-class case, per foreground class and averaged.
+
+    Each foreground class ``k`` of ``classes`` is scored as the binary case
+    ``pred == k`` vs ``truth == k`` with :func:`compute_case_metrics` (the
+    empty-mask policy applies per class). The case's values are the means over
+    the foreground classes of the finite per-class values (NaN if none is finite);
+    its status is the worst per-class status (see the module docstring). With one
+    foreground class, the case values equal :func:`compute_case_metrics` of the
+    binary masks exactly.
+
+    Args:
+        pred: predicted label map, shape (X, Y, Z) (or (X, Y)), integer class
+            indices: 0 (background) or a key of ``classes``.
+        truth: ground-truth label map, same shape and values as ``pred``.
+        spacing: voxel size in mm per axis, in the arrays' axis order; a single
+            number means isotropic.
+        classes: foreground index -> name, e.g. ``{1: "Anterior", 2: "Posterior"}``;
+            the order given is the order of ``per_class``. Names must be unique.
+        empty_policy: ``"worst"`` (default) or ``"nan"``; see :class:`EmptyPolicy`.
+
+    Returns:
+        ``{"dice": float, "hd95": float, "asd": float, "status": str,
+        "per_class": {name: {"dice", "hd95", "asd", "status"}}}`` with the
+        top-level values the means over the foreground classes and ``status`` as
+        in :func:`compute_case_metrics`.
+
+    Raises:
+        ValueError: if the maps differ in shape, are not 2-D/3-D, hold a value
+            that is neither 0 nor a key of ``classes``, or ``classes`` /
+            ``spacing`` / ``empty_policy`` is invalid.
+    """
+    policy = _empty_policy(empty_policy)
+    cls = _check_classes(classes)
+    p = _as_label_map(pred, "pred")
+    t = _as_label_map(truth, "truth")
+    if p.shape != t.shape:
+        raise ValueError(f"pred and truth must have the same shape, got {p.shape} and {t.shape}")
+    if p.ndim not in (2, 3):
+        raise ValueError(f"pred must be a 3-D (X, Y, Z) or 2-D (X, Y) label map, got shape {p.shape}")
+    sp = _as_spacing(spacing, p.ndim)
+    allowed = np.array([0, *cls], dtype=np.int64)
+    for name, arr in (("pred", p), ("truth", t)):
+        bad = np.unique(arr[~np.isin(arr, allowed)])
+        if bad.size:
+            raise ValueError(f"{name} holds label values {bad[:10].tolist()} that are neither background (0) "
+                             f"nor a class in classes {sorted(cls)}")
+
+    per_class = {name: compute_case_metrics(p == k, t == k, sp, empty_policy=policy) for k, name in cls.items()}
+    rows = list(per_class.values())
+    result: dict[str, Any] = {k: _finite_mean([r[k] for r in rows]) for k in SEG_KEYS}
+    result["status"] = _worst_status([r["status"] for r in rows])
+    result["per_class"] = per_class
+    return result
 
 
 def _to_float(value: Any, where: str) -> float:

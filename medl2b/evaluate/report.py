@@ -6,6 +6,15 @@ Layout written by :func:`write_seg_report` into ``out_dir`` (usually ``RUN/eval`
     metrics.csv    case,dice,hd95,asd,status  (one row per case; empty cell = not finite)
     report.md      per-case table, mean ± std, the empty-mask policy, failures
 
+Multi-class segmentation: rows from
+:func:`~medl2b.evaluate.metrics.compute_multiclass_case_metrics` carry a
+``per_class`` dict. ``summary.json`` then also holds ``classes`` (the names, in
+order) and ``per_class`` (mean/std/median, n_failed, n_nan per class);
+``metrics.csv`` gains ``dice_<name>,hd95_<name>,asd_<name>,status_<name>`` per
+class after the columns above; ``report.md`` gains per-class Dice columns and a
+per-class table, and labels the case Dice as the mean over the foreground
+classes. Rows without ``per_class`` give exactly the binary files.
+
 :func:`write_cls_report` writes ``summary.json``, ``metrics.csv`` (per class),
 ``confusion_matrix.csv`` and ``report.md``. :func:`compare_runs` reads several
 ``RUN/eval/summary.json`` + ``RUN/config.yaml`` and returns one markdown table.
@@ -143,6 +152,50 @@ def empty_policy_sentence(empty_policy: str | EmptyPolicy) -> str:
             "values are left out of the means and counted as excluded.")
 
 
+def _seg_classes(per_case: Sequence[Mapping[str, Any]]) -> list[str] | None:
+    """The class names of multi-class rows (each with ``per_class``), or None if no row has one.
+
+    Raises:
+        ValueError: if only some rows have ``per_class``, or the rows' class names
+            or their order differ.
+    """
+    has = [isinstance(row, Mapping) and "per_class" in row for row in per_case]
+    if not any(has):
+        return None
+    names: list[str] | None = None
+    for i, row in enumerate(per_case):
+        case = row.get("case", i) if isinstance(row, Mapping) else i
+        if not has[i]:
+            raise ValueError(f"per_case[{i}] (case {case!r}) has no 'per_class' while other rows have one; "
+                             "score every case with the same classes")
+        pc = row["per_class"]
+        if not isinstance(pc, Mapping) or not pc:
+            raise ValueError(f"per_case[{i}] (case {case!r}): per_class must be a non-empty dict of "
+                             f"class name -> metrics, got {pc!r}")
+        row_names = [str(k) for k in pc]
+        if any(not n for n in row_names) or len(set(row_names)) != len(row_names):
+            raise ValueError(f"per_case[{i}] (case {case!r}): per_class names must be unique and non-empty, "
+                             f"got {row_names}")
+        for n, v in pc.items():
+            if not isinstance(v, Mapping):
+                raise ValueError(f"per_case[{i}] (case {case!r}): per_class[{n!r}] must be a dict of metrics")
+        if names is None:
+            names = row_names
+        elif row_names != names:
+            raise ValueError(f"per_case[{i}] (case {case!r}) has classes {row_names}, but per_case[0] has "
+                             f"{names}; every case must carry the same class names in the same order")
+    return names
+
+
+def _per_class_rows(per_case: Sequence[Mapping[str, Any]], index: int) -> list[dict[str, Any]]:
+    """The metrics of class number ``index`` of every row, named by case, for ``summarize_cases``."""
+    out = []
+    for row in per_case:
+        values = list(row["per_class"].values())[index]
+        out.append({**values, "case": row["case"]})
+    return out
+
+
 def write_seg_report(
     out_dir: str | os.PathLike,
     *,
@@ -159,7 +212,10 @@ def write_seg_report(
         per_case: one row per case with ``"case"`` (unique name), ``"dice"``,
             ``"hd95"``, ``"asd"`` and ``"status"``, as from
             :func:`~medl2b.evaluate.metrics.compute_case_metrics` plus the name.
-            Further keys are kept in ``summary.json`` only.
+            Rows from :func:`~medl2b.evaluate.metrics.compute_multiclass_case_metrics`
+            also carry ``"per_class"`` (``{name: {"dice", "hd95", "asd",
+            "status"}}``); then every row must carry it, with the same class names
+            in the same order. Further keys are kept in ``summary.json`` only.
         split: the evaluated split, e.g. ``"test"``.
         checkpoint: the checkpoint evaluated.
         extra: more top-level keys for ``summary.json`` (e.g. the dataset); they
@@ -172,18 +228,29 @@ def write_seg_report(
         ``{"task": "segmentation", "split", "checkpoint", "empty_policy",
         "per_case": [...], "mean": {"dice", "hd95", "asd"}, "std": {...},
         "median": {...}, "n_cases", "n_failed", "n_nan": {...}, "status_counts",
-        **extra}``.
+        **extra}``. With ``per_class`` rows it also holds ``"classes": [name, ...]``
+        and ``"per_class": {name: {"mean": {"dice", "hd95", "asd"}, "std": {...},
+        "median": {...}, "n_failed": int, "n_nan": {...}}}``, and each
+        ``per_case`` row keeps its ``per_class`` dict.
+
+    Raises:
+        ValueError: on duplicate case names, rows lacking a metric or with an
+            unknown status, mismatched ``per_class`` names, an invalid
+            ``empty_policy``, or ``extra`` redefining a report key.
     """
     out = Path(out_dir)
     try:
         policy = EmptyPolicy(empty_policy)
     except ValueError:
         raise ValueError(f"empty_policy must be 'worst' or 'nan', got {empty_policy!r}") from None
-    reserved = ("task", "split", "checkpoint", "empty_policy", "per_case", "mean", "std", "median",
-                "n_cases", "n_failed", "n_nan", "status_counts")
-    extra_d = _check_common(split, checkpoint, extra, reserved)
     if isinstance(per_case, Mapping) or not isinstance(per_case, Sequence):
         raise ValueError(f"per_case must be a list of dicts, got {type(per_case).__name__}")
+    classes = _seg_classes(per_case)
+    reserved = ("task", "split", "checkpoint", "empty_policy", "per_case", "mean", "std", "median",
+                "n_cases", "n_failed", "n_nan", "status_counts")
+    if classes is not None:
+        reserved += ("classes", "per_class")
+    extra_d = _check_common(split, checkpoint, extra, reserved)
     names = []
     for i, row in enumerate(per_case):
         if not isinstance(row, Mapping) or "case" not in row:
@@ -193,12 +260,31 @@ def write_seg_report(
     if dup:
         raise ValueError(f"per_case has duplicate case names: {dup}")
     stats = summarize_cases(per_case)  # validates keys and statuses
+    class_stats = {}
+    for j, name in enumerate(classes or []):
+        try:
+            class_stats[name] = summarize_cases(_per_class_rows(per_case, j))
+        except ValueError as e:
+            raise ValueError(f"per_class {name!r}: {e}") from None
 
     rows = []
     for row in per_case:
         clean = {"case": str(row["case"]), **{k: _finite(row[k]) for k in SEG_KEYS}, "status": row["status"]}
         clean.update({str(k): v for k, v in row.items() if k not in _SEG_CORE})
+        if classes is not None:
+            clean["per_class"] = {
+                name: {**{k: _finite(v[k]) for k in SEG_KEYS}, "status": v["status"],
+                       **{str(k): x for k, x in v.items() if k not in _SEG_CORE}}
+                for name, v in zip(classes, row["per_class"].values())
+            }
         rows.append(clean)
+    multi: dict[str, Any] = {}
+    if classes is not None:
+        multi = {
+            "classes": classes,
+            "per_class": {name: {key: st[key] for key in ("mean", "std", "median", "n_failed", "n_nan")}
+                          for name, st in class_stats.items()},
+        }
     summary = _jsonable({
         "task": "segmentation",
         "split": split,
@@ -212,20 +298,31 @@ def write_seg_report(
         "n_failed": stats["n_failed"],
         "n_nan": stats["n_nan"],
         "status_counts": stats["status_counts"],
+        **multi,
         **extra_d,
     })
 
+    header = list(_SEG_CORE)
+    csv_rows = [[_csv_cell(r[k]) for k in _SEG_CORE] for r in summary["per_case"]]
+    for name in classes or []:
+        header += [f"{k}_{name}" for k in (*SEG_KEYS, "status")]
+        for r, cells in zip(summary["per_case"], csv_rows):
+            cells += [_csv_cell(r["per_class"][name][k]) for k in (*SEG_KEYS, "status")]
     _write_json(out / "summary.json", summary)
-    _write_csv(out / "metrics.csv", _SEG_CORE,
-               [[_csv_cell(r[k]) for k in _SEG_CORE] for r in summary["per_case"]])
+    _write_csv(out / "metrics.csv", header, csv_rows)
     _write_text(out / "report.md", _seg_markdown(summary))
     return summary
 
 
 def _seg_markdown(s: Mapping[str, Any]) -> str:
+    classes = s.get("classes") or []
+    several = len(classes) > 1
+    dice_header = "Dice, mean fg (%)" if several else "Dice (%)"
     table = _md_table(
-        ["Case", "Dice (%)", "HD95 (mm)", "ASD (mm)", "Status"],
-        [[r["case"], _num(r["dice"], scale=100), _num(r["hd95"]), _num(r["asd"]), r["status"]]
+        ["Case", dice_header, *(f"Dice {c} (%)" for c in classes), "HD95 (mm)", "ASD (mm)", "Status"],
+        [[r["case"], _num(r["dice"], scale=100),
+          *(_num(r["per_class"][c]["dice"], scale=100) for c in classes),
+          _num(r["hd95"]), _num(r["asd"]), r["status"]]
          for r in s["per_case"]],
     )
     lines = [
@@ -233,20 +330,52 @@ def _seg_markdown(s: Mapping[str, Any]) -> str:
         "",
         f"Checkpoint: `{s['checkpoint']}`",
         "",
+    ]
+    if several:
+        lines += [
+            (f"Foreground classes: {', '.join(classes)}. A case's Dice, HD95 and ASD are the means over its "
+             f"{len(classes)} foreground classes (finite values only); its status is `missed` if any class is "
+             "missed, else `false_positive` if any class is one, else `both_empty` if every class is, else `ok`."),
+            "",
+        ]
+    lines += [
         table,
         f"Mean ± std over {s['n_cases']} cases:",
         "",
     ]
     for k in SEG_KEYS:
         scale = 100 if k == "dice" else 1
-        line = f"- {_SEG_LABELS[k]}: {_pm(s['mean'][k], s['std'][k], scale=scale)}" \
+        label = _SEG_LABELS[k]
+        if several:
+            label = label.replace(" (", ", mean over foreground classes (")
+        line = f"- {label}: {_pm(s['mean'][k], s['std'][k], scale=scale)}" \
                f" (median {_num(s['median'][k], scale=scale)})"
         if s["n_nan"][k]:
             line += f"; {s['n_nan'][k]} non-finite value(s) excluded"
         lines.append(line)
+    if classes:
+        per_class_rows = []
+        for c in classes:
+            st = s["per_class"][c]
+            row = [c]
+            for k in SEG_KEYS:
+                cell = _pm(st["mean"][k], st["std"][k], scale=100 if k == "dice" else 1)
+                if st["n_nan"][k]:
+                    cell += f" ({st['n_nan'][k]} NaN excluded)"
+                row.append(cell)
+            row.append(f"{st['n_failed']}/{s['n_cases']}")
+            per_class_rows.append(row)
+        lines += [
+            "",
+            f"Per class, mean ± std over {s['n_cases']} cases:",
+            "",
+            _md_table(["Class", "Dice (%)", "HD95 (mm)", "ASD (mm)", "failed"], per_class_rows).rstrip("\n"),
+        ]
+    failed = "Failed cases (missed or false positive"
+    failed += " in any class)" if classes else ")"
     lines += [
         "",
-        f"Failed cases (missed or false positive): {s['n_failed']} of {s['n_cases']}.",
+        f"{failed}: {s['n_failed']} of {s['n_cases']}.",
         "",
         empty_policy_sentence(s["empty_policy"]),
         "",
@@ -430,7 +559,10 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out_path: str | os.PathL
 
     Segmentation runs give one row each with ``Dice (%) | HD95 (mm) | ASD (mm) |
     failed`` as mean ± std over cases; classification runs give ``Accuracy (%) |
-    Balanced acc. (%)``. A mix gives one table per task.
+    Balanced acc. (%)``. A mix gives one table per task. When every segmentation
+    summary has the same ``classes`` list with more than one class, the Dice
+    column reads ``Dice, mean fg (%)`` (the mean over the foreground classes) and
+    is followed by one ``Dice <name> (%)`` column per class.
 
     Args:
         run_dirs: the run folders, in row order.
@@ -464,11 +596,41 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out_path: str | os.PathL
     return text
 
 
+def _shared_classes(runs: list[tuple[dict, dict]]) -> list[str]:
+    """The ``classes`` list shared by every summary if it names more than one class, else ``[]``."""
+    first = runs[0][1].get("classes")
+    if not isinstance(first, list) or len(first) < 2 or not all(isinstance(c, str) for c in first):
+        return []
+    return list(first) if all(s.get("classes") == first for _, s in runs) else []
+
+
+def _class_dice(s: Mapping[str, Any], name: str) -> str:
+    """``mean ± std`` of one class's Dice in a summary, in %; ``n/a`` if the summary lacks it."""
+    per_class = s.get("per_class")
+    st = per_class.get(name) if isinstance(per_class, Mapping) else None
+    if not isinstance(st, Mapping):
+        return "n/a"
+
+    def part(key: str) -> Any:
+        section = st.get(key)
+        return section.get("dice") if isinstance(section, Mapping) else None
+
+    cell = _pm(part("mean"), part("std"), scale=100)
+    if part("n_nan"):
+        cell += f" ({part('n_nan')} NaN excluded)"
+    return cell
+
+
 def _compare_table(runs: list[tuple[dict, dict]], *, seg: bool) -> str:
     show_data = any(info["data"] for info, _ in runs)
     show_noise = any(info["noise_dice"] is not None for info, _ in runs)
+    classes = _shared_classes(runs) if seg else []
     header = ["Run", "Method"] + (["Data"] if show_data else []) + (["Noise Dice"] if show_noise else [])
-    header += ["Dice (%)", "HD95 (mm)", "ASD (mm)", "failed"] if seg else ["Accuracy (%)", "Balanced acc. (%)"]
+    if seg:
+        header += ["Dice, mean fg (%)" if classes else "Dice (%)", *(f"Dice {c} (%)" for c in classes),
+                   "HD95 (mm)", "ASD (mm)", "failed"]
+    else:
+        header += ["Accuracy (%)", "Balanced acc. (%)"]
     rows = []
     for info, s in runs:
         row = [info["name"], info["method"]]
@@ -484,6 +646,8 @@ def _compare_table(runs: list[tuple[dict, dict]], *, seg: bool) -> str:
                 if n_nan.get(k):
                     cell += f" ({n_nan[k]} NaN excluded)"
                 row.append(cell)
+                if k == "dice":
+                    row += [_class_dice(s, c) for c in classes]
             n_failed, n_cases = s.get("n_failed"), s.get("n_cases")
             row.append(f"{n_failed}/{n_cases}" if n_failed is not None and n_cases is not None else "n/a")
         else:

@@ -50,7 +50,8 @@ def load_run(run: str | Path, *, checkpoint: str = "best", device: str = "cpu"):
     except Exception as exc:
         raise InputError(ckpt_path, f"cannot read checkpoint ({type(exc).__name__})") from None
     cfg.pretrained = None  # the weights come from the checkpoint
-    model = build_model(cfg, num_classes=int(state["num_classes"])).to(device)
+    model = build_model(cfg, num_classes=int(state["num_classes"]), in_channels=int(state.get("in_channels", 1)))
+    model = model.to(device)
     model.load_state_dict(state["model"])
     model.eval()
     return model, cfg
@@ -69,7 +70,7 @@ def evaluate_run(run: str | Path, *, data: str | Path | None = None, split: str 
     if not (data / "dataset.json").exists():
         raise InputError(data, "no prepared dataset here (dataset.json missing); pass --data")
     out = Path(out) if out else run / "eval"
-    if cfg.task == "prostate-seg":
+    if cfg.is_segmentation:
         return _evaluate_seg(model, cfg, run, data, split, checkpoint, out, dev, figures, progress)
     return _evaluate_cls(model, cfg, run, data, split, checkpoint, out, dev, figures)
 
@@ -85,14 +86,16 @@ def _split_cases(manifest: dict, split: str) -> list:
 
 def _evaluate_seg(model, cfg, run, data, split, checkpoint, out, dev, figures, progress) -> dict:
     from medl2b.data.datasets import load_manifest, load_slices
+    from medl2b.data.grid import prediction_to_raw
     from medl2b.data.nifti import read_nifti, write_nifti
-    from medl2b.data.promise12 import to_original_grid
-    from medl2b.evaluate.metrics import compute_case_metrics
+    from medl2b.evaluate.metrics import compute_case_metrics, compute_multiclass_case_metrics
     from medl2b.evaluate.report import write_seg_report
     from medl2b.inference import predict_logits
 
-    manifest = load_manifest(data, task="prostate-seg")
+    manifest = load_manifest(data, task="segmentation")
     cases = _split_cases(manifest, split)
+    names = sorted(manifest["labels"], key=lambda n: manifest["labels"][n])
+    classes = {manifest["labels"][n]: n for n in names[1:]}  # foreground index -> name
     per_case, volumes = [], {}
     for case in _iterate(cases, progress, "predicting"):
         info = manifest["cases"][case]
@@ -105,12 +108,13 @@ def _evaluate_seg(model, cfg, run, data, split, checkpoint, out, dev, figures, p
             pred[:, :, z] = pred2d[i]
             clean[:, :, z] = slices.clean[i].numpy()
         spacing = info["prepared"]["spacing"]
-        row = {"case": case, **compute_case_metrics(pred > 0, clean > 0, spacing)}
+        if len(classes) == 1:  # binary: the plain view
+            row = {"case": case, **compute_case_metrics(pred > 0, clean > 0, spacing)}
+        else:  # per class, and their mean over the foreground classes
+            row = {"case": case, **compute_multiclass_case_metrics(pred, clean, spacing, classes=classes)}
         per_case.append(row)
-        original = info["original"]
-        write_nifti(to_original_grid(pred, info["prepared"], original).astype(np.uint8),
-                    out / "predictions" / f"{case}.nii.gz", spacing=original["spacing"], origin=original["origin"],
-                    direction=original["direction"])
+        raw_pred, affine = prediction_to_raw(pred, manifest, case)
+        write_nifti(raw_pred, out / "predictions" / f"{case}.nii.gz", affine=affine)
         volumes[case] = (image, clean, pred, info.get("noisy_label"))
     summary = write_seg_report(out, per_case=per_case, split=split, checkpoint=checkpoint, empty_policy="worst",
                                extra={"run": str(run), "method": cfg.method, "data": str(data),
@@ -156,7 +160,7 @@ def weight_map_examples(model, cfg, data, dev, *, n: int = 4) -> dict | None:
     from medl2b.train.methods import get_method
     from medl2b.train.step import weighted_losses
 
-    manifest = load_manifest(data, task="prostate-seg")
+    manifest = load_manifest(data, task="segmentation")
     if not manifest["splits"]["meta"]:
         return None
     train = load_slices(data, manifest["splits"]["train"], label="noisy")

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from medl2b.inference import predict_dataset, predict_logits
 
-__all__ = ["Task", "SegmentationTask", "ClassificationTask", "build_task", "dice_score"]
+__all__ = ["Task", "SegmentationTask", "ClassificationTask", "build_task", "dice_score", "mean_foreground_dice"]
 
 
 def dice_score(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -25,6 +25,11 @@ def dice_score(pred: np.ndarray, truth: np.ndarray) -> float:
     pred, truth = pred.astype(bool), truth.astype(bool)
     denom = pred.sum() + truth.sum()
     return 1.0 if denom == 0 else float(2.0 * np.logical_and(pred, truth).sum() / denom)
+
+
+def mean_foreground_dice(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> float:
+    """Mean over the foreground classes ``1..num_classes-1`` of the per-class Dice of two label maps."""
+    return float(np.mean([dice_score(pred == k, truth == k) for k in range(1, num_classes)]))
 
 
 @dataclass
@@ -36,6 +41,7 @@ class Task:
     meta_set: Dataset | None    # trusted clean meta samples (augmented), None in gmm mode
     num_classes: int
     score_name: str
+    in_channels: int = 1
 
     def input_transform(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -64,12 +70,13 @@ class Task:
 
 
 class SegmentationTask(Task):
-    """PROMISE12-style: 2-D axial slices, validation = mean 3-D Dice over the meta cases."""
+    """2-D slices of any prepared segmentation dataset (any channels and classes); validation =
+    mean over the meta cases of the mean foreground-class 3-D Dice."""
 
     def __init__(self, cfg, *, use_meta_cases: bool):
         from medl2b.data.datasets import SegSliceDataset, load_manifest, load_slices
 
-        manifest = load_manifest(cfg.data, task="prostate-seg")
+        manifest = load_manifest(cfg.data, task=cfg.task)
         splits = manifest["splits"]
         train = load_slices(cfg.data, splits["train"], label=cfg.label_source)
         self.train_slices = train
@@ -77,7 +84,8 @@ class SegmentationTask(Task):
         meta = SegSliceDataset(self.val_slices, augment=cfg.augment) if (use_meta_cases and self.val_slices) else None
         super().__init__(train_set=SegSliceDataset(train, augment=cfg.augment),
                          train_plain=SegSliceDataset(train, augment=False), meta_set=meta,
-                         num_classes=len(manifest["labels"]), score_name="val_dice")
+                         num_classes=len(manifest["labels"]), score_name="val_dice",
+                         in_channels=len(manifest.get("channel_names") or {"0": ""}))
         self.batch_size = cfg.batch_size
 
     def validate(self, model, device) -> float:
@@ -85,8 +93,8 @@ class SegmentationTask(Task):
             return float("nan")
         pred = predict_logits(model, self.val_slices.image, batch_size=self.batch_size, device=device).argmax(1)
         cases = np.asarray(self.val_slices.case)
-        scores = [dice_score(pred[cases == c].numpy() > 0, self.val_slices.clean[cases == c].numpy() > 0)
-                  for c in dict.fromkeys(self.val_slices.case)]
+        scores = [mean_foreground_dice(pred[cases == c].numpy(), self.val_slices.clean[cases == c].numpy(),
+                                       self.num_classes) for c in dict.fromkeys(self.val_slices.case)]
         return float(np.mean(scores))
 
     def sample_losses(self, model, device, batch_size: int) -> np.ndarray:
@@ -104,9 +112,10 @@ class SegmentationTask(Task):
         return has_fg if len(has_fg) >= 4 else np.arange(len(self.train_plain))
 
     def _clean_mask(self) -> np.ndarray:
-        """A slice counts as clean when its given mask has Dice >= 0.9 with the clean one."""
-        lab, clean = self.train_slices.label.numpy() > 0, self.train_slices.clean.numpy() > 0
-        return np.array([dice_score(lab[i], clean[i]) >= 0.9 for i in range(lab.shape[0])])
+        """A slice counts as clean when its given map has mean foreground Dice >= 0.9 with the clean one."""
+        lab, clean = self.train_slices.label.numpy(), self.train_slices.clean.numpy()
+        return np.array([mean_foreground_dice(lab[i], clean[i], self.num_classes) >= 0.9
+                         for i in range(lab.shape[0])])
 
 
 class ClassificationTask(Task):
@@ -148,5 +157,5 @@ class ClassificationTask(Task):
 
 def build_task(cfg) -> Task:
     """The task object of a config; the trusted meta cases are used unless ``meta_set == 'gmm'``."""
-    cls = SegmentationTask if cfg.task == "prostate-seg" else ClassificationTask
+    cls = SegmentationTask if cfg.is_segmentation else ClassificationTask
     return cls(cfg, use_meta_cases=cfg.uses_meta and cfg.meta_set == "clean")

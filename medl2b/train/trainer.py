@@ -113,14 +113,15 @@ class Trainer:
         self.method = get_method(cfg.method)
         _seed_everything(cfg.seed)
         self.task = build_task(cfg)
-        self.model = build_model(cfg, num_classes=self.task.num_classes).to(self.device)
+        self.model = build_model(cfg, num_classes=self.task.num_classes,
+                                 in_channels=self.task.in_channels).to(self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
         self.head = head_parameter_names(self.model) if cfg.meta_scope == "last" else None
         self.step_module = StepModule(self.model, self.method, bootstrap_beta=cfg.bootstrap_beta,
                                       meta_impl=cfg.meta_impl, param_names=self.head,
-                                      pseudo_tta=cfg.pseudo_label_tta and cfg.task == "prostate-seg",
+                                      pseudo_tta=cfg.pseudo_label_tta and cfg.is_segmentation,
                                       reduce_meta_grad=distributed.average_in_place if self.dist.enabled else None)
         self.engine = self.step_module
         if self.dist.enabled:
@@ -391,6 +392,7 @@ class Trainer:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "best_score": self.best_score,
                  "history": self.history, "config": self.cfg.to_dict(), "num_classes": self.task.num_classes,
+                 "in_channels": self.task.in_channels,
                  "online_meta": None if self.online_meta is None else self.online_meta.tolist(),
                  "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}}
         with atomic_file(path) as tmp:
