@@ -26,7 +26,7 @@ __all__ = ["TASKS", "SEG_TASKS", "METHODS", "TrainConfig", "load_config", "load_
 
 TASKS = ("segmentation", "prostate-seg", "skin-lesion-cls")
 SEG_TASKS = ("segmentation", "prostate-seg")
-METHODS = ("ce", "bootstrap", "l2rw", "l2b", "l2b-sum1")
+METHODS = ("ce", "bootstrap", "l2rw", "l2b", "l2b-sum1", "ce+clean", "meta-only")
 
 
 @dataclass
@@ -36,7 +36,7 @@ class TrainConfig:
     task: str = "prostate-seg"
     data: str | None = None            # prepared dataset folder
     out: str | None = None             # run folder
-    method: str = "l2b"                # ce | bootstrap | l2rw | l2b | l2b-sum1
+    method: str = "l2b"                # ce | bootstrap | l2rw | l2b | l2b-sum1 | ce+clean | meta-only
     meta_set: str = "clean"            # clean (trusted meta split) | gmm (online, no trusted set)
     label_source: str = "noisy"        # noisy | clean (clean = the oracle ceiling)
     # optimisation (paper: SGD, momentum 0.9, wd 5e-4, cosine annealing, gradient clipping)

@@ -219,3 +219,24 @@ def test_pretrained_weights_load_strictly_and_bad_files_are_named(tmp_path):
     assert "wrong.pth" in str(err.value)
     with pytest.raises(InputError, match="not found"):
         build_resnet50(num_classes=8, pretrained=tmp_path / "missing.pth")
+
+
+@pytest.mark.parametrize("task", ["seg", "cls"])
+def test_clean_case_baselines_train_on_the_right_samples(task, promise12_prepared, isic_prepared, tmp_path):
+    """ce+clean = noisy train split + clean meta split; meta-only = the clean meta split alone."""
+    sizes = {}
+    for method in ("ce", "ce+clean", "meta-only"):
+        run = tmp_path / f"{task}-{method}"
+        cfg = (seg_cfg(promise12_prepared, run, method=method) if task == "seg"
+               else cls_cfg(isic_prepared, run, method=method))
+        trainer = Trainer(cfg, progress=False)
+        sizes[method] = len(trainer.task.train_set)
+        if method != "ce":
+            labels = trainer.task.train_slices if task == "seg" else trainer.task.train_images
+            meta = trainer.task.val_slices if task == "seg" else trainer.task.val_images
+            tail = labels.label[-len(meta):]
+            assert (tail == meta.clean).all() if task == "cls" else torch.equal(tail, meta.clean)
+        trainer.fit()
+        assert float(read_rows(run)[-1]["beta_sum"]) == 0.0  # plain CE weights
+    n_meta = sizes["meta-only"]
+    assert n_meta > 0 and sizes["ce+clean"] == sizes["ce"] + n_meta

@@ -121,6 +121,16 @@ class SliceSet:
     def __len__(self) -> int:
         return int(self.image.shape[0])
 
+    def concat(self, other: "SliceSet") -> "SliceSet":
+        """This set's slices followed by ``other``'s (same image size and channels)."""
+        if len(other) == 0:
+            return self
+        if len(self) == 0:
+            return other
+        return SliceSet(torch.cat([self.image, other.image]), torch.cat([self.label, other.label]),
+                        torch.cat([self.clean, other.clean]), self.case + other.case,
+                        self.slice_index + other.slice_index)
+
 
 def load_slices(prepared_dir: str | os.PathLike, cases: str | Sequence[str], *, label: str = "noisy") -> SliceSet:
     """Load every 2-D slice of some cases of a prepared segmentation dataset (any channels, classes).
@@ -261,6 +271,12 @@ class ImageSet:
 
     def __len__(self) -> int:
         return int(self.index.shape[0])
+
+    def concat(self, other: "ImageSet") -> "ImageSet":
+        """This split's images followed by ``other``'s (same store)."""
+        return ImageSet(self.images, np.concatenate([self.index, other.index]),
+                        np.concatenate([self.label, other.label]), np.concatenate([self.clean, other.clean]),
+                        self.classes)
 
 
 def load_isic(prepared_dir: str | os.PathLike, split: str, *, label: str = "noisy") -> ImageSet:

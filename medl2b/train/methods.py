@@ -1,4 +1,4 @@
-"""The five training methods as one weighted loss over two terms.
+"""The training methods as one weighted loss over two terms.
 
 Every method trains on ``Σ_i α_i ℓ(f(x_i), y_i) + β_i ℓ(f(x_i), ŷ_i)`` (METHOD.md eq. 3)
 and differs only in where α and β come from:
@@ -11,10 +11,17 @@ method        weights                                             meta step
 ``l2rw``      α from the meta gradient, no β term (Ren et al.)    yes, 1 term
 ``l2b``       α, β from the meta gradient, Σα + Σβ = 1 per batch  yes, 2 terms
 ``l2b-sum1``  α, β from the meta gradient, α_i + β_i = 1          yes, 2 terms
+``ce+clean``  ``ce`` on the noisy training data plus the clean     no
+              meta cases as ordinary training data
+``meta-only`` ``ce`` on the clean meta cases alone (the paper's    no
+              Table 5 "UNet++ meta")
 ============  ==================================================  ===============
 
 N is the number of elements (samples, or pixels for segmentation). During
-warm-up every method trains with ``ce``.
+warm-up every method trains with ``ce``. The last two are the first things anyone
+with a few clean cases would try; they differ from ``ce`` only in the training
+set (``Method.train_on``). Their validation cases are then training data too, so
+the "best" checkpoint they select is not chosen on held-out data.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ class Method:
     uses_meta: bool
     n_terms: int           # 1: given label only; 2: given label and pseudo-label
     normalise: str = "batch"
+    train_on: str = "train"  # training set: train (noisy) | train+meta (noisy + clean meta) | meta (clean only)
 
 
 METHODS: dict[str, Method] = {
@@ -44,6 +52,8 @@ METHODS: dict[str, Method] = {
     "l2rw": Method("l2rw", uses_meta=True, n_terms=1),
     "l2b": Method("l2b", uses_meta=True, n_terms=2),
     "l2b-sum1": Method("l2b-sum1", uses_meta=True, n_terms=2, normalise="element"),
+    "ce+clean": Method("ce+clean", uses_meta=False, n_terms=1, train_on="train+meta"),
+    "meta-only": Method("meta-only", uses_meta=False, n_terms=1, train_on="meta"),
 }
 
 

@@ -78,9 +78,10 @@ class SegmentationTask(Task):
 
         manifest = load_manifest(cfg.data, task=cfg.task)
         splits = manifest["splits"]
-        train = load_slices(cfg.data, splits["train"], label=cfg.label_source)
-        self.train_slices = train
         self.val_slices = load_slices(cfg.data, splits["meta"], label="clean") if splits["meta"] else None
+        train = _compose(cfg, lambda: load_slices(cfg.data, splits["train"], label=cfg.label_source),
+                         self.val_slices)
+        self.train_slices = train
         meta = SegSliceDataset(self.val_slices, augment=cfg.augment) if (use_meta_cases and self.val_slices) else None
         super().__init__(train_set=SegSliceDataset(train, augment=cfg.augment),
                          train_plain=SegSliceDataset(train, augment=False), meta_set=meta,
@@ -125,9 +126,9 @@ class ClassificationTask(Task):
         from medl2b.data.datasets import IsicDataset, load_isic, load_manifest
 
         manifest = load_manifest(cfg.data, task="skin-lesion-cls")
-        train = load_isic(cfg.data, "train", label=cfg.label_source)
-        self.train_images = train
         self.val_images = load_isic(cfg.data, "meta")
+        train = _compose(cfg, lambda: load_isic(cfg.data, "train", label=cfg.label_source), self.val_images)
+        self.train_images = train
         meta = IsicDataset(self.val_images, augment=cfg.augment) if use_meta_cases else None
         super().__init__(train_set=IsicDataset(train, augment=cfg.augment), train_plain=IsicDataset(train, augment=False),
                          meta_set=meta, num_classes=len(manifest["classes"]), score_name="val_acc")
@@ -153,6 +154,19 @@ class ClassificationTask(Task):
 
     def _clean_mask(self) -> np.ndarray:
         return np.asarray(self.train_images.label) == np.asarray(self.train_images.clean)
+
+
+def _compose(cfg, load_train, clean_meta):
+    """The training samples of a method: the (noisy) train split, plus or instead of the clean meta cases."""
+    from medl2b.errors import InputError
+    from medl2b.train.methods import get_method
+
+    train_on = get_method(cfg.method).train_on
+    if train_on == "train":
+        return load_train()
+    if clean_meta is None or len(clean_meta) == 0:
+        raise InputError(cfg.data, f"method {cfg.method} trains on the clean meta cases, but the dataset has none")
+    return clean_meta if train_on == "meta" else load_train().concat(clean_meta)
 
 
 def build_task(cfg) -> Task:
