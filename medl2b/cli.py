@@ -100,7 +100,7 @@ def prepare_promise12_cmd(
 def prepare_msd_cmd(
     raw: Path = typer.Argument(..., help="MSD task folder or nnU-Net v2 raw dataset (dataset.json, imagesTr/, labelsTr/)."),
     out: Path = typer.Argument(..., help="Prepared dataset folder (nnU-Net-like)."),
-    size: Optional[int] = typer.Option(None, "--size", min=16,
+    size: Optional[int] = typer.Option(None, "--size", min=32,
                                        help="In-plane size of the prepared slices (default: the cases' median "
                                             "larger in-plane side, rounded up to a multiple of 16)."),
     noise_dice: float = typer.Option(0.6, "--noise-dice", min=0.0, max=1.0,

@@ -276,6 +276,25 @@ def test_msd_v1_four_d_multimodal_image(tmp_path):
     assert len(list((out / "imagesTr").glob("*.nii.gz"))) == 2 * len(cases)
 
 
+def test_non_consecutive_label_values_map_to_indices_and_back(tmp_path):
+    rng = np.random.default_rng(5)
+    cases = {}
+    for i in range(3):
+        label = _blobs((24, 20, 6), (10.0 + i, 9.0, 3.0), (7.0, 6.0, 2.5))
+        label[label == 2] = 4
+        cases[f"case_{i}"] = ([_channels(label, rng)[0]], label, _affine((0.8, 0.8, 3.0), (1.0, 2.0, 3.0)))
+    raw = _write_msd_v1(tmp_path / "Task98_Gaps", cases, {"0": "MRI"}, {"0": "background", "1": "outer", "4": "inner"})
+    out = tmp_path / "prep"
+    manifest = prepare_msd(raw, out, size=32, noise_dice=1.0, meta_cases=0, test_cases=1, progress=False)
+    assert manifest["labels"] == {"background": 0, "outer": 1, "inner": 2}
+    assert manifest["label_values"] == {"0": 0, "1": 1, "2": 4}
+    for case, entry in manifest["cases"].items():
+        label, _ = _load(out / entry["label"])
+        assert set(np.unique(label).tolist()) == {0, 1, 2}
+        back, _ = prediction_to_raw(label, manifest, case)
+        assert np.array_equal(back, cases[case][1])  # values 0/1/4 again, on the raw 24 x 20 x 6 grid
+
+
 # --------------------------------------------------------------------------- 4. orientation
 
 def _storage_variants() -> dict[str, tuple[list[np.ndarray], np.ndarray, np.ndarray]]:
@@ -410,7 +429,7 @@ def small_raw(hippo_raw, tmp_path) -> Path:
 
 
 def _prepare_small(raw: Path, out: Path):
-    return _run("prepare", "msd", raw, out, "--size", "16", "--test-cases", "1", "--meta-cases", "0",
+    return _run("prepare", "msd", raw, out, "--size", "32", "--test-cases", "1", "--meta-cases", "0",
                 "--noise-dice", "1")
 
 
@@ -501,16 +520,31 @@ def test_truncated_nifti(small_raw, tmp_path, kind):
     _assert_clean_failure(_prepare_small(small_raw, out), out, str(victim), "cannot read NIfTI")
 
 
+def test_unknown_slice_axis(small_raw, tmp_path):
+    out = tmp_path / "out"
+    result = _run("prepare", "msd", small_raw, out, "--size", "32", "--test-cases", "1", "--slice-axis", "oblique")
+    _assert_clean_failure(result, out, "--slice-axis", "axial, coronal, sagittal", "'oblique'")
+
+
+def test_duplicate_class_names_are_rejected(small_raw, tmp_path):
+    path = small_raw / "dataset.json"
+    meta = json.loads(path.read_text())
+    meta["labels"] = {"0": "background", "1": "hippocampus", "2": "hippocampus"}
+    path.write_text(json.dumps(meta))
+    out = tmp_path / "out"
+    _assert_clean_failure(_prepare_small(small_raw, out), out, str(path), "hippocampus")
+
+
 def test_out_already_prepared_needs_overwrite(small_raw, tmp_path):
     out = tmp_path / "out"
     assert _prepare_small(small_raw, out).exit_code == 0
     before = _digest(out)
-    result = _run("prepare", "msd", small_raw, out, "--size", "32", "--test-cases", "1", "--meta-cases", "0")
+    result = _run("prepare", "msd", small_raw, out, "--size", "48", "--test-cases", "1", "--meta-cases", "0")
     assert result.exit_code == 2 and "Traceback" not in result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"error: {out}: already holds a prepared dataset"), result.output
     assert "--overwrite" in lines[0]
-    assert _digest(out) == before and _manifest(out)["size"] == 16
+    assert _digest(out) == before and _manifest(out)["size"] == 32
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
 
 
@@ -550,3 +584,9 @@ def test_train_and_eval_write_predictions_on_the_raw_grid(hippo_raw, tmp_path):
         assert 0.0 <= row["per_class"]["Anterior"]["dice"] <= 1.0
     header = (run / "eval" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"dice_Anterior", "dice_Posterior", "hd95_Anterior"} <= set(header)
+
+
+def test_too_small_size_is_refused_before_anything_is_written(small_raw, tmp_path):
+    out = tmp_path / "out"
+    result = _run("prepare", "msd", small_raw, out, "--size", "16", "--test-cases", "1", "--meta-cases", "0")
+    assert result.exit_code == 2 and "Traceback" not in result.output and not out.exists()

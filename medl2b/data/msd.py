@@ -66,6 +66,8 @@ __all__ = ["AFFINE_TOL", "SLICE_AXES", "MsdCase", "MsdDataset", "find_msd_datase
 
 #: Largest difference allowed between two affines of one case (mm and direction cosines).
 AFFINE_TOL = 1e-3
+#: Smallest prepared slice side UNet++ trains on (four halvings leave 2 x 2).
+MIN_SIZE = 32
 #: Slice axis name -> the RAS axis it runs along.
 SLICE_AXES = {"axial": 2, "coronal": 1, "sagittal": 0}
 #: Mask noise for MSD data: the default family without the minimum slice area (structures
@@ -163,6 +165,10 @@ def find_msd_dataset(raw: str | os.PathLike) -> MsdDataset:
         if number in labels:
             raise InputError(path, f"label value {number} is declared twice")
         labels[number] = str(name)
+    names = list(labels.values())
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InputError(path, f"label name {twice[0]!r} is declared for more than one value")
     if 0 not in labels:
         raise InputError(path, "'labels' must declare the background value 0")
     if len(labels) < 2:
@@ -333,9 +339,9 @@ def read_msd_case(ds: MsdDataset, case: MsdCase, *, slice_axis: str = "axial") -
 # --------------------------------------------------------------------------- main
 
 def _default_size(sizes: list[tuple[int, int]]) -> int:
-    """Median of the larger in-plane side over the cases, rounded up to a multiple of 16."""
+    """Median of the larger in-plane side over the cases, rounded up to a multiple of 16 (at least 32)."""
     side = float(np.median([max(s) for s in sizes]))
-    return int(max(16, 16 * int(np.ceil(side / 16.0))))
+    return int(max(32, 16 * int(np.ceil(side / 16.0))))
 
 
 def prepare_msd(raw: str | os.PathLike, out: str | os.PathLike, *, size: int | None = None,
@@ -362,8 +368,8 @@ def prepare_msd(raw: str | os.PathLike, out: str | os.PathLike, *, size: int | N
     Returns:
         The manifest, as written to ``out/dataset.json``.
     """
-    if size is not None and size < 8:
-        raise ValueError(f"size must be >= 8, got {size}")
+    if size is not None and size < MIN_SIZE:
+        raise InputError("--size", f"must be at least {MIN_SIZE} (UNet++ halves the slices four times), got {size}")
     if not 0.0 <= noise_dice or not np.isfinite(noise_dice):
         raise ValueError(f"noise_dice must be a finite number >= 0, got {noise_dice}")
     if slice_axis not in SLICE_AXES:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from medl2b.data.augment import BatchAugment
 from medl2b.inference import predict_dataset, predict_logits
 
 __all__ = ["Task", "SegmentationTask", "ClassificationTask", "build_task", "dice_score", "mean_foreground_dice"]
@@ -45,6 +46,10 @@ class Task:
 
     def input_transform(self, x: torch.Tensor) -> torch.Tensor:
         return x
+
+    def augment_batch(self, batch: dict) -> dict:
+        """Augmentation applied to a whole batch on the device (default: none; items are augmented)."""
+        return batch
 
     def validate(self, model, device) -> float:
         raise NotImplementedError
@@ -82,12 +87,25 @@ class SegmentationTask(Task):
         train = _compose(cfg, lambda: load_slices(cfg.data, splits["train"], label=cfg.label_source),
                          self.val_slices)
         self.train_slices = train
-        meta = SegSliceDataset(self.val_slices, augment=cfg.augment) if (use_meta_cases and self.val_slices) else None
-        super().__init__(train_set=SegSliceDataset(train, augment=cfg.augment),
+        if len(train) and min(train.image.shape[-2:]) < 32:
+            from medl2b.errors import InputError
+
+            raise InputError(cfg.data, f"slices of {list(train.image.shape[-2:])} px are too small for UNet++ "
+                                       "(four halvings); prepare the dataset with --size 32 or more")
+        # items are served plain; BatchAugment transforms whole batches on the device (augment_batch)
+        meta = SegSliceDataset(self.val_slices, augment=False) if (use_meta_cases and self.val_slices) else None
+        super().__init__(train_set=SegSliceDataset(train, augment=False),
                          train_plain=SegSliceDataset(train, augment=False), meta_set=meta,
                          num_classes=len(manifest["labels"]), score_name="val_dice",
                          in_channels=len(manifest.get("channel_names") or {"0": ""}))
         self.batch_size = cfg.batch_size
+        self._augment = BatchAugment() if cfg.augment else None
+
+    def augment_batch(self, batch: dict) -> dict:
+        if self._augment is None:
+            return batch
+        image, label, clean = self._augment(batch["image"], batch["label"], batch["clean"])
+        return {**batch, "image": image, "label": label, "clean": clean}
 
     def validate(self, model, device) -> float:
         if self.val_slices is None:

@@ -274,12 +274,15 @@ class Trainer:
     def train_step(self, batch: dict, meta_batch: dict | None, stats: EpochStats, *, warm: bool, step: int) -> None:
         """One optimisation step of the configured method (plain CE during warm-up)."""
         cfg = self.cfg
-        x = self.task.input_transform(batch["image"].to(self.device))
-        y = batch["label"].to(self.device)
+        batch = self.task.augment_batch({k: v.to(self.device) for k, v in batch.items() if k != "index"})
+        x = self.task.input_transform(batch["image"])
+        y = batch["label"]
         xm = ym = None
         if meta_batch is not None:
-            xm = self.task.input_transform(meta_batch["image"].to(self.device))
-            ym = meta_batch["label"].to(self.device)
+            meta_batch = self.task.augment_batch({k: v.to(self.device) for k, v in meta_batch.items()
+                                                  if k != "index"})
+            xm = self.task.input_transform(meta_batch["image"])
+            ym = meta_batch["label"]
         with self._autocast():
             loss, weights, losses, meta_out = self.engine(x, y, xm, ym, lr=self.optimizer.param_groups[0]["lr"],
                                                           warm=warm)
@@ -298,7 +301,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         stats.steps += 1
         stats.loss += plain
-        self._record_weights(stats, weights, y, batch["clean"].to(self.device))
+        self._record_weights(stats, weights, y, batch["clean"])
         if skipped and not self.dist.enabled:
             stats.skipped += 1
             return

@@ -1,0 +1,76 @@
+"""Batched segmentation augmentation on the device: one call per batch, not per slice.
+
+The per-slice MONAI chain of :class:`~medl2b.data.datasets.SegSliceDataset` costs about
+4.5 ms a slice on a CPU core (measured on 48 px hippocampus slices: ~40 % of a CE step),
+and on a GPU it would starve the network. :class:`BatchAugment` draws the same family of
+transforms for every slice of a batch at once, with torch ops that run wherever the batch
+is (``affine_grid`` + ``grid_sample``), and applies one spatial draw to the image and to
+every label map of a slice:
+
+* flips along each in-plane axis, p = 0.5 each;
+* with p = 0.5, a rotation in ±15° and an independent scaling in ±10 % per axis about the
+  centre (bilinear for the image, nearest neighbour for labels, zero padding);
+* intensity: with p = 0.5 a scaling ``x · (1 + U(−0.1, 0.1))``, with p = 0.5 a shift
+  ``x + U(−0.1, 0.1)``, with p = 0.3 Gaussian noise of std 0.05 (as MONAI's
+  ``RandScaleIntensity``, ``RandShiftIntensity``, ``RandGaussianNoise`` with those settings).
+
+Every draw comes from torch's global generator (on the CPU), so ``torch.manual_seed``
+makes it reproducible, and the trainer's per-epoch reseeding makes ``--resume`` exact.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["BatchAugment"]
+
+
+class BatchAugment:
+    """Random flips, rotation/scaling and intensity changes of a batch of 2-D slices.
+
+    Args:
+        max_rotation: Largest rotation in radians.
+        max_scale: Largest relative scaling per axis.
+    """
+
+    def __init__(self, *, max_rotation: float = math.pi / 12, max_scale: float = 0.1):
+        self.max_rotation = float(max_rotation)
+        self.max_scale = float(max_scale)
+
+    def __call__(self, image: torch.Tensor, *labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Augment ``image`` (B, C, H, W) and label maps (B, H, W) with one spatial draw per slice.
+
+        Returns:
+            ``(image, *labels)``, same shapes and dtypes.
+        """
+        if image.ndim != 4:
+            raise ValueError(f"image must be (B, C, H, W), got shape {tuple(image.shape)}")
+        b = image.shape[0]
+        r = torch.rand(b, 12)  # every draw at once, on the CPU: the stream does not depend on the device
+        dev, dtype = image.device, image.dtype
+        # flips and the affine part, as one sampling grid: output (x, y) samples input at theta @ (x, y, 1)
+        flip = torch.stack([torch.where(r[:, 0] < 0.5, -1.0, 1.0), torch.where(r[:, 1] < 0.5, -1.0, 1.0)], 1)
+        affine_on = r[:, 2] < 0.5
+        angle = torch.where(affine_on, (2 * r[:, 3] - 1) * self.max_rotation, torch.zeros(b))
+        scale = torch.where(affine_on[:, None], 1 + (2 * r[:, 4:6] - 1) * self.max_scale, torch.ones(b, 2))
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        rot = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)  # (B, 2, 2)
+        mat = rot / scale[:, None, :] * flip[:, None, :]
+        theta = torch.cat([mat, torch.zeros(b, 2, 1)], 2).to(dev, torch.float32)
+        size = (b, 1, image.shape[2], image.shape[3])
+        grid = F.affine_grid(theta, list(size), align_corners=False)
+        out = F.grid_sample(image.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        warped = [F.grid_sample(lab[:, None].float(), grid, mode="nearest", padding_mode="zeros",
+                                align_corners=False)[:, 0].round().to(lab.dtype) for lab in labels]
+        # intensity
+        gain = torch.where(r[:, 6] < 0.5, 1 + (2 * r[:, 7] - 1) * 0.1, torch.ones(b)).to(dev)
+        shift = torch.where(r[:, 8] < 0.5, (2 * r[:, 9] - 1) * 0.1, torch.zeros(b)).to(dev)
+        out = out * gain[:, None, None, None] + shift[:, None, None, None]
+        noisy = (r[:, 10] < 0.3).to(dev)
+        if bool(noisy.any()):
+            noise = torch.randn(image.shape, generator=None).to(dev) * 0.05
+            out = out + noise * noisy[:, None, None, None]
+        return (out.to(dtype), *warped)
