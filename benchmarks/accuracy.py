@@ -192,7 +192,7 @@ def tables(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def weight_figures(rows: list[dict], fig_dir: Path) -> list[Path]:
+def weight_figures(rows: list[dict], fig_dir: Path, *, prefix: str = "weights") -> list[Path]:
     """Mean N·α, N·β and the β share per epoch, on wrong vs right given labels, for the l2b runs."""
     import matplotlib
 
@@ -229,16 +229,17 @@ def weight_figures(rows: list[dict], fig_dir: Path) -> list[Path]:
                         ax.set_yscale("log")
             axes[i, 0].legend(fontsize=8)
         fig.tight_layout()
-        path = fig_dir / f"weights_{task}.png"
+        path = fig_dir / f"{prefix}_{task}.png"
         fig.savefig(path, dpi=90)
         plt.close(fig)
         paths.append(path)
     return paths
 
 
-def write_benchmarks_md(text: str) -> None:
+def write_benchmarks_md(text: str, *, section: str = "accuracy") -> None:
+    """Replace the text between ``<!-- {section}:start -->`` and ``<!-- {section}:end -->`` in BENCHMARKS.md."""
     path = ROOT / "BENCHMARKS.md"
-    start, end = "<!-- accuracy:start -->", "<!-- accuracy:end -->"
+    start, end = f"<!-- {section}:start -->", f"<!-- {section}:end -->"
     doc = path.read_text() if path.exists() else f"# Benchmarks\n\n{start}\n{end}\n"
     if start not in doc:
         doc += f"\n{start}\n{end}\n"

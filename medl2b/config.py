@@ -57,6 +57,8 @@ class TrainConfig:
     meta_scope: str = "all"             # all | last (FaMUS-style: virtual step on the head only)
     pseudo_label_tta: bool = False      # segmentation: average flipped predictions first
     gmm_threshold: float = 0.5          # P(clean) above which a sample joins the online meta set
+    meta_foreground: bool = True        # segmentation: meta batches only from slices with foreground
+    meta_loss: str = "ce"               # ce | dice | ce+dice (dice: segmentation only; see train.step.meta_objective)
     # model
     features: list[int] = field(default_factory=lambda: [32, 32, 64, 128, 256, 32])  # UNet++ widths
     width: float = 1.0                  # ResNet-50 widen factor
@@ -74,7 +76,8 @@ class TrainConfig:
         """Check values; raise :class:`InputError` naming the key."""
         choices = {"task": TASKS, "method": METHODS, "meta_set": ("clean", "gmm"),
                    "label_source": ("noisy", "clean"), "meta_impl": ("fast", "fast-lowmem", "reference"),
-                   "meta_scope": ("all", "last"), "device": ("auto", "cpu", "cuda")}
+                   "meta_scope": ("all", "last"), "device": ("auto", "cpu", "cuda"),
+                   "meta_loss": ("ce", "dice", "ce+dice")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise InputError(where, f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
@@ -95,6 +98,8 @@ class TrainConfig:
             raise InputError(where, f"bootstrap_beta must be in [0, 1], got {self.bootstrap_beta}")
         if not 0.0 < self.gmm_threshold < 1.0:
             raise InputError(where, f"gmm_threshold must be in (0, 1), got {self.gmm_threshold}")
+        if self.meta_loss != "ce" and not self.is_segmentation:
+            raise InputError(where, f"meta_loss {self.meta_loss} needs a segmentation task; use ce for {self.task}")
         if self.meta_set == "gmm" and self.method not in ("l2rw", "l2b", "l2b-sum1"):
             raise InputError(where, f"meta_set gmm only applies to meta-learning methods, not {self.method!r}")
         return self

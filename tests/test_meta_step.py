@@ -242,3 +242,26 @@ def test_hand_written_rules_run_under_bf16_autocast(net):
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters() if p.requires_grad)
     cosine = F.cosine_similarity(grads[True], grads[False], dim=0)
     assert cosine > 0.98, float(cosine)
+
+
+@pytest.mark.parametrize("name", ["dice", "ce+dice"])
+def test_dice_meta_objective_fast_equals_reference(name):
+    """The Dice meta objective (segmentation default) gives the same weights in both implementations."""
+    from medl2b.train.methods import make_loss_terms
+    from medl2b.train.step import meta_objective
+
+    torch.manual_seed(0)
+    model = build_unetpp(features=[4, 4, 8, 8, 16, 4], num_classes=3).double()
+    x, xm = torch.randn(2, 1, 32, 32).double(), torch.randn(2, 1, 32, 32).double()
+    y, ym = torch.randint(0, 3, (2, 32, 32)), torch.zeros(2, 32, 32, dtype=torch.long)
+    ym[:, 10:14, 12:20] = 1  # small structures, as in the hippocampus
+    ym[:, 20:23, 5:9] = 2
+    out = {impl: meta_weights(copy.deepcopy(model), x, make_loss_terms(y, n_terms=2), xm, meta_objective(name, ym),
+                              lr=0.1, impl=impl) for impl in ("reference", "fast")}
+    for ref, fast in zip(out["reference"].meta_grads, out["fast"].meta_grads):
+        assert torch.allclose(ref, fast, rtol=1e-9, atol=1e-12 * float(ref.abs().max()))
+    dice_only = meta_objective("dice", ym)(torch.zeros(2, 3, 32, 32, dtype=torch.float64))
+    ce_only = meta_objective("ce", ym)(torch.zeros(2, 3, 32, 32, dtype=torch.float64))
+    assert 0.0 < float(dice_only) < 1.0 and float(ce_only) == pytest.approx(float(torch.log(torch.tensor(3.0))))
+    with pytest.raises(ValueError, match="needs segmentation labels"):
+        meta_objective("dice", torch.zeros(4, dtype=torch.long))

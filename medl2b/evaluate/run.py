@@ -175,6 +175,7 @@ def weight_map_examples(model, cfg, data, dev, *, n: int = 4) -> dict | None:
     net = copy.deepcopy(model).train()
     x, y = train.image[idx].to(dev), train.label[idx].to(dev)
     weights, _, _ = weighted_losses(net, method, x, y, meta.image[midx].to(dev), meta.clean[midx].to(dev),
+                                    meta_loss=cfg.meta_loss,
                                     lr=cfg.lr)
     count = weights[0].numel()
     alpha = (weights[0] * count).cpu().numpy()

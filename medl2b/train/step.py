@@ -19,13 +19,14 @@ from medl2b.inference import flip_averaged_probs
 from medl2b.meta import meta_weights
 from medl2b.train.methods import Method, fixed_weights, get_method, make_loss_terms
 
-__all__ = ["StepModule", "weighted_losses"]
+__all__ = ["StepModule", "meta_objective", "weighted_losses"]
 
 
 def weighted_losses(model, method: Method, x: torch.Tensor, y: torch.Tensor, xm: torch.Tensor | None = None,
                     ym: torch.Tensor | None = None, *, lr: float, warm: bool = False, bootstrap_beta: float = 0.8,
                     meta_impl: str = "fast", param_names: Sequence[str] | None = None, pseudo_tta: bool = False,
-                    reduce_meta_grad: Callable[[list[torch.Tensor]], None] | None = None, lean: bool = True):
+                    reduce_meta_grad: Callable[[list[torch.Tensor]], None] | None = None, lean: bool = True,
+                    meta_loss: str = "ce"):
     """Weights and per-element losses of one training step, for any method: the one shared code path.
 
     Returns ``(weights, losses, meta)``: the real step is ``Σ_k (weights[k] * losses[k]).sum()``;
@@ -33,6 +34,7 @@ def weighted_losses(model, method: Method, x: torch.Tensor, y: torch.Tensor, xm:
     During warm-up (``warm=True``) every method is plain CE on the given labels.
     ``reduce_meta_grad`` (distributed runs) averages the meta gradient over processes;
     ``lean=False`` uses PyTorch's generic forward-mode rules (benchmarks compare the two).
+    ``meta_loss`` is the clean objective the weights are learned for (:func:`meta_objective`).
     """
     n_terms = 1 if warm else method.n_terms
     pseudo = flip_averaged_probs(model, x).argmax(1) if (n_terms == 2 and pseudo_tta) else None
@@ -40,12 +42,40 @@ def weighted_losses(model, method: Method, x: torch.Tensor, y: torch.Tensor, xm:
     if method.uses_meta and not warm:
         if xm is None or ym is None:
             raise ValueError(f"{method.name} needs a meta batch")
-        out = meta_weights(model, x, terms, xm, lambda logits: F.cross_entropy(logits.float(), ym), lr=lr,
+        out = meta_weights(model, x, terms, xm, meta_objective(meta_loss, ym), lr=lr,
                            normalise=method.normalise, impl=meta_impl, param_names=param_names,
                            reduce_meta_grad=reduce_meta_grad, lean=lean)
         return out.weights, out.losses, out
     losses = terms(model(x))
     return fixed_weights(get_method("ce") if warm else method, losses, bootstrap_beta=bootstrap_beta), losses, None
+
+
+def meta_objective(name: str, target: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The clean meta loss ``logits -> scalar`` of a meta batch with labels ``target``.
+
+    * ``"ce"``: mean cross-entropy over every element (METHOD.md; the paper's choice).
+    * ``"dice"``: segmentation only, soft Dice loss over the foreground classes, pooled over
+      the whole meta batch (MONAI ``DiceLoss``, ``include_background=False``, ``batch=True``).
+      A pixel-mean CE is dominated by background when the structures are small (the
+      hippocampus is ~3 % of a slice), so the weights it learns favour background pixels;
+      the Dice objective counts every class equally, whatever its size.
+    * ``"ce+dice"``: their sum.
+    """
+    if name == "ce":
+        return lambda logits: F.cross_entropy(logits.float(), target)
+    if name not in ("dice", "ce+dice"):
+        raise ValueError(f"meta_loss must be ce, dice or ce+dice, got {name!r}")
+    if target.ndim < 2:
+        raise ValueError(f"meta_loss {name!r} needs segmentation labels (B, H, W), got shape {tuple(target.shape)}")
+    from monai.losses import DiceLoss
+
+    dice = DiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
+
+    def loss(logits: torch.Tensor) -> torch.Tensor:
+        value = dice(logits.float(), target[:, None])
+        return value + F.cross_entropy(logits.float(), target) if name == "ce+dice" else value
+
+    return loss
 
 
 class StepModule(nn.Module):
@@ -58,12 +88,12 @@ class StepModule(nn.Module):
 
     def __init__(self, net: nn.Module, method: Method, *, bootstrap_beta: float = 0.8, meta_impl: str = "fast",
                  param_names: Sequence[str] | None = None, pseudo_tta: bool = False,
-                 reduce_meta_grad: Callable[[list[torch.Tensor]], None] | None = None):
+                 reduce_meta_grad: Callable[[list[torch.Tensor]], None] | None = None, meta_loss: str = "ce"):
         super().__init__()
         self.net = net
         self.method = method
         self.options = {"bootstrap_beta": bootstrap_beta, "meta_impl": meta_impl, "param_names": param_names,
-                        "pseudo_tta": pseudo_tta, "reduce_meta_grad": reduce_meta_grad}
+                        "pseudo_tta": pseudo_tta, "reduce_meta_grad": reduce_meta_grad, "meta_loss": meta_loss}
 
     def forward(self, x, y, xm=None, ym=None, *, lr: float, warm: bool = False):
         weights, losses, meta = weighted_losses(self.net, self.method, x, y, xm, ym, lr=lr, warm=warm,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from medl2b.data.augment import BatchAugment
 from medl2b.inference import predict_dataset, predict_logits
@@ -94,6 +94,12 @@ class SegmentationTask(Task):
                                        "(four halvings); prepare the dataset with --size 32 or more")
         # items are served plain; BatchAugment transforms whole batches on the device (augment_batch)
         meta = SegSliceDataset(self.val_slices, augment=False) if (use_meta_cases and self.val_slices) else None
+        if meta is not None and cfg.meta_foreground:
+            # A meta batch of background-only slices rewards predicting background everywhere; draw meta
+            # batches from the clean slices that hold foreground (all slices if none does).
+            has_fg = np.flatnonzero(self.val_slices.clean.flatten(1).sum(1).numpy() > 0)
+            if len(has_fg):
+                meta = Subset(meta, has_fg.tolist())
         super().__init__(train_set=SegSliceDataset(train, augment=False),
                          train_plain=SegSliceDataset(train, augment=False), meta_set=meta,
                          num_classes=len(manifest["labels"]), score_name="val_dice",

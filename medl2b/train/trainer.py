@@ -122,7 +122,8 @@ class Trainer:
         self.step_module = StepModule(self.model, self.method, bootstrap_beta=cfg.bootstrap_beta,
                                       meta_impl=cfg.meta_impl, param_names=self.head,
                                       pseudo_tta=cfg.pseudo_label_tta and cfg.is_segmentation,
-                                      reduce_meta_grad=distributed.average_in_place if self.dist.enabled else None)
+                                      reduce_meta_grad=distributed.average_in_place if self.dist.enabled else None,
+                                      meta_loss=cfg.meta_loss)
         self.engine = self.step_module
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel

@@ -1,0 +1,179 @@
+"""Accuracy benchmark v2 on real anatomy: MSD Task04 hippocampus MRI, paired seeds, the paper's baselines.
+
+Data: the 200 real cases in ``../shared/data/Task04_Hippocampus`` (``--raw``), prepared with
+``medl2b prepare msd`` and the committed split ``data_prep/hippocampus/split.json``: 40 test
+cases, 4 clean meta cases, 24 noisy training cases (the other 132 are not used; see
+data_prep/hippocampus/README.md for why). Slices are 48 × 48 px (about the native 1 mm),
+noisy labels at mean foreground Dice 0.8, 0.6 and 0.4, one noisy label set per level (noise
+seed 0) shared by every method and seed: the runs are paired.
+
+Methods (``medl2b train --task segmentation --profile cpu --method ...``):
+``ce``, ``ce+clean`` (noisy train + the clean meta cases as training data), ``meta-only``
+(the clean cases alone), ``bootstrap``, ``l2rw``, ``l2b``, ``l2b-sum1``, ``l2b-gmm`` (``l2b``
+with ``--meta-set gmm``) and ``oracle`` (``ce`` on the clean labels). ``meta-only`` and
+``oracle`` do not depend on the noise level: they run once per seed and serve every level.
+
+Runs go in priority order, every seed of a block before the next block:
+
+1. noise 0.6: ce, l2b, ce+clean, meta-only, oracle;
+2. noise 0.4 and 0.8: ce, l2b, ce+clean;
+3. noise 0.6: bootstrap, l2rw, l2b-sum1, l2b-gmm.
+
+Each run trains with the ``segmentation`` task's ``cpu`` profile (the project's defaults), is
+evaluated on the 40 test cases with its best checkpoint (chosen on the clean meta cases, never
+on test), and is appended to ``--work/results.jsonl``. Finished runs are skipped when the
+script is started again, so it can be stopped and resumed; ``--report-only`` writes the
+tables from what has finished. Tables go to BENCHMARKS.md between the ``hippocampus`` markers.
+
+    python benchmarks/hippocampus.py                  # everything, 3 seeds (hours on 2 CPU cores)
+    python benchmarks/hippocampus.py --report-only    # tables from the finished runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+from accuracy import fmt, mean_std, times, weight_figures, write_benchmarks_md
+
+ROOT = Path(__file__).resolve().parent.parent
+LEVELS = (0.8, 0.6, 0.4)
+SIZE = 48
+SHARED = {"meta-only", "oracle"}  # independent of the noise level
+METHOD = {"oracle": ("ce", {"label_source": "clean"}), "l2b-gmm": ("l2b", {"meta_set": "gmm"})}
+BLOCKS = [
+    [(0.6, m) for m in ("ce", "l2b", "ce+clean", "meta-only", "oracle")],
+    [(lv, m) for lv in (0.4, 0.8) for m in ("ce", "l2b", "ce+clean")],
+    [(0.6, m) for m in ("bootstrap", "l2rw", "l2b-sum1", "l2b-gmm")],
+]
+ORDER = ("ce", "ce+clean", "meta-only", "bootstrap", "l2rw", "l2b-sum1", "l2b", "l2b-gmm", "oracle")
+
+
+def prepare(raw: Path, work: Path) -> dict[float, Path]:
+    from medl2b.data.msd import prepare_msd
+
+    data = {}
+    for level in LEVELS:
+        out = work / f"hippocampus_{SIZE}px_dice{level}"
+        if not (out / "dataset.json").exists():
+            prepare_msd(raw, out, size=SIZE, noise_dice=level, split_file=ROOT / "data_prep/hippocampus/split.json",
+                        seed=0, progress=False)
+        data[level] = out
+    return data
+
+
+def run_one(level: float, name: str, seed: int, data: Path, work: Path, overrides: dict) -> dict:
+    from medl2b.config import load_config
+    from medl2b.evaluate.run import evaluate_run
+    from medl2b.train.trainer import train
+
+    run = work / "runs" / f"{name}_{level}_s{seed}"
+    if run.exists():
+        shutil.rmtree(run)  # an unfinished run from an interrupted benchmark
+    method, extra = METHOD.get(name, (name, {}))
+    cfg = load_config("segmentation", profile="cpu", overrides={
+        "data": str(data), "out": str(run), "method": method, "seed": seed, "device": "auto", **extra, **overrides})
+    t = time.time()
+    train(cfg, progress=False)
+    train_s = time.time() - t
+    summary = evaluate_run(run, split="test", checkpoint="best", figures=False)
+    row = {"level": level, "method": name, "seed": seed, "train_s": round(train_s, 1), "run": str(run),
+           **{k: summary["mean"][k] for k in ("dice", "hd95", "asd")}, "n_failed": summary["n_failed"],
+           "per_class": {c: v["mean"]["dice"] for c, v in summary.get("per_class", {}).items()},
+           "val_best": max(float(h["val_score"]) for h in _history(run))}
+    return row
+
+
+def _history(run: Path) -> list[dict]:
+    import csv
+
+    with open(run / "metrics.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def tables(rows: list[dict]) -> str:
+    def pick(level, method):
+        lv = 0.6 if method in SHARED else level
+        return [r for r in rows if r["method"] == method and math.isclose(r["level"], lv)]
+
+    classes = sorted({c for r in rows for c in r.get("per_class", {})})
+    out = ["### Hippocampus (real MSD Task04 MRI, 40 test cases; mean ± std over seeds of the per-run mean over "
+           "cases)", "",
+           "| noise Dice | method | seeds | Dice, mean fg (%) | " + " | ".join(f"Dice {c} (%)" for c in classes)
+           + " | HD95 (mm) | ASD (mm) | failed cases | train time (s), min / median |",
+           "|---|---|---|---|" + "---|" * len(classes) + "---|---|---|---|"]
+    levels = sorted({r["level"] for r in rows if r["method"] not in SHARED}, reverse=True)
+    for level in levels:
+        for method in ORDER:
+            rs = pick(level, method)
+            if not rs:
+                continue
+            shared = " (level-free)" if method in SHARED else ""
+            out.append(f"| {level} | {method}{shared} | {len(rs)} | {fmt([r['dice'] for r in rs], 100)} | "
+                       + " | ".join(fmt([r['per_class'].get(c) for r in rs], 100) for c in classes)
+                       + f" | {fmt([r['hd95'] for r in rs])} | {fmt([r['asd'] for r in rs])} | "
+                       f"{sum(r['n_failed'] for r in rs)} | {times(rs)} |")
+    out += ["", "Paired comparison (same seeds, split and noisy labels); gap closed = (L2B − CE) / (oracle − CE):", "",
+            "| noise Dice | CE (%) | L2B (%) | L2B − CE per seed | L2B − CE | ce+clean (%) | meta-only (%) | "
+            "oracle (%) | gap closed |", "|---|---|---|---|---|---|---|---|---|"]
+    for level in levels:
+        ce = {r["seed"]: r["dice"] for r in pick(level, "ce")}
+        l2b = {r["seed"]: r["dice"] for r in pick(level, "l2b")}
+        diffs = [100 * (l2b[s] - ce[s]) for s in sorted(set(ce) & set(l2b))]
+
+        def m(method):
+            return mean_std([r["dice"] for r in pick(level, method)])[0]
+
+        o, c, b = m("oracle"), m("ce"), m("l2b")
+        gap = (b - c) / (o - c) if all(math.isfinite(v) for v in (o, c, b)) and o - c > 1e-9 else float("nan")
+        d_m, d_s = mean_std(diffs)
+        out.append(f"| {level} | {100 * c:.2f} | {100 * b:.2f} | {', '.join(f'{d:+.2f}' for d in diffs)} | "
+                   f"{d_m:+.2f} ± {d_s:.2f} | {100 * m('ce+clean'):.2f} | {100 * m('meta-only'):.2f} | "
+                   f"{100 * o:.2f} | {gap:.0%} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--raw", type=Path, default=ROOT.parent / "shared" / "data" / "Task04_Hippocampus")
+    ap.add_argument("--work", type=Path, default=ROOT / "bench_runs" / "hippocampus")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--blocks", default="1,2,3", help="which blocks of the plan to run, in order")
+    ap.add_argument("--set", action="append", default=[], help="extra config KEY=VALUE for every run")
+    ap.add_argument("--no-write", action="store_true", help="print the tables only")
+    ap.add_argument("--report-only", action="store_true", help="write the tables from the finished runs, train nothing")
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    results = args.work / "results.jsonl"
+    done = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
+    finished = {(r["level"], r["method"], r["seed"]) for r in done}
+    overrides = dict(item.split("=", 1) for item in args.set)
+    schedule = [(seed, level, name) for b in args.blocks.split(",") for seed in range(args.seeds)
+                for level, name in BLOCKS[int(b) - 1]]
+    data = prepare(args.raw, args.work) if not args.report_only else {}
+    t0 = time.time()
+    for i, (seed, level, name) in enumerate(schedule, 1):
+        if (level, name, seed) in finished or args.report_only:
+            continue
+        row = run_one(level, name, seed, data[level], args.work, overrides)
+        done.append(row)
+        with open(results, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        print(f"[{i}/{len(schedule)}] {level} {name} seed {seed}: Dice {row['dice']:.4f} "
+              f"(val {row['val_best']:.4f}; {row['train_s']:.0f}s train, {time.time() - t0:.0f}s total)", flush=True)
+    text = tables(done)
+    figs = weight_figures([{**r, "task": "seg"} for r in done], ROOT / "benchmarks" / "figures", prefix="hippocampus")
+    text += "\n\n" + "\n".join(f"![{p.stem}](benchmarks/figures/{p.name})" for p in figs)
+    text += (f"\n\nCommand: `python benchmarks/hippocampus.py --seeds {args.seeds}`; {len(done)} of "
+             f"{len(schedule)} runs of the plan finished.")
+    print(text)
+    if not args.no_write:
+        write_benchmarks_md(text, section="hippocampus")
+
+
+if __name__ == "__main__":
+    main()
