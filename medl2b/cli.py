@@ -257,15 +257,17 @@ def compare_cmd(
 @_user_errors
 def demo_cmd(
     out: Path = typer.Option(Path("demo_output"), "--out", help="Demo folder (replaced if it is an old demo)."),
-    cases: int = typer.Option(12, "--cases", min=6),
-    size: int = typer.Option(64, "--size", min=32),
+    data: str = typer.Option("hippocampus", "--data",
+                             help="hippocampus (20 bundled real MRI cases) or phantoms (synthetic PROMISE12)."),
+    cases: Optional[int] = typer.Option(None, "--cases", min=6, help="Number of cases (default: 20 / 12 phantoms)."),
+    size: Optional[int] = typer.Option(None, "--size", min=32, help="Slice size (default: 48 / 64 phantoms)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Override the CPU profile's epochs."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """End to end on phantoms: synth -> prepare (noise Dice 0.6) -> train ce and l2b -> eval -> compare."""
+    """End to end: prepare (noise Dice 0.6) -> train ce and l2b -> eval -> compare, on real or phantom data."""
     from medl2b.demo import run_demo
 
-    run_demo(out, cases=cases, size=size, epochs=epochs, seed=seed, echo=typer.echo)
+    run_demo(out, data=data, cases=cases, size=size, epochs=epochs, seed=seed, echo=typer.echo)
 
 
 def main() -> None:

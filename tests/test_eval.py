@@ -99,15 +99,19 @@ def test_eval_errors_are_one_line(tmp_path):
 
 def test_demo_runs_end_to_end_at_toy_size(tmp_path):
     out = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--cases", "6", "--size", "32", "--epochs", "2"])
+    # the default demo: bundled real hippocampus cases (a few of them at toy size)
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--cases", "8", "--size", "32", "--epochs", "2"])
     assert result.exit_code == 0, result.output
     table = (out / "comparison.md").read_text()
-    assert "| ce |" in table and "| l2b |" in table
+    assert "| ce |" in table and "| l2b |" in table and "Dice Anterior" in table
+    assert "Benchmark (" in result.output or "No multi-seed benchmark" in result.output
     for method in ("ce", "l2b"):
         assert (out / "runs" / method / "eval" / "summary.json").exists()
-    # a second demo replaces its own folder, and refuses a folder that is not a demo
-    assert CliRunner().invoke(app, ["demo", "--out", str(out), "--cases", "6", "--size", "32",
+    assert "CC-BY-SA" in (out / "raw" / "README.md").read_text()
+    # a second demo (on phantoms) replaces its own folder, and refuses a folder that is not a demo
+    assert CliRunner().invoke(app, ["demo", "--out", str(out), "--data", "phantoms", "--cases", "6", "--size", "32",
                                     "--epochs", "1"]).exit_code == 0
+    assert "| ce |" in (out / "comparison.md").read_text() and not (out / "raw" / "README.md").exists()
     other = tmp_path / "mine"
     other.mkdir()
     (other / "precious.txt").write_text("keep")
