@@ -82,5 +82,8 @@ def any_flags(*flags: bool, device: torch.device) -> list[int]:
 
 
 def cleanup() -> None:
+    """Leave the process group together: a barrier first, so that no process tears down its Gloo
+    pairs while another still talks to it (seen as a rare SIGABRT at exit under load)."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
