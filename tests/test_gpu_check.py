@@ -23,7 +23,7 @@ def _run(*args: str, timeout: float) -> tuple[subprocess.CompletedProcess, dict]
 
 
 def test_tiny_cpu_run_passes_every_check():
-    proc, summary = _run("--device", "cpu", "--tiny", timeout=240)
+    proc, summary = _run("--device", "cpu", "--tiny", timeout=420)
     assert proc.returncode == 0, f"exit {proc.returncode}; stdout tail:\n{proc.stdout[-3000:]}\nstderr tail:\n" \
                                  f"{proc.stderr[-3000:]}"
     assert summary["ok"] is True and summary["failures"] == []
