@@ -212,8 +212,10 @@ class Trainer:
         if self.dist.enabled:  # every process takes its own share; batch_size is per process
             sampler = DistributedSampler(self.task.train_set, num_replicas=self.dist.world, rank=self.dist.rank,
                                          shuffle=True, seed=seed, drop_last=True)
+        pin = self.device.type == "cuda"  # page-locked batches, copied with non_blocking=True in train_step
         train = DataLoader(self.task.train_set, batch_size=min(cfg.batch_size, n), shuffle=sampler is None,
-                           sampler=sampler, drop_last=True, generator=gen, num_workers=cfg.num_workers)
+                           sampler=sampler, drop_last=True, generator=gen, num_workers=cfg.num_workers,
+                           pin_memory=pin, persistent_workers=cfg.num_workers > 0)
         meta_ds = self.task.meta_set
         if cfg.meta_set == "gmm" and self.online_meta is not None:
             meta_ds = Subset(self.task.train_set, self.online_meta.tolist())
@@ -221,7 +223,7 @@ class Trainer:
         if meta_ds is not None and len(meta_ds) > 0:
             meta = _forever(DataLoader(meta_ds, batch_size=min(cfg.meta_batch_size, len(meta_ds)), shuffle=True,
                                        generator=torch.Generator().manual_seed(seed + 3 + 7919 * self.dist.rank),
-                                       num_workers=cfg.num_workers))
+                                       num_workers=cfg.num_workers, pin_memory=pin))
         return train, meta
 
     def train_epoch(self, seed: int) -> EpochStats:
@@ -275,13 +277,14 @@ class Trainer:
     def train_step(self, batch: dict, meta_batch: dict | None, stats: EpochStats, *, warm: bool, step: int) -> None:
         """One optimisation step of the configured method (plain CE during warm-up)."""
         cfg = self.cfg
-        batch = self.task.augment_batch({k: v.to(self.device) for k, v in batch.items() if k != "index"})
+        batch = self.task.augment_batch({k: v.to(self.device, non_blocking=True) for k, v in batch.items()
+                                         if k != "index"})
         x = self.task.input_transform(batch["image"])
         y = batch["label"]
         xm = ym = None
         if meta_batch is not None:
-            meta_batch = self.task.augment_batch({k: v.to(self.device) for k, v in meta_batch.items()
-                                                  if k != "index"})
+            meta_batch = self.task.augment_batch({k: v.to(self.device, non_blocking=True)
+                                                  for k, v in meta_batch.items() if k != "index"})
             xm = self.task.input_transform(meta_batch["image"])
             ym = meta_batch["label"]
         with self._autocast():
