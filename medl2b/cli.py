@@ -49,11 +49,13 @@ def synth_promise12_cmd(
     out: Path = typer.Argument(..., help="Folder to write CaseNN.mhd/.raw and CaseNN_segmentation.mhd/.raw into."),
     cases: int = typer.Option(12, "--cases", min=1, max=100, help="Number of phantom cases."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
+    grid_scale: float = typer.Option(1.0, "--grid-scale", min=0.05, max=1.0,
+                                     help="Scale of the real grids (1 = 512²/320²/256²; smaller = quicker)."),
 ) -> None:
     """PROMISE12-like MetaImage phantoms: mixed grids, pixel types, a .zraw case, a flipped direction."""
     from medl2b.data.phantoms import synth_promise12
 
-    synth_promise12(out, n_cases=cases, seed=seed)
+    synth_promise12(out, n_cases=cases, seed=seed, grid_scale=grid_scale)
     typer.echo(f"wrote {cases} phantom PROMISE12 cases to {out}")
 
 
@@ -184,7 +186,7 @@ def train_cmd(
     cfg = load_config(task, profile=profile, config_file=config, overrides=overrides)
     row = train(cfg, resume=resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
-            typer.echo(f"finished {cfg.epochs} epochs in {out}: last validation score "
+        typer.echo(f"finished {cfg.epochs} epochs in {out}: last validation score "
                    f"{row.get('val_score', float('nan')):.4f}")
 
 
