@@ -569,7 +569,8 @@ def check_cli(report: Report, device, spec: dict, work: Path, env: dict) -> None
     report.data["cli"] = {"work": str(work), "stages": stages, "runs": runs, "cases": spec["cases"],
                           "size": spec["size"]}
     raw, prep = work / "raw", work / "prep"
-    plan = [("synth", ["synth", "promise12", str(raw), "--cases", str(spec["cases"])]),
+    plan = [("synth", ["synth", "promise12", str(raw), "--cases", str(spec["cases"]),
+                       "--grid-scale", "0.25" if spec["size"] <= 64 else "1.0"]),
             ("prepare", ["prepare", "promise12", str(raw), str(prep), "--size", str(spec["size"]),
                          "--meta-cases", str(spec["meta_cases"]), "--test-cases", str(spec["test_cases"])])]
     sets = [a for s in spec["sets"] for a in ("--set", s)]
