@@ -68,7 +68,9 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     device: str = "auto"                # auto | cpu | cuda
-    amp: bool = True                    # autocast on CUDA only
+    amp: bool = True                    # bf16 autocast on CUDA only
+    meta_amp: bool = False              # ...also for the meta step (off: on ResNet-50 the bf16 meta-gradients
+                                        # had cosine -0.1 with float64 ones; benchmarks/gpu_check.py)
     num_workers: int = 0
     log_every: int = 10
 

@@ -269,8 +269,9 @@ class Trainer:
             text += f" meta {s.meta_loss / s.meta_steps:.4f} skipped {s.skipped}"
         return text
 
-    def _autocast(self):
-        if self.amp_dtype is None:
+    def _autocast(self, *, meta: bool = False):
+        """bf16 autocast on CUDA; for a meta step only with ``meta_amp`` (see the config key)."""
+        if self.amp_dtype is None or (meta and not self.cfg.meta_amp):
             return torch.autocast("cpu", enabled=False)
         return torch.autocast("cuda", dtype=self.amp_dtype)
 
@@ -287,7 +288,7 @@ class Trainer:
                                                   for k, v in meta_batch.items() if k != "index"})
             xm = self.task.input_transform(meta_batch["image"])
             ym = meta_batch["label"]
-        with self._autocast():
+        with self._autocast(meta=self.method.uses_meta and not warm):
             loss, weights, losses, meta_out = self.engine(x, y, xm, ym, lr=self.optimizer.param_groups[0]["lr"],
                                                           warm=warm)
         skipped = meta_out is not None and meta_out.skipped
