@@ -236,12 +236,7 @@ def corrupt_volume(mask_xyz: np.ndarray, spacing: Sequence[float], *, strength: 
         value = int(classes[0])
         noisy = corrupt_volume(np.asarray(mask_xyz) == value, spacing, strength=strength, rng=rng, config=config)
         return noisy * np.uint8(value)
-    mask_xyz = np.asarray(mask_xyz)
-    if mask_xyz.ndim != 3:
-        raise ValueError(f"mask_xyz must be 3-D (X, Y, Z), got shape {mask_xyz.shape}")
-    if len(spacing) < 2 or min(spacing[:2]) <= 0:
-        raise ValueError(f"spacing must hold positive (sx, sy[, sz]), got {spacing}")
-    sx, sy = float(spacing[0]), float(spacing[1])
+    mask_xyz, sx, sy = _checked_volume(mask_xyz, spacing)
     noisy = np.zeros(mask_xyz.shape, dtype=np.uint8)
     for z in range(mask_xyz.shape[2]):
         params = sample_slice_noise(rng, strength=strength, config=config)
@@ -253,15 +248,20 @@ def corrupt_volume(mask_xyz: np.ndarray, spacing: Sequence[float], *, strength: 
     return noisy
 
 
-def _corrupt_multiclass(mask_xyz, spacing, *, strength: float, rng: np.random.Generator, config: MaskNoiseConfig,
-                        classes: list[int]) -> np.ndarray:
-    """Per class, per slice corruption with a per-slice priority for contested voxels."""
+def _checked_volume(mask_xyz, spacing) -> tuple[np.ndarray, float, float]:
+    """The mask as a 3-D array and its in-plane spacing (sx, sy), checked."""
     mask_xyz = np.asarray(mask_xyz)
     if mask_xyz.ndim != 3:
         raise ValueError(f"mask_xyz must be 3-D (X, Y, Z), got shape {mask_xyz.shape}")
     if len(spacing) < 2 or min(spacing[:2]) <= 0:
         raise ValueError(f"spacing must hold positive (sx, sy[, sz]), got {spacing}")
-    sx, sy = float(spacing[0]), float(spacing[1])
+    return mask_xyz, float(spacing[0]), float(spacing[1])
+
+
+def _corrupt_multiclass(mask_xyz, spacing, *, strength: float, rng: np.random.Generator, config: MaskNoiseConfig,
+                        classes: list[int]) -> np.ndarray:
+    """Per class, per slice corruption with a per-slice priority for contested voxels."""
+    mask_xyz, sx, sy = _checked_volume(mask_xyz, spacing)
     noisy = np.zeros(mask_xyz.shape, dtype=np.uint8)
     for z in range(mask_xyz.shape[2]):
         params = [sample_slice_noise(rng, strength=strength, config=config) for _ in classes]
