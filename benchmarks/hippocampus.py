@@ -173,8 +173,10 @@ def main() -> None:
     text = tables(done)
     figs = weight_figures([{**r, "task": "seg"} for r in done], ROOT / "benchmarks" / "figures", prefix="hippocampus")
     text += "\n\n" + "\n".join(f"![{p.stem}](benchmarks/figures/{p.name})" for p in figs)
-    text += (f"\n\nCommand: `python benchmarks/hippocampus.py --seeds {args.seeds}`; {len(done)} of "
-             f"{len(schedule)} runs of the plan finished.")
+    plan = {(level, name, seed) for seed in range(args.seeds) for block in BLOCKS for level, name in block}
+    finished_now = len(plan & {(r["level"], r["method"], r["seed"]) for r in done})
+    text += (f"\n\nCommand: `python benchmarks/hippocampus.py --seeds {args.seeds}`; {finished_now} of "
+             f"{len(plan)} runs of the whole plan finished.")
     print(text)
     if not args.no_write:
         write_benchmarks_md(text, section="hippocampus")
