@@ -9,15 +9,17 @@ seed 0) shared by every method and seed: the runs are paired.
 
 Methods (``medl2b train --task segmentation --profile cpu --method ...``):
 ``ce``, ``ce+clean`` (noisy train + the clean meta cases as training data), ``meta-only``
-(the clean cases alone), ``bootstrap``, ``l2rw``, ``l2b``, ``l2b-sum1``, ``l2b-gmm`` (``l2b``
-with ``--meta-set gmm``) and ``oracle`` (``ce`` on the clean labels). ``meta-only`` and
-``oracle`` do not depend on the noise level: they run once per seed and serve every level.
+(the clean cases alone), ``bootstrap``, ``l2rw``, ``l2b`` (the default: α_i + β_i = 1 per
+pixel, ``meta_normalise: element``), ``l2b-batch`` (``l2b`` with the weights normalised over
+the batch, ``--set meta_normalise=batch``: the default until the diagnosis in BENCHMARKS.md),
+``l2b-gmm`` (``l2b`` with ``--meta-set gmm``) and ``oracle`` (``ce`` on the clean labels).
+``meta-only`` and ``oracle`` do not depend on the noise level: they run once per seed and
+serve every level.
 
 Runs go in priority order, every seed of a block before the next block:
 
 1. noise 0.6: ce, l2b, ce+clean, meta-only, oracle;
-2. noise 0.6: l2b-sum1 (α + β = 1 per pixel: the weights relabel but cannot up-weight a pixel, the
-   follow-up to the diagnosis in BENCHMARKS.md);
+2. noise 0.6: l2b-batch;
 3. noise 0.4: ce, l2b, ce+clean (where L2B should help most);
 4. noise 0.8: ce, l2b, ce+clean;
 5. noise 0.6: bootstrap, l2rw, l2b-gmm.
@@ -47,15 +49,16 @@ ROOT = Path(__file__).resolve().parent.parent
 LEVELS = (0.8, 0.6, 0.4)
 SIZE = 48
 SHARED = {"meta-only", "oracle"}  # independent of the noise level
-METHOD = {"oracle": ("ce", {"label_source": "clean"}), "l2b-gmm": ("l2b", {"meta_set": "gmm"})}
+METHOD = {"oracle": ("ce", {"label_source": "clean"}), "l2b-gmm": ("l2b", {"meta_set": "gmm"}),
+          "l2b-batch": ("l2b", {"meta_normalise": "batch"})}
 BLOCKS = [
     [(0.6, m) for m in ("ce", "l2b", "ce+clean", "meta-only", "oracle")],
-    [(0.6, "l2b-sum1")],
+    [(0.6, "l2b-batch")],
     [(0.4, m) for m in ("ce", "l2b", "ce+clean")],
     [(0.8, m) for m in ("ce", "l2b", "ce+clean")],
     [(0.6, m) for m in ("bootstrap", "l2rw", "l2b-gmm")],
 ]
-ORDER = ("ce", "ce+clean", "meta-only", "bootstrap", "l2rw", "l2b-sum1", "l2b", "l2b-gmm", "oracle")
+ORDER = ("ce", "ce+clean", "meta-only", "bootstrap", "l2rw", "l2b-batch", "l2b", "l2b-gmm", "oracle")
 
 
 def prepare(raw: Path, work: Path) -> dict[float, Path]:

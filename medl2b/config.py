@@ -59,6 +59,7 @@ class TrainConfig:
     gmm_threshold: float = 0.5          # P(clean) above which a sample joins the online meta set
     meta_foreground: bool = True        # segmentation: meta batches only from slices with foreground
     meta_loss: str = "ce"               # ce | dice | ce+dice (dice: segmentation only; see train.step.meta_objective)
+    meta_normalise: str = "batch"       # l2b: batch (Σα + Σβ = 1 over the batch) | element (α_i + β_i = 1)
     # model
     features: list[int] = field(default_factory=lambda: [32, 32, 64, 128, 256, 32])  # UNet++ widths
     width: float = 1.0                  # ResNet-50 widen factor
@@ -79,7 +80,7 @@ class TrainConfig:
         choices = {"task": TASKS, "method": METHODS, "meta_set": ("clean", "gmm"),
                    "label_source": ("noisy", "clean"), "meta_impl": ("fast", "fast-lowmem", "reference"),
                    "meta_scope": ("all", "last"), "device": ("auto", "cpu", "cuda"),
-                   "meta_loss": ("ce", "dice", "ce+dice")}
+                   "meta_loss": ("ce", "dice", "ce+dice"), "meta_normalise": ("batch", "element")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise InputError(where, f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")

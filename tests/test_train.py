@@ -261,3 +261,21 @@ def test_same_command_twice_gives_identical_metrics(promise12_prepared, tmp_path
         tables.append([{k: v for k, v in row.items() if k != "time_s"} for row in read_rows(run)])
     assert len(tables[0]) == 3 and tables[0] == tables[1]
     assert tables[0][-1]["meta_loss"] != ""
+
+
+def test_segmentation_l2b_normalises_per_pixel_by_default(promise12_prepared, tmp_path):
+    """The segmentation default ``meta_normalise: element`` makes ``l2b`` the very computation of
+    ``l2b-sum1`` (identical metrics); ``batch`` is another one. Classification keeps ``batch``."""
+    assert load_config("segmentation", profile="cpu").meta_normalise == "element"
+    assert load_config("prostate-seg").meta_normalise == "element"
+    assert load_config("skin-lesion-cls", profile="cpu").meta_normalise == "batch"
+    tables = {}
+    for name, method, extra in (("l2b", "l2b", {}), ("sum1", "l2b-sum1", {}),
+                                ("batch", "l2b", {"meta_normalise": "batch"})):
+        run = tmp_path / name
+        train(seg_cfg(promise12_prepared, run, method=method, **extra), progress=False)
+        tables[name] = [{k: v for k, v in row.items() if k != "time_s"} for row in read_rows(run)]
+    assert tables["l2b"] == tables["sum1"]
+    assert tables["l2b"][-1]["train_loss"] != tables["batch"][-1]["train_loss"]
+    with pytest.raises(InputError, match="meta_normalise"):
+        load_config("segmentation", overrides={"meta_normalise": "pixel"})

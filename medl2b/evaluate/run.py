@@ -171,7 +171,7 @@ def weight_map_examples(model, cfg, data, dev, *, n: int = 4) -> dict | None:
     midx = torch.nonzero(fg).flatten()[: max(n, 4)]
     if len(midx) == 0:
         midx = torch.arange(min(len(meta.clean), 4))
-    method = get_method(cfg.method)
+    method = get_method(cfg.method, normalise=cfg.meta_normalise)
     net = copy.deepcopy(model).train()
     x, y = train.image[idx].to(dev), train.label[idx].to(dev)
     weights, _, _ = weighted_losses(net, method, x, y, meta.image[midx].to(dev), meta.clean[midx].to(dev),

@@ -9,7 +9,8 @@ method        weights                                             meta step
 ``ce``        α = 1/N, β = 0                                      no
 ``bootstrap`` α = b/N, β = (1−b)/N (Reed et al., hard; b = 0.8)   no
 ``l2rw``      α from the meta gradient, no β term (Ren et al.)    yes, 1 term
-``l2b``       α, β from the meta gradient, Σα + Σβ = 1 per batch  yes, 2 terms
+``l2b``       α, β from the meta gradient, normalised per batch     yes, 2 terms
+              (Σα + Σβ = 1) or per element (config ``meta_normalise``)
 ``l2b-sum1``  α, β from the meta gradient, α_i + β_i = 1          yes, 2 terms
 ``ce+clean``  ``ce`` on the noisy training data plus the clean     no
               meta cases as ordinary training data
@@ -26,6 +27,7 @@ the "best" checkpoint they select is not chosen on held-out data.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -57,10 +59,18 @@ METHODS: dict[str, Method] = {
 }
 
 
-def get_method(name: str) -> Method:
+def get_method(name: str, *, normalise: str | None = None) -> Method:
+    """The method called ``name``. ``normalise`` (``"batch"`` | ``"element"``) overrides how
+    ``l2b`` normalises its weights (config key ``meta_normalise``); ``l2b-sum1`` is always
+    ``"element"`` and ``l2rw`` (one term) always ``"batch"``, so it is ignored for them."""
     if name not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {name!r}")
-    return METHODS[name]
+    if normalise not in (None, "batch", "element"):
+        raise ValueError(f"normalise must be batch or element, got {normalise!r}")
+    method = METHODS[name]
+    if name == "l2b" and normalise is not None:
+        method = dataclasses.replace(method, normalise=normalise)
+    return method
 
 
 def make_loss_terms(target: torch.Tensor, *, n_terms: int, pseudo: torch.Tensor | None = None

@@ -110,7 +110,7 @@ class Trainer:
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         self._setup_logging()
-        self.method = get_method(cfg.method)
+        self.method = get_method(cfg.method, normalise=cfg.meta_normalise)
         _seed_everything(cfg.seed)
         self.task = build_task(cfg)
         self.model = build_model(cfg, num_classes=self.task.num_classes,
