@@ -55,6 +55,7 @@ class TrainConfig:
     bootstrap_beta: float = 0.8         # weight of the given label in `bootstrap`
     meta_impl: str = "fast"             # fast (forward-mode JVP) | fast-lowmem | reference (double backward)
     meta_scope: str = "all"             # all | last (FaMUS-style: virtual step on the head only)
+    meta_every: int = 1                 # a new meta gradient v every k steps, reused in between (fast impls)
     pseudo_label_tta: bool = False      # segmentation: average flipped predictions first
     gmm_threshold: float = 0.5          # P(clean) above which a sample joins the online meta set
     meta_foreground: bool = True        # segmentation: meta batches only from slices with foreground
@@ -84,10 +85,12 @@ class TrainConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise InputError(where, f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
-        positive = ("epochs", "batch_size", "meta_batch_size", "lr")
+        positive = ("epochs", "batch_size", "meta_batch_size", "lr", "meta_every")
         for key in positive:
             if not getattr(self, key) > 0:
                 raise InputError(where, f"{key} must be > 0, got {getattr(self, key)!r}")
+        if self.meta_every > 1 and self.meta_impl == "reference":
+            raise InputError(where, "meta_every > 1 reuses the meta gradient of the fast step; use meta_impl fast")
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise InputError(where, f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
         if self.warmup_until_score is not None:

@@ -265,3 +265,33 @@ def test_dice_meta_objective_fast_equals_reference(name):
     assert 0.0 < float(dice_only) < 1.0 and float(ce_only) == pytest.approx(float(torch.log(torch.tensor(3.0))))
     with pytest.raises(ValueError, match="needs segmentation labels"):
         meta_objective("dice", torch.zeros(4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("impl", ["fast", "fast-lowmem"])
+def test_reused_meta_gradient_weighs_a_new_batch_like_the_fresh_one_would(impl):
+    """``meta_grad`` (the amortised step) skips the meta forward and backward: with the same v it
+    gives the fresh step's weights on any batch, and without a meta batch at all."""
+    torch.manual_seed(5)
+    model = TinySeg().double().train()
+    x1, x2 = torch.randn(3, 1, 8, 8, dtype=torch.float64), torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    y1, y2 = torch.randint(0, 2, (3, 8, 8)), torch.randint(0, 2, (3, 8, 8))
+    xm, ym = torch.randn(2, 1, 8, 8, dtype=torch.float64), torch.randint(0, 2, (2, 8, 8))
+    first = meta_weights(copy.deepcopy(model), x1, two_terms(y1), xm, meta_ce(ym), lr=0.1, impl=impl)
+    assert first.fresh and isinstance(first.meta_loss, float) and len(first.meta_grad) == len(list(model.parameters()))
+    fresh = meta_weights(copy.deepcopy(model), x2, two_terms(y2), xm, meta_ce(ym), lr=0.1, impl=impl)
+    reused = meta_weights(copy.deepcopy(model), x2, two_terms(y2), None, None, lr=0.1, impl=impl,
+                          meta_grad=first.meta_grad)
+    assert not reused.fresh and reused.meta_loss is None
+    for a, b in zip(reused.weights, fresh.weights):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-15)
+    # a stale v (from other parameters) gives other weights: the reuse is not a no-op
+    moved = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in moved.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    stale = meta_weights(copy.deepcopy(moved), x2, two_terms(y2), None, None, lr=0.1, impl=impl,
+                         meta_grad=first.meta_grad)
+    now = meta_weights(copy.deepcopy(moved), x2, two_terms(y2), xm, meta_ce(ym), lr=0.1, impl=impl)
+    assert not torch.allclose(stale.meta_grads[0], now.meta_grads[0])
+    with pytest.raises(ValueError, match="fast"):
+        meta_weights(model, x2, two_terms(y2), xm, meta_ce(ym), lr=0.1, impl="reference", meta_grad=first.meta_grad)

@@ -112,7 +112,9 @@ def test_unreached_warmup_score_hands_over_at_the_cap(promise12_prepared, tmp_pa
 def test_killed_and_resumed_run_matches_uninterrupted(task, promise12_prepared, isic_prepared, tmp_path):
     def cfg(out):
         if task == "seg":
-            return seg_cfg(promise12_prepared, out, method="l2b", epochs=3, meta_set="gmm")
+            # the amortised step: v is reused on the second step of every epoch and refreshed on the
+            # first, so a resume at an epoch boundary recomputes what the straight run did
+            return seg_cfg(promise12_prepared, out, method="l2b", epochs=3, meta_set="gmm", meta_every=2)
         return cls_cfg(isic_prepared, out, method="l2b", epochs=3)
 
     straight = Trainer(cfg(tmp_path / "a"), progress=False)
@@ -279,3 +281,29 @@ def test_segmentation_l2b_normalises_per_pixel_by_default(promise12_prepared, tm
     assert tables["l2b"][-1]["train_loss"] != tables["batch"][-1]["train_loss"]
     with pytest.raises(InputError, match="meta_normalise"):
         load_config("segmentation", overrides={"meta_normalise": "pixel"})
+
+
+def test_meta_every_fetches_a_meta_batch_only_when_it_refreshes(promise12_prepared, tmp_path):
+    """meta_every=2 with 4 steps an epoch: 2 meta batches an epoch (refresh on steps 1 and 3), the
+    same weights as meta_every=1 on the first step, and a different run afterwards."""
+    trainer = Trainer(seg_cfg(promise12_prepared, tmp_path / "k2", method="l2b", meta_every=2, steps_per_epoch=4),
+                      progress=False)
+    fresh = []
+    original = trainer.engine.forward
+
+    def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
+        if not kwargs["warm"]:
+            fresh.append((args[2] is not None, out[3].fresh))
+        return out
+
+    trainer.engine.forward = spy
+    trainer.fit()
+    assert fresh == [(True, True), (False, False), (True, True), (False, False)]
+    train(seg_cfg(promise12_prepared, tmp_path / "k1", method="l2b", steps_per_epoch=4), progress=False)
+    assert read_rows(tmp_path / "k2")[0] == {**read_rows(tmp_path / "k1")[0], "time_s": read_rows(tmp_path / "k2")[0]["time_s"]}
+    assert read_rows(tmp_path / "k2")[1]["train_loss"] != read_rows(tmp_path / "k1")[1]["train_loss"]
+    with pytest.raises(InputError, match="meta_every"):
+        load_config("segmentation", overrides={"meta_every": 2, "meta_impl": "reference"})
+    with pytest.raises(InputError, match="meta_every"):
+        load_config("segmentation", overrides={"meta_every": 0})

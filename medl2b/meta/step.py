@@ -59,13 +59,19 @@ class MetaWeights:
         meta_loss: the clean meta loss at ``θ`` (equal to its value at ``θ'(0)``).
         skipped: True when no element of the batch helps the meta set (all weights 0):
             the caller must not update the parameters.
+        meta_grad: fast implementations: ``v = ∇_θ L_meta`` that weighed this batch (detached),
+            to pass back as ``meta_grad`` for the next steps (``meta_every``); ``None`` otherwise.
+        fresh: False when ``v`` was passed in (reused) rather than computed; ``meta_loss`` is
+            then ``None``.
     """
 
     weights: list[torch.Tensor]
     losses: list[torch.Tensor]
     meta_grads: list[torch.Tensor]
-    meta_loss: float
+    meta_loss: float | None
     skipped: bool
+    meta_grad: list[torch.Tensor] | None = None
+    fresh: bool = True
 
 
 def normalise_weights(neg_grads: Sequence[torch.Tensor], *, mode: str = "batch") -> tuple[list[torch.Tensor], bool]:
@@ -128,6 +134,7 @@ def meta_weights(
     param_names: Sequence[str] | None = None,
     reduce_meta_grad: Callable[[list[torch.Tensor]], None] | None = None,
     lean: bool = True,
+    meta_grad: Sequence[torch.Tensor] | None = None,
 ) -> MetaWeights:
     """Compute L2B/L2RW weights for one training batch.
 
@@ -151,6 +158,9 @@ def meta_weights(
         lean: fast implementations: use the hand-written tangent rules of :mod:`medl2b.meta.jvp`
             for convolutions, norms and ReLUs (default); ``False`` = PyTorch's generic forward-mode
             rules everywhere (same numbers, slower, more memory; kept for tests and benchmarks).
+        meta_grad: fast implementations: a ``v`` from an earlier step (its ``MetaWeights.meta_grad``)
+            to weigh this batch with, instead of a new meta forward and backward (the amortised
+            step, config ``meta_every``). ``meta_inputs`` and ``meta_loss`` are then unused.
     """
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}")
@@ -158,9 +168,13 @@ def meta_weights(
         raise ValueError(f"impl must be 'fast', 'fast-lowmem' or 'reference', got {impl!r}")
     params = _selected_params(model, param_names)
     if impl == "reference":
+        if meta_grad is not None:
+            raise ValueError("meta_grad (a reused v) needs impl 'fast' or 'fast-lowmem'")
         return _reference(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, normalise)
+    if meta_grad is not None and len(meta_grad) != len(params):
+        raise ValueError(f"meta_grad has {len(meta_grad)} tensors for {len(params)} parameters")
     return _fast(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, normalise, reduce_meta_grad,
-                 share_forward=impl == "fast", lean=lean)
+                 share_forward=impl == "fast", lean=lean, v=meta_grad)
 
 
 def _reference(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, normalise) -> MetaWeights:
@@ -179,18 +193,23 @@ def _reference(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, no
 
 
 def _fast(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, normalise, reduce_meta_grad=None,
-          share_forward: bool = True, lean: bool = True) -> MetaWeights:
+          share_forward: bool = True, lean: bool = True, v=None) -> MetaWeights:
     names, tensors = list(params), list(params.values())
-    meta_out = functional_call(model, _cloned_buffers(model), (meta_inputs,), strict=False)
-    m_loss = meta_loss(meta_out)
-    v = torch.autograd.grad(m_loss, tensors, allow_unused=True)
-    m_value = float(m_loss.detach())
-    # with a restricted scope (--meta-scope last) the backward stopped at the head: the rest of the
-    # meta graph is still alive and would sit beside the training graph
-    del meta_out, m_loss
-    v = [torch.zeros_like(p) if g is None else g for p, g in zip(tensors, v)]
-    if reduce_meta_grad is not None:
-        reduce_meta_grad(v)
+    fresh = v is None
+    m_value = None
+    if fresh:
+        meta_out = functional_call(model, _cloned_buffers(model), (meta_inputs,), strict=False)
+        m_loss = meta_loss(meta_out)
+        v = torch.autograd.grad(m_loss, tensors, allow_unused=True)
+        m_value = float(m_loss.detach())
+        # with a restricted scope (--meta-scope last) the backward stopped at the head: the rest of the
+        # meta graph is still alive and would sit beside the training graph
+        del meta_out, m_loss
+        v = [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(tensors, v)]
+        if reduce_meta_grad is not None:
+            reduce_meta_grad(v)
+    else:
+        v = [t.to(dtype=p.dtype) for t, p in zip(v, tensors)]
     buffers = _cloned_buffers(model)
     lean_rules = lean_tangents(model) if lean else contextlib.nullcontext()
     with torch.set_grad_enabled(share_forward and torch.is_grad_enabled()), fwad.dual_level(), lean_rules:
@@ -209,4 +228,4 @@ def _fast(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, normali
         losses = list(loss_terms(model(inputs)))  # a plain training forward for the real step
     g_eps = [-lr * t for t in tangents]
     weights, skipped = normalise_weights([-g for g in g_eps], mode=normalise)
-    return MetaWeights(weights, losses, g_eps, m_value, skipped)
+    return MetaWeights(weights, losses, g_eps, m_value, skipped, meta_grad=v, fresh=fresh)

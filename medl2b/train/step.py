@@ -26,7 +26,7 @@ def weighted_losses(model, method: Method, x: torch.Tensor, y: torch.Tensor, xm:
                     ym: torch.Tensor | None = None, *, lr: float, warm: bool = False, bootstrap_beta: float = 0.8,
                     meta_impl: str = "fast", param_names: Sequence[str] | None = None, pseudo_tta: bool = False,
                     reduce_meta_grad: Callable[[list[torch.Tensor]], None] | None = None, lean: bool = True,
-                    meta_loss: str = "ce"):
+                    meta_loss: str = "ce", meta_grad: Sequence[torch.Tensor] | None = None):
     """Weights and per-element losses of one training step, for any method: the one shared code path.
 
     Returns ``(weights, losses, meta)``: the real step is ``Σ_k (weights[k] * losses[k]).sum()``;
@@ -35,16 +35,19 @@ def weighted_losses(model, method: Method, x: torch.Tensor, y: torch.Tensor, xm:
     ``reduce_meta_grad`` (distributed runs) averages the meta gradient over processes;
     ``lean=False`` uses PyTorch's generic forward-mode rules (benchmarks compare the two).
     ``meta_loss`` is the clean objective the weights are learned for (:func:`meta_objective`).
+    ``meta_grad``: reuse this ``v = ∇_θ L_meta`` of an earlier step instead of a new meta batch
+    (the amortised step, config ``meta_every``; ``xm``/``ym`` may then be ``None``).
     """
     n_terms = 1 if warm else method.n_terms
     pseudo = flip_averaged_probs(model, x).argmax(1) if (n_terms == 2 and pseudo_tta) else None
     terms = make_loss_terms(y, n_terms=n_terms, pseudo=pseudo)
     if method.uses_meta and not warm:
-        if xm is None or ym is None:
+        if meta_grad is None and (xm is None or ym is None):
             raise ValueError(f"{method.name} needs a meta batch")
-        out = meta_weights(model, x, terms, xm, meta_objective(meta_loss, ym), lr=lr,
+        objective = meta_objective(meta_loss, ym) if meta_grad is None else None
+        out = meta_weights(model, x, terms, xm, objective, lr=lr,
                            normalise=method.normalise, impl=meta_impl, param_names=param_names,
-                           reduce_meta_grad=reduce_meta_grad, lean=lean)
+                           reduce_meta_grad=reduce_meta_grad, lean=lean, meta_grad=meta_grad)
         return out.weights, out.losses, out
     losses = terms(model(x))
     return fixed_weights(get_method("ce") if warm else method, losses, bootstrap_beta=bootstrap_beta), losses, None
@@ -84,6 +87,11 @@ class StepModule(nn.Module):
     ``loss = Σ_k (weights[k] * losses[k]).sum()`` is the scalar to back-propagate.
     Wrapping this module (not the bare network) in DDP makes the meta step part of
     DDP's forward, so the real step's backward is the one DDP synchronises.
+
+    The amortised step: ``forward(..., refresh=False)`` weighs the batch with the ``v`` of the
+    last refreshed meta step (held here, detached) instead of a new meta batch; warm-up steps
+    drop it. The trainer refreshes on every ``meta_every``-th step of an epoch, the first included,
+    so a run resumed at an epoch boundary recomputes exactly what the uninterrupted one did.
     """
 
     def __init__(self, net: nn.Module, method: Method, *, bootstrap_beta: float = 0.8, meta_impl: str = "fast",
@@ -94,9 +102,14 @@ class StepModule(nn.Module):
         self.method = method
         self.options = {"bootstrap_beta": bootstrap_beta, "meta_impl": meta_impl, "param_names": param_names,
                         "pseudo_tta": pseudo_tta, "reduce_meta_grad": reduce_meta_grad, "meta_loss": meta_loss}
+        self._meta_grad: list[torch.Tensor] | None = None
 
-    def forward(self, x, y, xm=None, ym=None, *, lr: float, warm: bool = False):
+    def forward(self, x, y, xm=None, ym=None, *, lr: float, warm: bool = False, refresh: bool = True):
+        reuse = None if (refresh or warm) else self._meta_grad
+        if not refresh and reuse is None and self.method.uses_meta and not warm:
+            raise ValueError("refresh=False before any meta step: there is no v to reuse")
         weights, losses, meta = weighted_losses(self.net, self.method, x, y, xm, ym, lr=lr, warm=warm,
-                                                **self.options)
+                                                meta_grad=reuse, **self.options)
+        self._meta_grad = None if meta is None else meta.meta_grad
         loss = sum((w * l.float()).sum() for w, l in zip(weights, losses))
         return loss, weights, losses, meta

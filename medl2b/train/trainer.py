@@ -242,8 +242,9 @@ class Trainer:
         for step, batch in enumerate(train):
             if step >= total:
                 break
-            meta_batch = next(meta) if use_meta else None
-            self.train_step(batch, meta_batch, stats, warm=warm, step=step)
+            refresh = step % cfg.meta_every == 0
+            meta_batch = next(meta) if use_meta and refresh else None
+            self.train_step(batch, meta_batch, stats, warm=warm, step=step, refresh=refresh)
             if bar is not None:
                 bar[0].update(bar[1], advance=1, description=self._describe(stats))
             elif (step + 1) % cfg.log_every == 0 or step + 1 == total:
@@ -275,8 +276,10 @@ class Trainer:
             return torch.autocast("cpu", enabled=False)
         return torch.autocast("cuda", dtype=self.amp_dtype)
 
-    def train_step(self, batch: dict, meta_batch: dict | None, stats: EpochStats, *, warm: bool, step: int) -> None:
-        """One optimisation step of the configured method (plain CE during warm-up)."""
+    def train_step(self, batch: dict, meta_batch: dict | None, stats: EpochStats, *, warm: bool, step: int,
+                   refresh: bool = True) -> None:
+        """One optimisation step of the configured method (plain CE during warm-up). ``refresh=False``
+        (``meta_every`` > 1): weigh the batch with the last meta gradient, without a meta batch."""
         cfg = self.cfg
         batch = self.task.augment_batch({k: v.to(self.device, non_blocking=True) for k, v in batch.items()
                                          if k != "index"})
@@ -290,9 +293,9 @@ class Trainer:
             ym = meta_batch["label"]
         with self._autocast(meta=self.method.uses_meta and not warm):
             loss, weights, losses, meta_out = self.engine(x, y, xm, ym, lr=self.optimizer.param_groups[0]["lr"],
-                                                          warm=warm)
+                                                          warm=warm, refresh=refresh)
         skipped = meta_out is not None and meta_out.skipped
-        if meta_out is not None:
+        if meta_out is not None and meta_out.fresh:
             stats.meta_loss += meta_out.meta_loss
             stats.meta_steps += 1
         plain = float(losses[0].detach().float().mean())
