@@ -22,7 +22,10 @@ Runs go in priority order, every seed of a block before the next block:
 2. noise 0.6: l2b-batch;
 3. noise 0.4: ce, l2b, ce+clean (where L2B should help most);
 4. noise 0.8: ce, l2b, ce+clean;
-5. noise 0.6: bootstrap, l2rw, l2b-gmm.
+5. noise 0.6: bootstrap, l2rw, l2b-gmm;
+6. noise 0.6: l2b-k2, l2b-k4 (``l2b`` with ``--set meta_every=2`` / ``4``: the amortised meta
+   step, a new meta gradient every k steps). Its table compares training wall time × CE and
+   test Dice with the exact step (k = 1, block 1), paired by seed.
 
 Each run trains with the ``segmentation`` task's ``cpu`` profile (the project's defaults), is
 evaluated on the 40 test cases with its best checkpoint (chosen on the clean meta cases, never
@@ -50,15 +53,18 @@ LEVELS = (0.8, 0.6, 0.4)
 SIZE = 48
 SHARED = {"meta-only", "oracle"}  # independent of the noise level
 METHOD = {"oracle": ("ce", {"label_source": "clean"}), "l2b-gmm": ("l2b", {"meta_set": "gmm"}),
-          "l2b-batch": ("l2b", {"meta_normalise": "batch"})}
+          "l2b-batch": ("l2b", {"meta_normalise": "batch"}),
+          "l2b-k2": ("l2b", {"meta_every": 2}), "l2b-k4": ("l2b", {"meta_every": 4})}
 BLOCKS = [
     [(0.6, m) for m in ("ce", "l2b", "ce+clean", "meta-only", "oracle")],
     [(0.6, "l2b-batch")],
     [(0.4, m) for m in ("ce", "l2b", "ce+clean")],
     [(0.8, m) for m in ("ce", "l2b", "ce+clean")],
     [(0.6, m) for m in ("bootstrap", "l2rw", "l2b-gmm")],
+    [(0.6, m) for m in ("l2b-k2", "l2b-k4")],
 ]
-ORDER = ("ce", "ce+clean", "meta-only", "bootstrap", "l2rw", "l2b-batch", "l2b", "l2b-gmm", "oracle")
+ORDER = ("ce", "ce+clean", "meta-only", "bootstrap", "l2rw", "l2b-batch", "l2b", "l2b-k2", "l2b-k4", "l2b-gmm",
+         "oracle")
 
 
 def prepare(raw: Path, work: Path) -> dict[float, Path]:
@@ -142,7 +148,36 @@ def tables(rows: list[dict]) -> str:
         out.append(f"| {level} | {100 * c:.2f} | {100 * b:.2f} | {', '.join(f'{d:+.2f}' for d in diffs)} | "
                    f"{d_m:+.2f} ± {d_s:.2f} | {100 * m('ce+clean'):.2f} | {100 * m('meta-only'):.2f} | "
                    f"{100 * o:.2f} | {gap:.0%} |")
+    out += amortised_table(rows)
     return "\n".join(out)
+
+
+def amortised_table(rows: list[dict]) -> list[str]:
+    """Issue 14's trade-off at 0.6: ``meta_every`` k against the exact step (k = 1) and CE, paired by seed.
+    Time × CE is each run's training wall time over CE's of the same seed (median over seeds)."""
+    def by_seed(method):
+        return {r["seed"]: r for r in rows if r["method"] == method and math.isclose(r["level"], 0.6)}
+
+    ce = by_seed("ce")
+    exact = by_seed("l2b")
+    lines = []
+    for k, method in ((1, "l2b"), (2, "l2b-k2"), (4, "l2b-k4")):
+        runs = by_seed(method)
+        seeds = sorted(set(runs) & set(ce))
+        if not seeds:
+            continue
+        ratio = sorted(runs[s]["train_s"] / ce[s]["train_s"] for s in seeds)
+        diffs = [100 * (runs[s]["dice"] - exact[s]["dice"]) for s in seeds if s in exact]
+        dm, ds = mean_std(diffs)
+        lines.append(f"| {k} | {len(seeds)} | {ratio[len(ratio) // 2]:.2f} ({', '.join(f'{r:.2f}' for r in ratio)}) | "
+                     f"{fmt([runs[s]['dice'] for s in seeds], 100)} | {dm:+.2f} ± {ds:.2f} | "
+                     f"{fmt([100 * (runs[s]['dice'] - ce[s]['dice']) for s in seeds])} |")
+    if len(lines) < 2:
+        return []
+    return ["", "Amortised meta step at noise 0.6 (``meta_every`` = k; k = 1 is the exact step). Time × CE: "
+            "training wall time over CE's of the same seed, median (all seeds):", "",
+            "| k | seeds | train time × CE | Dice (%) | − exact L2B (points, paired) | − CE (points, paired) |",
+            "|---|---|---|---|---|---|", *lines]
 
 
 def main() -> None:

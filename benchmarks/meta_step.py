@@ -2,6 +2,7 @@
 
 Times one full training step (forward, meta step if any, backward, clipping,
 SGD update) of ``ce``, ``l2rw``, ``l2b`` with the double-backward reference,
+``l2b`` with the amortised step (``meta_every`` 2 and 4: time of k steps / k),
 ``l2b`` with the fast forward-mode implementation (also with PyTorch's generic
 forward-mode rules instead of ``medl2b.meta.jvp``'s, with ``fast-lowmem``, and with
 the meta batch halved), and ``l2b`` with ``--meta-scope last``, on UNet++ and
@@ -44,9 +45,12 @@ VARIANTS = {  # name -> (method, meta_impl, meta_scope)
     "l2b (fast-lowmem)": ("l2b", "fast-lowmem", "all"),
     "l2b (fast, meta batch 4)": ("l2b", "fast", "all"),
     "l2b (last)": ("l2b", "fast", "last"),
+    "l2b (fast, meta_every 2)": ("l2b", "fast", "all"),
+    "l2b (fast, meta_every 4)": ("l2b", "fast", "all"),
 }
 GENERIC = {"l2b (fast, generic rules)"}  # PyTorch's own forward-mode rules instead of medl2b.meta.jvp's
 HALF_META = {"l2b (fast, meta batch 4)"}  # the meta batch halved (meta_batch_size): fewer FLOPs, same method
+EVERY = {"l2b (fast, meta_every 2)": 2, "l2b (fast, meta_every 4)": 4}  # amortised: timed per cycle of k steps / k
 
 
 def make(net: str, size: int, batch: int, seed: int = 0):
@@ -73,14 +77,20 @@ def stepper(model, variant: str, batch):
     if variant in HALF_META:
         xm, ym = xm[: len(xm) // 2], ym[: len(ym) // 2]
 
-    def step():
-        weights, losses, _ = weighted_losses(model, method, x, y, xm, ym, lr=0.01, meta_impl=impl,
-                                             param_names=head, lean=variant not in GENERIC)
+    def one(meta_grad=None):
+        weights, losses, meta = weighted_losses(model, method, x, y, xm, ym, lr=0.01, meta_impl=impl,
+                                                param_names=head, lean=variant not in GENERIC, meta_grad=meta_grad)
         loss = sum((w * l).sum() for w, l in zip(weights, losses))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 0.5)
         opt.step()
+        return meta
+
+    def step():  # one step; amortised variants: a cycle of k steps (one refresh), timed as a whole / k
+        meta = one()
+        for _ in range(EVERY.get(variant, 1) - 1):
+            one(meta.meta_grad)
 
     return step
 
@@ -97,7 +107,7 @@ def time_all(net: str, args) -> dict[str, float]:
         for variant, step in steps.items():
             t = time.perf_counter()
             step()
-            times[variant].append(time.perf_counter() - t)
+            times[variant].append((time.perf_counter() - t) / EVERY.get(variant, 1))
     return {v: statistics.median(ts) for v, ts in times.items()}
 
 
