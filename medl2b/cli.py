@@ -111,6 +111,9 @@ def prepare_msd_cmd(
     test_cases: int = typer.Option(10, "--test-cases", min=1, help="Held-out evaluation cases."),
     split_file: Optional[Path] = typer.Option(None, "--split-file", help="JSON split to use instead of a seeded one."),
     slice_axis: str = typer.Option("axial", "--slice-axis", help="axial | coronal | sagittal: the 2-D slicing axis."),
+    noisy_fraction: float = typer.Option(1.0, "--noisy-fraction",
+                                         help="Corrupt only this fraction of the train cases (the rest stay clean); "
+                                              "--noise-dice is met on the corrupted ones."),
     seed: int = typer.Option(0, "--seed", help="Random seed (split and noise)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing prepared dataset in OUT."),
 ) -> None:
@@ -118,8 +121,8 @@ def prepare_msd_cmd(
     from medl2b.data.msd import prepare_msd
 
     manifest = prepare_msd(raw, out, size=size, noise_dice=noise_dice, meta_cases=meta_cases, test_cases=test_cases,
-                           split_file=split_file, seed=seed, slice_axis=slice_axis, overwrite=overwrite,
-                           progress=sys.stderr.isatty())
+                           split_file=split_file, seed=seed, slice_axis=slice_axis, noisy_fraction=noisy_fraction,
+                           overwrite=overwrite, progress=sys.stderr.isatty())
     noise = manifest["noise"]
     per_class = ", ".join(f"{k} {v:.3f}" for k, v in noise["achieved_per_class_dice"].items())
     typer.echo(f"prepared {len(manifest['cases'])} cases in {out} at {manifest['size']} px; "
@@ -241,6 +244,29 @@ def eval_cmd(
                        f"{summary['balanced_accuracy']:.4f} -> {run / 'eval' / 'report.md'}")
     if len(runs) > 1:
         typer.echo(compare_runs(runs, compare_out))
+
+
+@app.command("audit")
+@_user_errors
+def audit_cmd(
+    run: Path = typer.Argument(..., help="A trained run folder."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Prepared dataset (default: the run's own)."),
+    top: int = typer.Option(6, "--top", help="How many suspects the figure shows."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RUN/audit)."),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda."),
+    figures: bool = typer.Option(True, "--figures/--no-figures", help="Write the suspects figure."),
+) -> None:
+    """Rank the training annotations by how likely they are wrong (L2B's record + the final model); RUN/audit/."""
+    from medl2b.audit import audit_run
+    from medl2b.train.trainer import resolve_device
+
+    summary = audit_run(run, data=data, out=out, top=top, device=str(resolve_device(device)), figures=figures)
+    where = Path(out) if out is not None else Path(run) / "audit"
+    typer.echo(f"{run}: most suspect {', '.join(summary['top'][:5])} -> {where / 'ranking.csv'}")
+    for unit, q in summary["quality"].items():
+        if q.get("auroc") is not None:
+            typer.echo(f"  {unit}: AUROC {q['auroc']:.3f}, precision at K={q['n_corrupted']} "
+                       f"{q['precision_at_k']:.3f} (against the known corruption)")
 
 
 @app.command("compare")

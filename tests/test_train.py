@@ -139,6 +139,8 @@ def test_killed_and_resumed_run_matches_uninterrupted(task, promise12_prepared, 
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    # the per-sample record of `medl2b audit` continues exactly as well
+    assert straight.record.totals[2].sum() > 0 and torch.equal(straight.record.totals, resumed.record.totals)
     assert read_rows(tmp_path / "a") == [
         {**r, "time_s": a_r["time_s"]} for r, a_r in zip(read_rows(tmp_path / "b"), read_rows(tmp_path / "a"))]
 

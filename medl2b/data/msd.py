@@ -347,7 +347,7 @@ def _default_size(sizes: list[tuple[int, int]]) -> int:
 def prepare_msd(raw: str | os.PathLike, out: str | os.PathLike, *, size: int | None = None,
                 noise_dice: float = 0.6, meta_cases: int = 3, test_cases: int = 10,
                 split_file: str | os.PathLike | None = None, seed: int = 0, slice_axis: str = "axial",
-                overwrite: bool = False, progress: bool = True) -> dict:
+                noisy_fraction: float = 1.0, overwrite: bool = False, progress: bool = True) -> dict:
     """Convert an MSD v1 or nnU-Net v2 raw dataset into a prepared dataset (see the module docstring).
 
     Args:
@@ -362,6 +362,9 @@ def prepare_msd(raw: str | os.PathLike, out: str | os.PathLike, *, size: int | N
         split_file: JSON ``{"train", "meta", "test"[, "unused"]}`` to use instead.
         seed: Seed of the split draw and of the noise.
         slice_axis: ``axial``, ``coronal`` or ``sagittal``: the anatomical axis 2-D slices are cut along.
+        noisy_fraction: Corrupt only this fraction of the train cases (a seeded draw; the rest keep
+            their clean masks as the given ones), so that "which cases are wrong" has an answer
+            (``medl2b audit``). ``noise_dice`` is then met on the corrupted cases.
         overwrite: Replace an existing prepared dataset in ``out``.
         progress: Show a rich progress bar on stderr.
 
@@ -372,6 +375,8 @@ def prepare_msd(raw: str | os.PathLike, out: str | os.PathLike, *, size: int | N
         raise InputError("--size", f"must be at least {MIN_SIZE} (UNet++ halves the slices four times), got {size}")
     if not 0.0 <= noise_dice or not np.isfinite(noise_dice):
         raise ValueError(f"noise_dice must be a finite number >= 0, got {noise_dice}")
+    if not 0.0 < noisy_fraction <= 1.0:
+        raise InputError("--noisy-fraction", f"must be in (0, 1], got {noisy_fraction}")
     if slice_axis not in SLICE_AXES:
         raise InputError("--slice-axis", f"must be one of {', '.join(SLICE_AXES)}, got {slice_axis!r}")
     ds = find_msd_dataset(raw)
@@ -422,7 +427,7 @@ def prepare_msd(raw: str | os.PathLike, out: str | os.PathLike, *, size: int | N
                 advance(f"{ds.name} {case.case_id}")
 
             advance(f"{ds.name} noise calibration")
-            noise = _noise(tmp, entries, train_masks, noise_dice, seed, classes, class_names)
+            noise = _noise(tmp, entries, train_masks, noise_dice, seed, classes, class_names, noisy_fraction)
 
         manifest = {
             "name": ds.name, "task": "segmentation", "format_version": 1, "source_layout": ds.layout,
@@ -442,17 +447,22 @@ def prepare_msd(raw: str | os.PathLike, out: str | os.PathLike, *, size: int | N
 
 
 def _noise(tmp: Path, entries: dict, train_masks: dict, noise_dice: float, seed: int, classes: list[int],
-           class_names: list[str]) -> dict:
+           class_names: list[str], noisy_fraction: float = 1.0) -> dict:
     """Calibrate, write the noisy train label maps, and return the manifest's ``noise`` record."""
     names = sorted(train_masks)
     pairs = [train_masks[n] for n in names]
+    corrupt = set(names)
+    if noisy_fraction < 1.0:
+        k = int(round(noisy_fraction * len(names)))
+        corrupt = set(np.random.default_rng([seed, 13]).choice(names, size=k, replace=False).tolist()) if k else set()
+    chosen = [train_masks[n] for n in names if n in corrupt]
     strength = 0.0
-    if pairs:
-        strength, _, _ = calibrate_strength(pairs, noise_dice, seed=seed, config=MSD_NOISE_CONFIG, classes=classes)
-        noisy = (corrupt_volumes(pairs, strength=strength, seed=seed, config=MSD_NOISE_CONFIG, classes=classes)
-                 if noise_dice < 1 else [m.copy() for m, _ in pairs])
-    else:
-        noisy = []
+    noisy_of = {}
+    if chosen and noise_dice < 1:
+        strength, _, _ = calibrate_strength(chosen, noise_dice, seed=seed, config=MSD_NOISE_CONFIG, classes=classes)
+        done = corrupt_volumes(chosen, strength=strength, seed=seed, config=MSD_NOISE_CONFIG, classes=classes)
+        noisy_of = dict(zip([n for n in names if n in corrupt], done))
+    noisy = [noisy_of[n] if n in noisy_of else m.copy() for n, (m, _) in zip(names, pairs)]
     per_case, per_case_class = {}, {}
     for name, noisy_xyz, (clean_xyz, _sp) in zip(names, noisy, pairs):
         geo = Geometry.from_dict(entries[name]["prepared"])
@@ -464,10 +474,12 @@ def _noise(tmp: Path, entries: dict, train_masks: dict, noise_dice: float, seed:
         entries[name]["noisy_label"] = f"labelsNoisy/{name}.nii.gz"
         entries[name]["noise_dice"] = per_case[name]
         entries[name]["noise_dice_per_class"] = per_case_class[name]
-    mean = float(np.mean(list(per_case.values()))) if per_case else 1.0
-    per_class_mean = {n: round(float(np.mean([d[n] for d in per_case_class.values()])), 6) if per_case_class else 1.0
-                      for n in class_names}
+    scored = [n for n in per_case if n in corrupt] or list(per_case)  # the target applies to the corrupted cases
+    mean = float(np.mean([per_case[n] for n in scored])) if scored else 1.0
+    per_class_mean = {c: round(float(np.mean([per_case_class[n][c] for n in scored])), 6) if scored else 1.0
+                      for c in class_names}
     return {"target_dice": float(noise_dice), "achieved_mean_dice": round(mean, 6),
+            "noisy_fraction": float(noisy_fraction), "noisy_cases": sorted(corrupt),
             "achieved_per_class_dice": per_class_mean, "per_case_dice": per_case,
             "per_case_class_dice": per_case_class,
             "params": {"strength": float(strength), **MSD_NOISE_CONFIG.to_dict(),

@@ -31,6 +31,7 @@ import numpy as np
 from medl2b.errors import InputError, atomic_file
 
 __all__ = [
+    "plot_suspect_images",
     "plot_case_overlays",
     "plot_confusion",
     "plot_learning_curves",
@@ -518,5 +519,21 @@ def plot_confusion(
                 text = f"{shown[i, j]:.2f}" if normalize else f"{int(m[i, j])}"
                 ax.text(j, i, text, ha="center", va="center", fontsize=7,
                         color="white" if shown[i, j] > 0.6 * vmax else "black")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_suspect_images(path: str | os.PathLike, images: Any, titles: Sequence[str]) -> Path:
+    """A row of images (``(N, H, W, 3)`` uint8 or ``(N, H, W)``) with one caption each: an audit's top suspects."""
+    pics = _array(images, "images")
+    if pics.ndim not in (3, 4) or len(pics) == 0 or len(titles) != len(pics):
+        raise ValueError(f"images must be (N, H, W[, 3]) with N = len(titles) > 0, got {pics.shape} and {len(titles)}")
+    n = len(pics)
+    fig = _new_figure(2.4 * n, 2.9)
+    for j, (img, title) in enumerate(zip(pics, titles)):
+        ax = fig.add_subplot(1, n, j + 1)
+        ax.imshow(img, cmap=None if img.ndim == 3 else "gray")
+        ax.set_title(str(title), fontsize=7)
+        ax.axis("off")
     fig.tight_layout()
     return _save(fig, path)

@@ -149,12 +149,13 @@ def _seg_figures(model, cfg, run, data, out, volumes, dev) -> None:
             fig.plot_weight_maps(out / "figures" / "weight_maps.png", **ex)
 
 
-def weight_map_examples(model, cfg, data, dev, *, n: int = 4) -> dict | None:
+def weight_map_examples(model, cfg, data, dev, *, n: int = 4, indices=None) -> dict | None:
     """α and β maps (scaled by the element count, so 0.5 = uniform) on training slices.
 
     Picks the training slices where the noisy mask disagrees most with the clean
-    one, takes one meta step with the given model against a batch of clean meta
-    slices, and returns arrays ``(n, H, W)`` for :func:`plot_weight_maps`.
+    one (or the training slices ``indices``, e.g. an audit's suspects), takes one meta
+    step with the given model against a batch of clean meta slices, and returns arrays
+    ``(n, H, W)`` for :func:`plot_weight_maps`.
     """
     from medl2b.data.datasets import load_manifest, load_slices
     from medl2b.train.methods import get_method
@@ -165,8 +166,11 @@ def weight_map_examples(model, cfg, data, dev, *, n: int = 4) -> dict | None:
         return None
     train = load_slices(data, manifest["splits"]["train"], label="noisy")
     meta = load_slices(data, manifest["splits"]["meta"], label="clean")
-    wrong = (train.label != train.clean).flatten(1).sum(1)
-    idx = torch.argsort(wrong, descending=True)[:n]
+    if indices is None:
+        wrong = (train.label != train.clean).flatten(1).sum(1)
+        idx = torch.argsort(wrong, descending=True)[:n]
+    else:
+        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
     fg = meta.clean.flatten(1).sum(1) > 0
     midx = torch.nonzero(fg).flatten()[: max(n, 4)]
     if len(midx) == 0:

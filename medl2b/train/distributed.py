@@ -73,6 +73,15 @@ def average_in_place(tensors: list[torch.Tensor]) -> None:
         offset += n
 
 
+def sum_in_place(tensor: torch.Tensor, device: torch.device) -> None:
+    """All-reduce (sum) one tensor over the process group, through ``device`` (NCCL needs CUDA tensors)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    buf = tensor.to(device)
+    dist.all_reduce(buf)
+    tensor.copy_(buf.to(tensor.device))
+
+
 def any_flags(*flags: bool, device: torch.device) -> list[int]:
     """Sum boolean flags over processes (how many processes raised each one)."""
     values = torch.tensor([int(f) for f in flags], dtype=torch.int64, device=device)

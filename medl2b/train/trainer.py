@@ -5,7 +5,8 @@ Run folder (``cfg.out``)::
     config.yaml            resolved configuration
     train.log              the log
     metrics.csv            one row per epoch
-    checkpoint_latest.pt   end of the last finished epoch (weights, optimiser, scheduler, RNG, history)
+    checkpoint_latest.pt   end of the last finished epoch (weights, optimiser, scheduler, RNG, history,
+                           the per-sample record of train.record for ``medl2b audit``)
     checkpoint_best.pt     best on the clean validation (meta) cases, never on test
     tb/                    TensorBoard events, if tensorboard is installed
 
@@ -37,6 +38,7 @@ from medl2b.models import build_model, head_parameter_names
 from medl2b.train import distributed
 from medl2b.train.methods import get_method
 from medl2b.train.metaset import select_clean
+from medl2b.train.record import SampleRecord
 from medl2b.train.step import StepModule
 from medl2b.train.tasks import build_task
 
@@ -136,6 +138,7 @@ class Trainer:
         self.best_score = -math.inf
         self.history: list[dict] = []
         self.online_meta: np.ndarray | None = None
+        self.record = SampleRecord(len(self.task.train_set))  # per-sample weights and losses, for `audit`
         if resume:
             self.load_checkpoint(latest)
         elif self.dist.is_main:
@@ -281,6 +284,7 @@ class Trainer:
         """One optimisation step of the configured method (plain CE during warm-up). ``refresh=False``
         (``meta_every`` > 1): weigh the batch with the last meta gradient, without a meta batch."""
         cfg = self.cfg
+        index = batch.get("index")
         batch = self.task.augment_batch({k: v.to(self.device, non_blocking=True) for k, v in batch.items()
                                          if k != "index"})
         x = self.task.input_transform(batch["image"])
@@ -310,6 +314,8 @@ class Trainer:
         stats.steps += 1
         stats.loss += plain
         self._record_weights(stats, weights, y, batch["clean"])
+        if index is not None:
+            self.record.add(index, losses[0], weights if meta_out is not None else None)
         if skipped and not self.dist.enabled:
             stats.skipped += 1
             return
@@ -352,6 +358,8 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         self.epoch += 1
+        self.record.end_epoch(
+            reduce=(lambda t: distributed.sum_in_place(t, self.device)) if self.dist.enabled else None)
         quality: dict = {}
         if cfg.uses_meta and cfg.meta_set == "gmm" and self.epoch >= cfg.warmup_epochs and self.epoch < cfg.epochs:
             losses = self.task.sample_losses(self.model, self.device, cfg.batch_size)
@@ -405,6 +413,7 @@ class Trainer:
                  "history": self.history, "config": self.cfg.to_dict(), "num_classes": self.task.num_classes,
                  "in_channels": self.task.in_channels,
                  "online_meta": None if self.online_meta is None else self.online_meta.tolist(),
+                 "record": self.record.state_dict(),
                  "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}}
         with atomic_file(path) as tmp:
             torch.save(state, tmp)
@@ -421,6 +430,8 @@ class Trainer:
         self.best_score = float(state["best_score"])
         self.history = list(state["history"])
         self.online_meta = None if state["online_meta"] is None else np.asarray(state["online_meta"])
+        if "record" in state:  # runs from before the record start a fresh one
+            self.record.load_state_dict(state["record"])
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])

@@ -1,0 +1,161 @@
+"""The per-sample record, ``prepare msd --noisy-fraction`` and ``medl2b audit`` on real bundled cases."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from medl2b.audit import percentile_ranks, ranking_quality
+from medl2b.cli import app
+from medl2b.config import load_config
+from medl2b.data.nifti import read_nifti
+from medl2b.train.record import FIELDS, SampleRecord
+from medl2b.train.trainer import train
+
+BUNDLED = Path(__file__).resolve().parent.parent / "medl2b" / "demo_data" / "hippocampus"
+runner = CliRunner()
+TINY = {"features": [4, 4, 8, 8, 16, 4], "batch_size": 8, "meta_batch_size": 4, "epochs": 2, "warmup_epochs": 1,
+        "device": "cpu"}
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_record_sums_weights_per_sample_and_round_trips():
+    rec = SampleRecord(4)
+    loss = torch.tensor([[[1.0, 3.0]], [[2.0, 2.0]]])                 # (B=2, 1, 2): 4 elements
+    alpha = torch.tensor([[[0.25, 0.0]], [[0.125, 0.125]]])            # N·α = [[1, 0], [.5, .5]]
+    beta = torch.tensor([[[0.0, 0.25]], [[0.125, 0.125]]])             # N·β = [[0, 1], [.5, .5]]
+    rec.add(torch.tensor([3, 1]), loss, [alpha, beta])
+    rec.add(torch.tensor([3]), loss[:1], None)                          # a warm-up step: loss only
+    assert not rec.totals.any()                                         # nothing counts before the epoch ends
+    seen = []
+    rec.end_epoch(reduce=lambda t: seen.append(t.clone()))
+    assert len(seen) == 1
+    got = rec.as_dict()
+    assert got["seen"].tolist() == [0, 1, 0, 2] and got["meta_seen"].tolist() == [0, 1, 0, 1]
+    assert got["loss"].tolist() == [0, 2.0, 0, 4.0]
+    assert got["alpha"][3] == pytest.approx(0.5) and got["beta"][3] == pytest.approx(0.5)
+    assert got["prefer_pseudo"][3] == pytest.approx(0.5) and got["prefer_pseudo"][1] == 0.0  # β > α on one of 2
+    other = SampleRecord(4)
+    other.load_state_dict(rec.state_dict())
+    assert torch.equal(other.totals, rec.totals)
+    with pytest.raises(ValueError, match="another shape"):
+        SampleRecord(5).load_state_dict(rec.state_dict())
+    assert list(FIELDS)[0] == "seen"
+
+
+def test_ranking_quality_and_percentile_ranks():
+    truth = np.array([1, 1, 0, 0, 0], bool)
+    q = ranking_quality(np.array([0.9, 0.8, 0.1, 0.2, 0.3]), truth)
+    assert q["auroc"] == 1.0 and q["precision_at_k"] == 1.0 and q["n_corrupted"] == 2
+    q = ranking_quality(np.array([0.1, 0.9, 0.8, 0.2, 0.3]), truth)
+    assert q["auroc"] == pytest.approx(3 / 6) and q["precision_at_k"] == 0.5
+    assert ranking_quality(np.ones(3), np.zeros(3, bool))["auroc"] is None
+    assert percentile_ranks(np.array([3.0, np.nan, 1.0])).tolist() == [1.0, 0.0, 0.5]
+
+
+@pytest.fixture(scope="module")
+def half_noisy(tmp_path_factory) -> Path:
+    """Bundled real hippocampus cases, 6 train of which half are corrupted (the rest keep clean masks)."""
+    raw = tmp_path_factory.mktemp("audit_raw") / "Task04"
+    meta = json.loads((BUNDLED / "dataset.json").read_text())
+    meta["training"] = meta["training"][:9]
+    (raw / "imagesTr").mkdir(parents=True)
+    (raw / "labelsTr").mkdir()
+    for entry in meta["training"]:
+        for key in ("image", "label"):
+            shutil.copyfile(BUNDLED / entry[key], raw / entry[key])
+    meta["numTraining"] = 9
+    (raw / "dataset.json").write_text(json.dumps(meta))
+    out = tmp_path_factory.mktemp("audit_prep") / "prepared"
+    result = runner.invoke(app, ["prepare", "msd", str(raw), str(out), "--size", "32", "--meta-cases", "2",
+                                 "--test-cases", "1", "--noise-dice", "0.6", "--noisy-fraction", "0.5"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_noisy_fraction_corrupts_only_the_drawn_cases(half_noisy):
+    manifest = json.loads((half_noisy / "dataset.json").read_text())
+    train_cases = manifest["splits"]["train"]
+    noisy = manifest["noise"]["noisy_cases"]
+    assert len(train_cases) == 6 and len(noisy) == 3 and set(noisy) <= set(train_cases)
+    for case in train_cases:
+        entry = manifest["cases"][case]
+        given = read_nifti(half_noisy / entry["noisy_label"])[0]
+        clean = read_nifti(half_noisy / entry["label"])[0]
+        assert np.array_equal(given, clean) == (case not in noisy), case
+    assert abs(manifest["noise"]["achieved_mean_dice"] - 0.6) <= 0.05  # met on the corrupted cases
+    bad = runner.invoke(app, ["prepare", "msd", str(half_noisy), str(half_noisy.parent / "x"),
+                              "--noisy-fraction", "0"])
+    assert bad.exit_code != 0 and "--noisy-fraction" in bad.output and "Traceback" not in bad.output
+
+
+def test_audit_ranks_the_cases_of_a_segmentation_run(half_noisy, tmp_path):
+    run = tmp_path / "run"
+    train(load_config("segmentation", profile="cpu", overrides={"data": str(half_noisy), "out": str(run), **TINY}),
+          progress=False)
+    state = torch.load(run / "checkpoint_latest.pt", weights_only=False)
+    totals = state["record"]["totals"]
+    n_slices = totals.shape[1]
+    assert totals[0].sum() > 0 and totals[2].sum() > 0          # every epoch saw slices; epoch 2 had meta steps
+    assert totals[0].sum() == 2 * (n_slices // 8) * 8          # drop_last batches of 8, two epochs
+    result = runner.invoke(app, ["audit", str(run), "--top", "3"])
+    assert result.exit_code == 0, result.output
+    assert "AUROC" in result.output
+    manifest = json.loads((half_noisy / "dataset.json").read_text())
+    cases = _rows(run / "audit" / "ranking.csv")
+    assert sorted(r["case"] for r in cases) == sorted(manifest["splits"]["train"])
+    assert [int(r["rank"]) for r in cases] == list(range(1, 7))
+    assert [float(r["score"]) for r in cases] == sorted((float(r["score"]) for r in cases), reverse=True)
+    assert {r["case"] for r in cases if r["corrupted"] == "1"} == set(manifest["noise"]["noisy_cases"])
+    for r in cases:
+        assert (float(r["given_vs_clean_dice"]) == 1.0) == (r["corrupted"] == "0")
+    slices = _rows(run / "audit" / "ranking_slices.csv")
+    assert len(slices) == n_slices
+    summary = json.loads((run / "audit" / "summary.json").read_text())
+    assert summary["quality"]["cases"]["n_corrupted"] == 3
+    assert 0.0 <= summary["quality"]["cases"]["auroc"] <= 1.0
+    assert summary["top"] == [r["case"] for r in cases[:3]]
+    assert (run / "audit" / "figures" / "suspects.png").stat().st_size > 0
+    assert "| cases | 6 | 3 |" in (run / "audit" / "report.md").read_text()
+
+
+def test_audit_ranks_the_images_of_a_classification_run(isic_prepared, tmp_path):
+    run = tmp_path / "run"
+    train(load_config("skin-lesion-cls", profile="cpu", overrides={
+        "data": str(isic_prepared), "out": str(run), "width": 0.0625, "image_size": 32, "batch_size": 8,
+        "meta_batch_size": 8, "steps_per_epoch": 2, "epochs": 2, "warmup_epochs": 1, "device": "cpu"}),
+        progress=False)
+    result = runner.invoke(app, ["audit", str(run), "--no-figures"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((isic_prepared / "dataset.json").read_text())
+    rows = _rows(run / "audit" / "ranking.csv")
+    assert len(rows) == len(manifest["splits"]["train"])
+    names = {e["image"]: e for e in manifest["images"]}
+    for r in rows:
+        entry = names[r["image"]]
+        assert (r["corrupted"] == "1") == (entry["label"] != entry["noisy_label"])
+    assert any(r["meta_signal"] for r in rows) and any(not r["meta_signal"] for r in rows)  # 2 steps saw 16 images
+
+
+def test_audit_errors_are_one_line(tmp_path, half_noisy):
+    result = runner.invoke(app, ["audit", str(tmp_path)])
+    assert result.exit_code != 0 and "no config.yaml" in result.output and "Traceback" not in result.output
+    run = tmp_path / "old"
+    train(load_config("segmentation", profile="cpu", overrides={"data": str(half_noisy), "out": str(run), **TINY,
+                                                                   "epochs": 1, "method": "ce"}), progress=False)
+    state = torch.load(run / "checkpoint_latest.pt", weights_only=False)
+    del state["record"]
+    torch.save(state, run / "checkpoint_latest.pt")
+    result = runner.invoke(app, ["audit", str(run)])
+    assert result.exit_code != 0 and "no per-sample record" in result.output and "Traceback" not in result.output
