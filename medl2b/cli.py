@@ -84,6 +84,9 @@ def prepare_promise12_cmd(
     meta_cases: int = typer.Option(3, "--meta-cases", min=0, help="Clean meta cases (taken from training)."),
     test_cases: int = typer.Option(10, "--test-cases", min=1, help="Held-out evaluation cases."),
     split_file: Optional[Path] = typer.Option(None, "--split-file", help="JSON split to use instead of a seeded one."),
+    noisy_fraction: float = typer.Option(1.0, "--noisy-fraction",
+                                         help="Corrupt only this fraction of the train cases (the rest stay clean); "
+                                              "--noise-dice is met on the corrupted ones."),
     seed: int = typer.Option(0, "--seed", help="Random seed (split and noise)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing prepared dataset in OUT."),
 ) -> None:
@@ -91,7 +94,8 @@ def prepare_promise12_cmd(
     from medl2b.data.promise12 import prepare_promise12
 
     manifest = prepare_promise12(raw, out, size=size, noise_dice=noise_dice, meta_cases=meta_cases,
-                                 test_cases=test_cases, split_file=split_file, seed=seed, overwrite=overwrite)
+                                 test_cases=test_cases, split_file=split_file, seed=seed, noisy_fraction=noisy_fraction,
+                                 overwrite=overwrite)
     noise = manifest.get("noise", {})
     typer.echo(f"prepared {len(manifest['cases'])} cases in {out}; "
                f"mean noisy-vs-clean Dice {noise.get('achieved_mean_dice', 1.0):.3f}")

@@ -159,3 +159,15 @@ def test_audit_errors_are_one_line(tmp_path, half_noisy):
     torch.save(state, run / "checkpoint_latest.pt")
     result = runner.invoke(app, ["audit", str(run)])
     assert result.exit_code != 0 and "no per-sample record" in result.output and "Traceback" not in result.output
+
+
+def test_promise12_noisy_fraction(promise12_raw, tmp_path):
+    from medl2b.data.promise12 import prepare_promise12
+
+    manifest = prepare_promise12(promise12_raw, tmp_path / "p", size=32, noise_dice=0.6, meta_cases=1, test_cases=1,
+                                 noisy_fraction=0.5, seed=1, progress=False)
+    noisy = manifest["noise"]["noisy_cases"]
+    train_cases = manifest["splits"]["train"]
+    assert len(noisy) == round(0.5 * len(train_cases)) and set(noisy) < set(train_cases)
+    for case in train_cases:
+        assert (manifest["noise"]["per_case_dice"][case] == 1.0) == (case not in noisy), case

@@ -58,7 +58,8 @@ from medl2b.data.grid import PERCENTILES, image_from_xyz, prediction_to_raw, pre
 from medl2b.data.nifti import Geometry, affine_from_geometry, geometry_from_affine, write_nifti
 from medl2b.data.splits import split_cases
 from medl2b.errors import InputError, atomic_dir
-from medl2b.noise.masks import DEFAULT_CONFIG, calibrate_strength, corrupt_volumes, per_class_dice
+from medl2b.noise.masks import (DEFAULT_CONFIG, calibrate_strength, corrupt_volumes, per_class_dice,
+                                 pick_noisy_cases)
 from medl2b.progress import progress_bar
 
 __all__ = ["AFFINE_TOL", "SLICE_AXES", "MsdCase", "MsdDataset", "find_msd_dataset", "prediction_to_raw",
@@ -451,10 +452,7 @@ def _noise(tmp: Path, entries: dict, train_masks: dict, noise_dice: float, seed:
     """Calibrate, write the noisy train label maps, and return the manifest's ``noise`` record."""
     names = sorted(train_masks)
     pairs = [train_masks[n] for n in names]
-    corrupt = set(names)
-    if noisy_fraction < 1.0:
-        k = int(round(noisy_fraction * len(names)))
-        corrupt = set(np.random.default_rng([seed, 13]).choice(names, size=k, replace=False).tolist()) if k else set()
+    corrupt = pick_noisy_cases(names, noisy_fraction, seed)
     chosen = [train_masks[n] for n in names if n in corrupt]
     strength = 0.0
     noisy_of = {}

@@ -50,7 +50,7 @@ from medl2b.data.nifti import write_nifti
 from medl2b.data.splits import split_cases as _split_cases
 from medl2b.errors import InputError, atomic_dir
 from medl2b.progress import progress_bar
-from medl2b.noise.masks import DEFAULT_CONFIG, calibrate_strength, corrupt_volumes, mask_dice
+from medl2b.noise.masks import DEFAULT_CONFIG, calibrate_strength, corrupt_volumes, mask_dice, pick_noisy_cases
 
 __all__ = [
     "find_cases",
@@ -253,7 +253,8 @@ def split_cases(cases: Sequence[str], *, meta_cases: int = 3, test_cases: int = 
 
 def prepare_promise12(raw: str | os.PathLike, out: str | os.PathLike, *, size: int = 144, noise_dice: float = 0.6,
                       meta_cases: int = 3, test_cases: int = 10, split_file: str | os.PathLike | None = None,
-                      seed: int = 0, overwrite: bool = False, progress: bool = True) -> dict:
+                      seed: int = 0, noisy_fraction: float = 1.0, overwrite: bool = False,
+                      progress: bool = True) -> dict:
     """Convert a raw PROMISE12 release into a prepared dataset (see the module docstring).
 
     Args:
@@ -265,6 +266,8 @@ def prepare_promise12(raw: str | os.PathLike, out: str | os.PathLike, *, size: i
         test_cases: Held-out evaluation cases.
         split_file: JSON ``{"train": [...], "meta": [...], "test": [...]}`` to use instead.
         seed: Seed of the split draw and of the noise.
+        noisy_fraction: Corrupt only this fraction of the train cases (seeded; the rest keep their
+            clean masks), for ``medl2b audit``; ``noise_dice`` is then met on the corrupted ones.
         overwrite: Replace an existing prepared dataset in ``out``.
         progress: Show a rich progress bar on stderr.
 
@@ -275,6 +278,8 @@ def prepare_promise12(raw: str | os.PathLike, out: str | os.PathLike, *, size: i
         raise ValueError(f"size must be >= 8, got {size}")
     if not 0.0 <= noise_dice or not np.isfinite(noise_dice):
         raise ValueError(f"noise_dice must be a finite number >= 0, got {noise_dice}")
+    if not 0.0 < noisy_fraction <= 1.0:
+        raise InputError("--noisy-fraction", f"must be in (0, 1], got {noisy_fraction}")
     if meta_cases < 0 or test_cases < 0:
         raise ValueError(f"meta_cases and test_cases must be >= 0, got {meta_cases}, {test_cases}")
     if seed < 0:
@@ -321,9 +326,14 @@ def prepare_promise12(raw: str | os.PathLike, out: str | os.PathLike, *, size: i
             advance("PROMISE12 noise calibration")
             names = sorted(train_masks)
             pairs = [train_masks[name] for name in names]
-            strength, _, _ = calibrate_strength(pairs, noise_dice, seed=seed)
-            noisy = (corrupt_volumes(pairs, strength=strength, seed=seed) if noise_dice < 1
-                     else [m.copy() for m, _ in pairs])
+            corrupt = pick_noisy_cases(names, noisy_fraction, seed)
+            chosen = [train_masks[n] for n in names if n in corrupt]
+            strength, noisy_of = 0.0, {}
+            if chosen and noise_dice < 1:
+                strength, _, _ = calibrate_strength(chosen, noise_dice, seed=seed)
+                noisy_of = dict(zip([n for n in names if n in corrupt],
+                                    corrupt_volumes(chosen, strength=strength, seed=seed)))
+            noisy = [noisy_of[n] if n in noisy_of else m.copy() for n, (m, _) in zip(names, pairs)]
             per_case = {}
             for name, noisy_xyz, (clean_xyz, _sp) in zip(names, noisy, pairs):
                 geo = entries[name]["prepared"]
@@ -343,7 +353,9 @@ def prepare_promise12(raw: str | os.PathLike, out: str | os.PathLike, *, size: i
             "cases": entries,
             "noise": {
                 "target_dice": float(noise_dice),
-                "achieved_mean_dice": round(float(np.mean(list(per_case.values()))), 6),
+                "achieved_mean_dice": round(float(np.mean([per_case[n] for n in sorted(corrupt)] or
+                                                          list(per_case.values()) or [1.0])), 6),
+                "noisy_fraction": float(noisy_fraction), "noisy_cases": sorted(corrupt),
                 "per_case_dice": per_case,
                 "params": {"strength": float(strength), **DEFAULT_CONFIG.to_dict(),
                            "streams": "numpy.random.default_rng([seed, i]) for the i-th train case in sorted order"},

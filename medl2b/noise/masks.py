@@ -39,6 +39,7 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = [
+    "pick_noisy_cases",
     "MaskNoiseConfig",
     "SliceNoise",
     "apply_slice_noise",
@@ -402,3 +403,15 @@ def calibrate_strength(masks: Sequence[tuple[np.ndarray, Sequence[float]]], targ
                 g_lo /= 2.0
             side = 1
     return best()
+
+
+def pick_noisy_cases(names, fraction: float, seed: int) -> set[str]:
+    """The train cases to corrupt: all of them (``fraction`` 1), or a seeded draw of
+    ``round(fraction · n)`` (``prepare --noisy-fraction``; the rest keep their clean masks)."""
+    names = sorted(names)
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"noisy fraction must be in (0, 1], got {fraction}")
+    if fraction >= 1.0:
+        return set(names)
+    k = int(round(fraction * len(names)))
+    return set(np.random.default_rng([seed, 13]).choice(names, size=k, replace=False).tolist()) if k else set()
