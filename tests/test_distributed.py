@@ -30,3 +30,8 @@ def test_torchrun_two_processes(method, promise12_prepared, tmp_path):
     state = torch.load(run / "checkpoint_latest.pt", weights_only=False)
     assert state["epoch"] == 2
     assert not any(k.startswith("module.") or k.startswith("net.net.") for k in state["model"])
+    # the audit record holds both processes' samples: 2 processes x 2 epochs x 3 steps x batch 4
+    record = state["record"]["totals"]
+    assert float(record[0].sum()) == 2 * 2 * 3 * 4
+    if method == "l2b":  # epoch 2 had meta steps on both processes
+        assert float(record[2].sum()) == 2 * 3 * 4
