@@ -55,6 +55,12 @@ EVERY = {"l2b (fast, meta_every 2)": 2, "l2b (fast, meta_every 4)": 4}  # amorti
 
 def make(net: str, size: int, batch: int, seed: int = 0):
     torch.manual_seed(seed)
+    if net == "unetpp3d":  # voxel-wise L2B: a 3-D UNet++ on size³ volumes
+        model = build_unetpp(features=(16, 16, 32, 64, 128, 16), spatial_dims=3)
+        x, xm = torch.randn(batch, 1, size, size, size), torch.randn(batch, 1, size, size, size)
+        y = (torch.rand(batch, size, size, size) > 0.7).long()
+        ym = (torch.rand(batch, size, size, size) > 0.7).long()
+        return model.train(), (x, y, xm, ym)
     if net == "unetpp":
         model = build_unetpp(features=(32, 32, 64, 128, 256, 32))
         x, xm = torch.randn(batch, 1, size, size), torch.randn(batch, 1, size, size)
@@ -95,10 +101,14 @@ def stepper(model, variant: str, batch):
     return step
 
 
+def _dims(net: str, args) -> tuple[int, int]:
+    return (args.size3d, args.batch3d) if net == "unetpp3d" else (args.size, args.batch)
+
+
 def time_all(net: str, args) -> dict[str, float]:
     steps = {}
     for variant in VARIANTS:
-        model, batch = make(net, args.size, args.batch)
+        model, batch = make(net, *_dims(net, args))
         steps[variant] = stepper(model, variant, batch)
         for _ in range(2):  # warm-up
             steps[variant]()
@@ -125,7 +135,7 @@ def memory_child(net: str, variant: str, args) -> None:
     """
     import threading
 
-    model, batch = make(net, args.size, args.batch)
+    model, batch = make(net, *_dims(net, args))
     step = stepper(model, variant, batch)
     base = _rss_mb()  # model, data and optimiser built, no step taken (steps after the first would
     # start from a heap glibc kept from the first peak, so their growth would read as ~0)
@@ -148,7 +158,7 @@ def memory_child(net: str, variant: str, args) -> None:
 
 def memory(net: str, variant: str, args) -> float:
     cmd = [sys.executable, __file__, "--child", net, variant, "--size", str(args.size), "--batch", str(args.batch),
-           "--threads", str(args.threads)]
+           "--size3d", str(args.size3d), "--batch3d", str(args.batch3d), "--threads", str(args.threads)]
     # Every allocation above 64 KiB gets its own mapping, returned to the system when freed, so the
     # resident set follows the live tensors. With glibc's default (a threshold that grows up to 32 MiB)
     # freed activations stay in the heap and the peak reflects the allocator's history as much as the
@@ -164,7 +174,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--nets", default="unetpp,resnet50")
+    ap.add_argument("--nets", default="unetpp,resnet50", help="any of unetpp, resnet50, unetpp3d")
+    ap.add_argument("--size3d", type=int, default=48, help="unetpp3d: volume side (a multiple of 16)")
+    ap.add_argument("--batch3d", type=int, default=2, help="unetpp3d: batch and meta batch")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--variants", default=None, help="';'-separated subset of the rows, e.g. 'l2b (fast);l2b (last)' (ce is always kept)")
     ap.add_argument("--child", nargs=2, metavar=("NET", "VARIANT"))

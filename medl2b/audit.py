@@ -155,10 +155,11 @@ def _audit_seg(model, cfg, task, record, out, top, device, figures) -> dict:
     given, clean = slices.label.numpy(), slices.clean.numpy()
     prefer, has_meta = _meta_signal(record)
     first = prefer if has_meta else _mean_loss(record)
-    pixels = given.shape[1] * given.shape[2]
+    pixels = int(np.prod(given.shape[1:]))
     cases = np.asarray(slices.case)
-    units = {"slices": [np.array([i]) for i in range(len(cases))],
-             "cases": [np.flatnonzero(cases == c) for c in dict.fromkeys(slices.case)]}
+    units = {"cases": [np.flatnonzero(cases == c) for c in dict.fromkeys(slices.case)]}
+    if cfg.spatial_dims == 2:  # 3-D runs train on whole volumes: the case is the only unit
+        units["slices"] = [np.array([i]) for i in range(len(cases))]
     tables, quality = {}, {}
     for level, groups in units.items():
         rows = []
@@ -179,14 +180,14 @@ def _audit_seg(model, cfg, task, record, out, top, device, figures) -> dict:
         tables[level] = rows
         quality[level] = _quality(rows, score)
     header = ["rank", "case", "slice", "score", "meta_signal", "disagreement", "given_vs_clean_dice", "corrupted"]
-    for level, name in (("cases", "ranking.csv"), ("slices", "ranking_slices.csv")):
+    for level, name in (("cases", "ranking.csv"), ("slices", "ranking_slices.csv"))[:len(tables)]:
         rows = sorted(tables[level], key=lambda r: -r["score"])
         _write_csv(out / name, header if level == "slices" else [h for h in header if h != "slice"],
                    [[i + 1, r["case"], *([r["slice"]] if level == "slices" else []), f"{r['score']:.6f}",
                      _cell(r["meta_signal"]), f"{r['disagreement']:.6f}", f"{r['given_vs_clean_dice']:.6f}",
                      int(r["corrupted"])] for i, r in enumerate(rows)])
     suspects = [r["case"] for r in sorted(tables["cases"], key=lambda r: -r["score"])[:top]]
-    if figures:
+    if figures and cfg.spatial_dims == 2:
         _seg_figure(model, cfg, task, tables["slices"], suspects, pred, out, device)
     return {"task": "segmentation", "signal": "meta + model" if has_meta else "loss + model",
             "top": suspects, "quality": quality, "known_truth": bool((given != clean).any())}

@@ -172,6 +172,8 @@ def train_cmd(
     meta_impl: Optional[str] = typer.Option(None, "--meta-impl", help="fast (forward-mode) | fast-lowmem | reference (double backward)."),
     meta_scope: Optional[str] = typer.Option(None, "--meta-scope", help="all | last (FaMUS-style, head only)."),
     label_source: Optional[str] = typer.Option(None, "--label-source", help="noisy | clean (the oracle)."),
+    spatial_dims: Optional[int] = typer.Option(None, "--spatial-dims",
+                                               help="Segmentation: 2 (UNet++ on slices) | 3 (on whole volumes)."),
     set_: List[str] = typer.Option([], "--set", help="Any config key: --set lr=0.01 (repeatable)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from checkpoint_latest.pt."),
 ) -> None:
@@ -182,7 +184,8 @@ def train_cmd(
 
     overrides = {"data": str(data) if data else None, "out": str(out), "method": method, "meta_set": meta_set,
                  "epochs": epochs, "seed": seed, "device": device, "pretrained": str(pretrained) if pretrained else None,
-                 "meta_impl": meta_impl, "meta_scope": meta_scope, "label_source": label_source}
+                 "meta_impl": meta_impl, "meta_scope": meta_scope, "label_source": label_source,
+                 "spatial_dims": spatial_dims}
     for item in set_:
         if "=" not in item:
             raise InputError("--set", f"expected KEY=VALUE, got {item!r}")

@@ -63,6 +63,7 @@ class TrainConfig:
     meta_normalise: str = "batch"       # l2b: batch (Σα + Σβ = 1 over the batch) | element (α_i + β_i = 1)
     # model
     features: list[int] = field(default_factory=lambda: [32, 32, 64, 128, 256, 32])  # UNet++ widths
+    spatial_dims: int = 2               # segmentation: 2 = UNet++ on slices, 3 = on whole (padded) volumes
     width: float = 1.0                  # ResNet-50 widen factor
     image_size: int | None = None       # classification: crop/resize side; None = prepared size
     pretrained: str | None = None       # local torchvision-layout ImageNet state dict
@@ -89,6 +90,10 @@ class TrainConfig:
         for key in positive:
             if not getattr(self, key) > 0:
                 raise InputError(where, f"{key} must be > 0, got {getattr(self, key)!r}")
+        if self.spatial_dims not in (2, 3):
+            raise InputError(where, f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
+        if self.spatial_dims == 3 and not self.is_segmentation:
+            raise InputError(where, f"spatial_dims 3 needs a segmentation task, not {self.task}")
         if self.meta_every > 1 and self.meta_impl == "reference":
             raise InputError(where, "meta_every > 1 reuses the meta gradient of the fast step; use meta_impl fast")
         if not 0 <= self.warmup_epochs <= self.epochs:

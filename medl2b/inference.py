@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["predict_logits", "predict_dataset", "flip_averaged_probs"]
+__all__ = ["predict_logits", "predict_dataset", "predict_volume", "flip_averaged_probs"]
 
 
 @torch.no_grad()
@@ -28,6 +28,25 @@ def predict_logits(model: nn.Module, images: torch.Tensor, *, batch_size: int = 
     finally:
         model.train(was_training)
     return torch.cat(outs) if outs else torch.empty(0)
+
+
+@torch.no_grad()
+def predict_volume(model: nn.Module, volume: torch.Tensor, roi_size, *, device: torch.device | str = "cpu",
+                   overlap: float = 0.5, sw_batch_size: int = 2) -> torch.Tensor:
+    """Logits ``(1, K, X, Y, Z)`` of a 3-D network on a whole volume ``(1, C, X, Y, Z)`` of any size:
+    MONAI's sliding-window inference, windows of ``roi_size`` (the training shape; a smaller volume
+    is padded, and cropped back), ``overlap``, Gaussian blending. On the CPU."""
+    from monai.inferers import sliding_window_inference
+
+    was_training = model.training
+    model.eval()
+    try:
+        out = sliding_window_inference(volume.to(device), roi_size=tuple(int(v) for v in roi_size),
+                                       sw_batch_size=sw_batch_size, predictor=model, overlap=overlap,
+                                       mode="gaussian")
+    finally:
+        model.train(was_training)
+    return torch.as_tensor(out).as_subclass(torch.Tensor).float().cpu()
 
 
 @torch.no_grad()

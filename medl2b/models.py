@@ -23,20 +23,22 @@ log = logging.getLogger("medl2b")
 
 
 class SegmentationNet(nn.Module):
-    """2-D ``BasicUNetPlusPlus`` returning plain logits ``(B, C, H, W)``.
+    """``BasicUNetPlusPlus`` (2-D or 3-D) returning plain logits ``(B, C, H, W[, D])``.
 
     MONAI's UNet++ always returns a list (one item per supervision head); with
     ``deep_supervision=False`` only the last head is trained. The three unused
     heads are frozen here so that they never enter the optimiser or the meta step.
     """
 
-    def __init__(self, *, in_channels: int = 1, num_classes: int = 2, features=(32, 32, 64, 128, 256, 32)):
+    def __init__(self, *, in_channels: int = 1, num_classes: int = 2, features=(32, 32, 64, 128, 256, 32),
+                 spatial_dims: int = 2):
         super().__init__()
         from monai.networks.nets import BasicUNetPlusPlus
 
         if len(features) != 6:
             raise ValueError(f"features must have 6 entries, got {len(features)}")
-        self.net = BasicUNetPlusPlus(spatial_dims=2, in_channels=in_channels, out_channels=num_classes,
+        self.spatial_dims = int(spatial_dims)
+        self.net = BasicUNetPlusPlus(spatial_dims=self.spatial_dims, in_channels=in_channels, out_channels=num_classes,
                                      features=tuple(features), deep_supervision=False)
         for name in ("final_conv_0_1", "final_conv_0_2", "final_conv_0_3"):
             getattr(self.net, name).requires_grad_(False)
@@ -46,9 +48,11 @@ class SegmentationNet(nn.Module):
         return out[-1] if isinstance(out, (list, tuple)) else out
 
 
-def build_unetpp(*, features=(32, 32, 64, 128, 256, 32), in_channels: int = 1, num_classes: int = 2) -> nn.Module:
-    """UNet++ (Zhou et al. 2018) for 2-D slices, background + foreground channels."""
-    return SegmentationNet(in_channels=in_channels, num_classes=num_classes, features=features)
+def build_unetpp(*, features=(32, 32, 64, 128, 256, 32), in_channels: int = 1, num_classes: int = 2,
+                 spatial_dims: int = 2) -> nn.Module:
+    """UNet++ (Zhou et al. 2018) for 2-D slices or 3-D volumes, background + foreground channels."""
+    return SegmentationNet(in_channels=in_channels, num_classes=num_classes, features=features,
+                           spatial_dims=spatial_dims)
 
 
 def build_resnet50(*, num_classes: int = 8, width: float = 1.0, pretrained: str | os.PathLike | None = None
@@ -112,7 +116,8 @@ def load_pretrained_resnet(model: nn.Module, path: str | os.PathLike) -> None:
 def build_model(cfg, *, num_classes: int, in_channels: int = 1) -> nn.Module:
     """The network of a :class:`~medl2b.config.TrainConfig` (``in_channels``: segmentation only)."""
     if cfg.is_segmentation:
-        return build_unetpp(features=cfg.features, num_classes=num_classes, in_channels=in_channels)
+        return build_unetpp(features=cfg.features, num_classes=num_classes, in_channels=in_channels,
+                            spatial_dims=cfg.spatial_dims)
     return build_resnet50(num_classes=num_classes, width=cfg.width, pretrained=cfg.pretrained)
 
 

@@ -29,7 +29,7 @@ __all__ = ["BatchAugment"]
 
 
 class BatchAugment:
-    """Random flips, rotation/scaling and intensity changes of a batch of 2-D slices.
+    """Random flips, rotation/scaling and intensity changes of a batch of 2-D slices or 3-D volumes.
 
     Args:
         max_rotation: Largest rotation in radians.
@@ -41,36 +41,46 @@ class BatchAugment:
         self.max_scale = float(max_scale)
 
     def __call__(self, image: torch.Tensor, *labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Augment ``image`` (B, C, H, W) and label maps (B, H, W) with one spatial draw per slice.
+        """Augment ``image`` (B, C, H, W) or (B, C, X, Y, Z) and label maps (B, H, W) / (B, X, Y, Z) with
+        one spatial draw per sample. 3-D: flips along each axis, the rotation in the plane of the first
+        two axes (the slice plane), scaling per axis.
 
         Returns:
             ``(image, *labels)``, same shapes and dtypes.
         """
-        if image.ndim != 4:
-            raise ValueError(f"image must be (B, C, H, W), got shape {tuple(image.shape)}")
-        b = image.shape[0]
-        r = torch.rand(b, 12)  # every draw at once, on the CPU: the stream does not depend on the device
+        if image.ndim not in (4, 5):
+            raise ValueError(f"image must be (B, C, H, W) or (B, C, X, Y, Z), got shape {tuple(image.shape)}")
+        b, d = image.shape[0], image.ndim - 2
+        # every draw at once, on the CPU: the stream does not depend on the device. Columns: flips (d),
+        # affine on, angle, scales (d), gain (2), shift (2), noise; 2-D keeps its original 12-column stream
+        r = torch.rand(b, 12 if d == 2 else 2 * d + 7)
         dev, dtype = image.device, image.dtype
-        # flips and the affine part, as one sampling grid: output (x, y) samples input at theta @ (x, y, 1)
-        flip = torch.stack([torch.where(r[:, 0] < 0.5, -1.0, 1.0), torch.where(r[:, 1] < 0.5, -1.0, 1.0)], 1)
-        affine_on = r[:, 2] < 0.5
-        angle = torch.where(affine_on, (2 * r[:, 3] - 1) * self.max_rotation, torch.zeros(b))
-        scale = torch.where(affine_on[:, None], 1 + (2 * r[:, 4:6] - 1) * self.max_scale, torch.ones(b, 2))
+        # flips and the affine part, as one sampling grid: output (x, y[, z]) samples input at theta @ (x, y[, z], 1)
+        flip = torch.where(r[:, 0:d] < 0.5, -1.0, 1.0)
+        affine_on = r[:, d] < 0.5
+        angle = torch.where(affine_on, (2 * r[:, d + 1] - 1) * self.max_rotation, torch.zeros(b))
+        scale = torch.where(affine_on[:, None], 1 + (2 * r[:, d + 2:2 * d + 2] - 1) * self.max_scale,
+                            torch.ones(b, d))
         cos, sin = torch.cos(angle), torch.sin(angle)
-        rot = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)  # (B, 2, 2)
+        rot = torch.eye(d).repeat(b, 1, 1)
+        # grid coordinates run over the tensor's axes in reverse: the slice plane (the first two spatial
+        # axes) is the last two grid coordinates
+        i, j = d - 2, d - 1
+        rot[:, i, i], rot[:, i, j], rot[:, j, i], rot[:, j, j] = cos, -sin, sin, cos
         mat = rot / scale[:, None, :] * flip[:, None, :]
-        theta = torch.cat([mat, torch.zeros(b, 2, 1)], 2).to(dev, torch.float32)
-        size = (b, 1, image.shape[2], image.shape[3])
-        grid = F.affine_grid(theta, list(size), align_corners=False)
+        theta = torch.cat([mat, torch.zeros(b, d, 1)], 2).to(dev, torch.float32)
+        grid = F.affine_grid(theta, [b, 1, *image.shape[2:]], align_corners=False)
         out = F.grid_sample(image.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         warped = [F.grid_sample(lab[:, None].float(), grid, mode="nearest", padding_mode="zeros",
                                 align_corners=False)[:, 0].round().to(lab.dtype) for lab in labels]
         # intensity
-        gain = torch.where(r[:, 6] < 0.5, 1 + (2 * r[:, 7] - 1) * 0.1, torch.ones(b)).to(dev)
-        shift = torch.where(r[:, 8] < 0.5, (2 * r[:, 9] - 1) * 0.1, torch.zeros(b)).to(dev)
-        out = out * gain[:, None, None, None] + shift[:, None, None, None]
-        noisy = (r[:, 10] < 0.3).to(dev)
+        shape = (b,) + (1,) * (image.ndim - 1)
+        k = 2 * d + 2
+        gain = torch.where(r[:, k] < 0.5, 1 + (2 * r[:, k + 1] - 1) * 0.1, torch.ones(b)).to(dev)
+        shift = torch.where(r[:, k + 2] < 0.5, (2 * r[:, k + 3] - 1) * 0.1, torch.zeros(b)).to(dev)
+        out = out * gain.view(shape) + shift.view(shape)
+        noisy = (r[:, k + 4] < 0.3).to(dev)
         if bool(noisy.any()):
             noise = torch.randn(image.shape, generator=None).to(dev) * 0.05
-            out = out + noise * noisy[:, None, None, None]
+            out = out + noise * noisy.view(shape)
         return (out.to(dtype), *warped)

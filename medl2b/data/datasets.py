@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from medl2b.data.nifti import read_nifti
@@ -42,6 +43,8 @@ __all__ = [
     "IsicDataset",
     "SegSliceDataset",
     "SliceSet",
+    "load_volumes",
+    "volume_shape",
     "case_image_paths",
     "load_isic",
     "load_manifest",
@@ -179,6 +182,41 @@ def load_slices(prepared_dir: str | os.PathLike, cases: str | Sequence[str], *, 
                     label=torch.from_numpy(np.ascontiguousarray(np.concatenate(labels))),
                     clean=torch.from_numpy(np.ascontiguousarray(np.concatenate(cleans))),
                     case=case_ids, slice_index=z_ids)
+
+
+def volume_shape(prepared_dir: str | os.PathLike, multiple: int = 16) -> tuple[int, int, int]:
+    """The common padded shape ``(X, Y, Z)`` of a prepared dataset's volumes for 3-D training: the
+    largest extent of any case on each axis, rounded up to ``multiple`` (UNet++ halves four times)."""
+    manifest = load_manifest(prepared_dir, task="segmentation")
+    sizes = np.array([e["prepared"]["size"] for e in manifest["cases"].values()], dtype=np.int64)
+    return tuple(int(-(-int(v) // multiple) * multiple) for v in sizes.max(0))
+
+
+def load_volumes(prepared_dir: str | os.PathLike, cases: str | Sequence[str], *, label: str = "noisy",
+                 shape: Sequence[int] | None = None) -> SliceSet:
+    """Whole volumes of some cases for 3-D training, zero-padded at the far end of each axis to
+    ``shape`` (default :func:`volume_shape`): a :class:`SliceSet` whose items are volumes,
+    ``image`` (N, C, X, Y, Z), ``label``/``clean`` (N, X, Y, Z); ``slice_index`` is -1."""
+    slices = load_slices(prepared_dir, cases, label=label)
+    shape = tuple(shape) if shape is not None else volume_shape(prepared_dir)
+    images, labels, cleans, case_ids = [], [], [], []
+    for case in dict.fromkeys(slices.case):
+        rows = [i for i, c in enumerate(slices.case) if c == case]
+        vol = slices.image[rows].permute(1, 2, 3, 0)                     # (Z, C, X, Y) -> (C, X, Y, Z)
+        extent = vol.shape[1:]
+        if any(e > t for e, t in zip(extent, shape)):
+            raise InputError(Path(prepared_dir) / "dataset.json", f"case {case} of shape {tuple(extent)} does not "
+                                                                  f"fit the 3-D training shape {shape}")
+        pad = [p for e, t in zip(reversed(extent), reversed(shape)) for p in (0, t - e)]
+        images.append(F.pad(vol, pad))
+        labels.append(F.pad(slices.label[rows].permute(1, 2, 0), pad))
+        cleans.append(F.pad(slices.clean[rows].permute(1, 2, 0), pad))
+        case_ids.append(case)
+    if not images:
+        return SliceSet(torch.zeros((0, 1, *shape)), torch.zeros((0, *shape), dtype=torch.long),
+                        torch.zeros((0, *shape), dtype=torch.long))
+    return SliceSet(torch.stack(images).contiguous(), torch.stack(labels).contiguous(),
+                    torch.stack(cleans).contiguous(), case=case_ids, slice_index=[-1] * len(case_ids))
 
 
 def _seg_augment():

@@ -85,28 +85,34 @@ def _split_cases(manifest: dict, split: str) -> list:
 
 
 def _evaluate_seg(model, cfg, run, data, split, checkpoint, out, dev, figures, progress) -> dict:
-    from medl2b.data.datasets import load_manifest, load_slices
+    from medl2b.data.datasets import load_manifest, load_slices, volume_shape
     from medl2b.data.grid import prediction_to_raw
     from medl2b.data.nifti import read_nifti, write_nifti
     from medl2b.evaluate.metrics import compute_case_metrics, compute_multiclass_case_metrics
     from medl2b.evaluate.report import write_seg_report
-    from medl2b.inference import predict_logits
+    from medl2b.inference import predict_logits, predict_volume
 
     manifest = load_manifest(data, task="segmentation")
     cases = _split_cases(manifest, split)
     names = sorted(manifest["labels"], key=lambda n: manifest["labels"][n])
     classes = {manifest["labels"][n]: n for n in names[1:]}  # foreground index -> name
     per_case, volumes = [], {}
+    roi = volume_shape(data) if cfg.spatial_dims == 3 else None  # 3-D: the training shape is the window
     for case in _iterate(cases, progress, "predicting"):
         info = manifest["cases"][case]
         slices = load_slices(data, [case], label="clean")
-        pred2d = predict_logits(model, slices.image, batch_size=cfg.batch_size, device=dev).argmax(1).numpy()
         image, _ = read_nifti(data / info["image"])
-        pred = np.zeros(image.shape, dtype=np.uint8)
-        clean = np.zeros(image.shape, dtype=np.uint8)
-        for i, z in enumerate(slices.slice_index):
-            pred[:, :, z] = pred2d[i]
-            clean[:, :, z] = slices.clean[i].numpy()
+        if cfg.spatial_dims == 3:  # sliding windows over the whole volume
+            volume = slices.image.permute(1, 2, 3, 0)[None]  # (Z, C, X, Y) -> (1, C, X, Y, Z)
+            pred = predict_volume(model, volume, roi, device=dev).argmax(1)[0].numpy().astype(np.uint8)
+            clean = slices.clean.permute(1, 2, 0).numpy().astype(np.uint8)
+        else:
+            pred2d = predict_logits(model, slices.image, batch_size=cfg.batch_size, device=dev).argmax(1).numpy()
+            pred = np.zeros(image.shape, dtype=np.uint8)
+            clean = np.zeros(image.shape, dtype=np.uint8)
+            for i, z in enumerate(slices.slice_index):
+                pred[:, :, z] = pred2d[i]
+                clean[:, :, z] = slices.clean[i].numpy()
         spacing = info["prepared"]["spacing"]
         if len(classes) == 1:  # binary: the plain view
             row = {"case": case, **compute_case_metrics(pred > 0, clean > 0, spacing)}
@@ -143,7 +149,7 @@ def _seg_figures(model, cfg, run, data, out, volumes, dev) -> None:
                                title=f"{case}: clean (green), prediction (red)")
     if (run / "metrics.csv").exists():
         fig.plot_learning_curves(run / "metrics.csv", out / "figures" / "learning_curves.png")
-    if cfg.method in ("l2b", "l2b-sum1", "l2rw"):
+    if cfg.method in ("l2b", "l2b-sum1", "l2rw") and cfg.spatial_dims == 2:  # 3-D weight volumes: not yet drawn
         ex = weight_map_examples(model, cfg, data, dev)
         if ex is not None:
             fig.plot_weight_maps(out / "figures" / "weight_maps.png", **ex)

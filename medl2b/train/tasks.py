@@ -79,15 +79,16 @@ class SegmentationTask(Task):
     mean over the meta cases of the mean foreground-class 3-D Dice."""
 
     def __init__(self, cfg, *, use_meta_cases: bool):
-        from medl2b.data.datasets import SegSliceDataset, load_manifest, load_slices
+        from medl2b.data.datasets import SegSliceDataset, load_manifest, load_slices, load_volumes
 
         manifest = load_manifest(cfg.data, task=cfg.task)
         splits = manifest["splits"]
-        self.val_slices = load_slices(cfg.data, splits["meta"], label="clean") if splits["meta"] else None
-        train = _compose(cfg, lambda: load_slices(cfg.data, splits["train"], label=cfg.label_source),
-                         self.val_slices)
+        # 2-D: every slice is a sample; 3-D: every (padded) volume is one
+        load = load_volumes if cfg.spatial_dims == 3 else load_slices
+        self.val_slices = load(cfg.data, splits["meta"], label="clean") if splits["meta"] else None
+        train = _compose(cfg, lambda: load(cfg.data, splits["train"], label=cfg.label_source), self.val_slices)
         self.train_slices = train
-        if len(train) and min(train.image.shape[-2:]) < 32:
+        if len(train) and cfg.spatial_dims == 2 and min(train.image.shape[-2:]) < 32:
             from medl2b.errors import InputError
 
             raise InputError(cfg.data, f"slices of {list(train.image.shape[-2:])} px are too small for UNet++ "
@@ -105,7 +106,7 @@ class SegmentationTask(Task):
                          num_classes=len(manifest["labels"]), score_name="val_dice",
                          in_channels=len(manifest.get("channel_names") or {"0": ""}))
         self.batch_size = cfg.batch_size
-        self._augment = BatchAugment() if cfg.augment else None
+        self._augment = BatchAugment() if cfg.augment else None  # 2-D or 3-D by the batch's shape
 
     def augment_batch(self, batch: dict) -> dict:
         if self._augment is None:
@@ -124,7 +125,7 @@ class SegmentationTask(Task):
 
     def sample_losses(self, model, device, batch_size: int) -> np.ndarray:
         logits = predict_logits(model, self.train_slices.image, batch_size=batch_size, device=device)
-        return F.cross_entropy(logits, self.train_slices.label, reduction="none").mean((1, 2)).numpy()
+        return F.cross_entropy(logits, self.train_slices.label, reduction="none").flatten(1).mean(1).numpy()
 
     def meta_candidates(self) -> np.ndarray:
         """Slices whose given mask has foreground.

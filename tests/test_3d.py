@@ -1,0 +1,90 @@
+"""Voxel-wise L2B in 3-D: whole-volume training on real bundled hippocampus cases, sliding-window eval."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medl2b.config import load_config
+from medl2b.data.augment import BatchAugment
+from medl2b.data.datasets import load_volumes, volume_shape
+from medl2b.data.msd import prepare_msd
+from medl2b.errors import InputError
+from medl2b.evaluate.run import evaluate_run
+from medl2b.train.trainer import Trainer
+
+BUNDLED = Path(__file__).resolve().parent.parent / "medl2b" / "demo_data" / "hippocampus"
+
+
+@pytest.fixture(scope="module")
+def hippo3d(tmp_path_factory) -> Path:
+    raw = tmp_path_factory.mktemp("raw3d") / "Task04"
+    meta = json.loads((BUNDLED / "dataset.json").read_text())
+    meta["training"] = meta["training"][:6]
+    (raw / "imagesTr").mkdir(parents=True)
+    (raw / "labelsTr").mkdir()
+    for entry in meta["training"]:
+        for key in ("image", "label"):
+            shutil.copyfile(BUNDLED / entry[key], raw / entry[key])
+    (raw / "dataset.json").write_text(json.dumps(meta))
+    out = tmp_path_factory.mktemp("prep3d") / "prepared"
+    prepare_msd(raw, out, size=32, noise_dice=0.6, meta_cases=1, test_cases=1, seed=0, progress=False)
+    return out
+
+
+def test_volumes_are_padded_to_one_shape_that_unetpp_accepts(hippo3d):
+    shape = volume_shape(hippo3d)
+    assert all(s % 16 == 0 for s in shape) and shape[:2] == (32, 32)
+    manifest = json.loads((hippo3d / "dataset.json").read_text())
+    vols = load_volumes(hippo3d, "train")
+    assert vols.image.shape == (4, 1, *shape) and vols.label.shape == (4, *shape)
+    for i, case in enumerate(vols.case):  # the original extent is kept, the rest is background padding
+        x, y, z = manifest["cases"][case]["prepared"]["size"]
+        assert vols.clean[i, :x, :y, :z].sum() > 0 and not vols.clean[i, :, :, z:].any()
+        assert not vols.image[i, :, :, :, z:].any()
+    with pytest.raises(InputError, match="does not fit"):
+        load_volumes(hippo3d, "train", shape=(32, 32, 16))
+
+
+def test_3d_augmentation_moves_image_and_labels_together():
+    labels = torch.zeros(3, 16, 16, 16, dtype=torch.long)
+    labels[:, 2:9, 3:7, 1:12] = 1
+    labels[:, 9:12, 3:10, 1:5] = 2
+    image = labels.float()[:, None] * 100.0
+    torch.manual_seed(2)
+    img, lab = BatchAugment()(image, labels)
+    assert img.shape == image.shape and lab.shape == labels.shape and lab.dtype == torch.long
+    assert not torch.equal(lab, labels)                          # something moved
+    # the image still encodes the labels (bilinear vs nearest disagree only on edges); against the
+    # labels before augmentation it would not
+    together = float(((img[:, 0] - 100.0 * lab.float()).abs() > 30).float().mean())
+    apart = float(((img[:, 0] - 100.0 * labels.float()).abs() > 30).float().mean())
+    assert together < 0.05 and apart > 3 * together
+
+
+def test_3d_l2b_trains_on_volumes_and_evaluates_with_sliding_windows(hippo3d, tmp_path):
+    run = tmp_path / "run3d"
+    cfg = load_config("segmentation", profile="cpu", overrides={
+        "data": str(hippo3d), "out": str(run), "spatial_dims": 3, "features": [2, 2, 4, 4, 8, 2], "batch_size": 2,
+        "meta_batch_size": 1, "epochs": 2, "warmup_epochs": 1, "device": "cpu"})
+    trainer = Trainer(cfg, progress=False)
+    assert trainer.model.net.conv_0_0.conv_0.conv.weight.ndim == 5   # a 3-D UNet++
+    assert len(trainer.task.train_set) == 4                           # one sample per volume
+    trainer.fit()
+    state = torch.load(run / "checkpoint_latest.pt", weights_only=False)
+    assert state["record"]["totals"][2].sum() == 4                     # epoch 2: both batches weighed voxel-wise
+    summary = evaluate_run(run, split="test", figures=False)
+    assert summary["n_cases"] == 1 and 0.0 <= summary["mean"]["dice"] <= 1.0
+    manifest = json.loads((hippo3d / "dataset.json").read_text())
+    case = manifest["splits"]["test"][0]
+    pred = nib.load(str(run / "eval" / "predictions" / f"{case}.nii.gz"))
+    assert list(pred.shape) == manifest["cases"][case]["original"]["size"]  # back on the raw grid
+    assert set(np.unique(np.asanyarray(pred.dataobj)).tolist()) <= {0, 1, 2}
+    with pytest.raises(InputError, match="spatial_dims"):
+        load_config("skin-lesion-cls", overrides={"spatial_dims": 3})
