@@ -79,8 +79,9 @@ def test_3d_l2b_trains_on_volumes_and_evaluates_with_sliding_windows(hippo3d, tm
     trainer.fit()
     state = torch.load(run / "checkpoint_latest.pt", weights_only=False)
     assert state["record"]["totals"][2].sum() == 4                     # epoch 2: both batches weighed voxel-wise
-    summary = evaluate_run(run, split="test", figures=False)
+    summary = evaluate_run(run, split="test", figures=True)
     assert summary["n_cases"] == 1 and 0.0 <= summary["mean"]["dice"] <= 1.0
+    assert (run / "eval" / "figures" / "weight_maps.png").stat().st_size > 0   # three orthogonal mid-slices
     manifest = json.loads((hippo3d / "dataset.json").read_text())
     case = manifest["splits"]["test"][0]
     pred = nib.load(str(run / "eval" / "predictions" / f"{case}.nii.gz"))

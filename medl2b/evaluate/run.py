@@ -149,7 +149,7 @@ def _seg_figures(model, cfg, run, data, out, volumes, dev) -> None:
                                title=f"{case}: clean (green), prediction (red)")
     if (run / "metrics.csv").exists():
         fig.plot_learning_curves(run / "metrics.csv", out / "figures" / "learning_curves.png")
-    if cfg.method in ("l2b", "l2b-sum1", "l2rw") and cfg.spatial_dims == 2:  # 3-D weight volumes: not yet drawn
+    if cfg.method in ("l2b", "l2b-sum1", "l2rw"):  # 3-D: three orthogonal mid-slices of one volume
         ex = weight_map_examples(model, cfg, data, dev)
         if ex is not None:
             fig.plot_weight_maps(out / "figures" / "weight_maps.png", **ex)
@@ -161,7 +161,8 @@ def weight_map_examples(model, cfg, data, dev, *, n: int = 4, indices=None) -> d
     Picks the training slices where the noisy mask disagrees most with the clean
     one (or the training slices ``indices``, e.g. an audit's suspects), takes one meta
     step with the given model against a batch of clean meta slices, and returns arrays
-    ``(n, H, W)`` for :func:`plot_weight_maps`.
+    ``(n, H, W)`` for :func:`plot_weight_maps`. 3-D runs: the training volume with the most
+    wrong voxels, as its axial, coronal and sagittal slices through the clean structure's centre.
     """
     from medl2b.data.datasets import load_manifest, load_slices
     from medl2b.train.methods import get_method
@@ -170,8 +171,15 @@ def weight_map_examples(model, cfg, data, dev, *, n: int = 4, indices=None) -> d
     manifest = load_manifest(data, task="segmentation")
     if not manifest["splits"]["meta"]:
         return None
-    train = load_slices(data, manifest["splits"]["train"], label="noisy")
-    meta = load_slices(data, manifest["splits"]["meta"], label="clean")
+    three_d = cfg.spatial_dims == 3
+    if three_d:  # one training volume, drawn as three orthogonal mid-slices through its structure
+        from medl2b.data.datasets import load_volumes
+
+        load, n = load_volumes, 1
+    else:
+        load = load_slices
+    train = load(data, manifest["splits"]["train"], label="noisy")
+    meta = load(data, manifest["splits"]["meta"], label="clean")
     if indices is None:
         wrong = (train.label != train.clean).flatten(1).sum(1)
         idx = torch.argsort(wrong, descending=True)[:n]
@@ -195,10 +203,31 @@ def weight_map_examples(model, cfg, data, dev, *, n: int = 4, indices=None) -> d
     def upright(a):  # slices are (x, y); show them as the volume overlays do, rows = y
         return np.ascontiguousarray(np.asarray(a).transpose(0, 2, 1))
 
+    if three_d:
+        clean_vol = train.clean[idx[0]].numpy()
+        centre = [int(round(c.mean())) for c in np.nonzero(clean_vol)] if clean_vol.any() else \
+            [s // 2 for s in clean_vol.shape]
+        side = max(clean_vol.shape)
+        views = {k: _three_views(np.asarray(v)[0], centre, side) for k, v in (
+            ("images", train.image[idx, 0]), ("noisy", train.label[idx]), ("clean", train.clean[idx]),
+            ("pseudo", pseudo), ("alpha", alpha), ("beta", beta))}
+        titles = [f"{train.case[int(idx[0])]} {name}" for name in
+                  (f"axial z={centre[2]}", f"coronal y={centre[1]}", f"sagittal x={centre[0]}")]
+        return {**{k: upright(v) for k, v in views.items()}, "titles": titles}
     return {"images": upright(train.image[idx, 0]), "noisy": upright(train.label[idx]),
             "clean": upright(train.clean[idx]), "pseudo": upright(pseudo), "alpha": upright(alpha),
             "beta": upright(beta),
             "titles": [f"{train.case[i]} z={train.slice_index[i]}" for i in idx.tolist()]}
+
+
+def _three_views(volume: np.ndarray, centre, side: int) -> np.ndarray:
+    """Axial (x, y), coronal (x, z) and sagittal (y, z) slices of ``volume`` (X, Y, Z) through ``centre``,
+    zero-padded to ``side × side``: ``(3, side, side)``."""
+    cx, cy, cz = centre
+    out = np.zeros((3, side, side), dtype=volume.dtype)
+    for i, view in enumerate((volume[:, :, cz], volume[:, cy, :], volume[cx, :, :])):
+        out[i, :view.shape[0], :view.shape[1]] = view
+    return out
 
 
 def _evaluate_cls(model, cfg, run, data, split, checkpoint, out, dev, figures) -> dict:
