@@ -68,19 +68,24 @@ BUDGET_S = 300           # the full check on one H100-class GPU
 # sizes: full (GPU) and --tiny (CPU, seconds)
 FULL = {
     "equality": {"unetpp": {"features": (32, 32, 64, 128, 256, 32), "size": 128, "batch": 4, "meta_batch": 4},
+                 "unetpp3d": {"features": (16, 16, 32, 64, 128, 16), "size": 48, "batch": 2, "meta_batch": 2},
                  "resnet50": {"width": 1.0, "size": 128, "batch": 8, "meta_batch": 8, "classes": 8}},
     "timing": {"unetpp": {"features": (32, 32, 64, 128, 256, 32), "size": 256, "batch": 16, "meta_batch": 16,
                           "clip": 0.2},
                "resnet50": {"width": 1.0, "size": 224, "batch": 64, "meta_batch": 64, "classes": 8, "clip": 0.8},
+               "unetpp3d": {"features": (32, 32, 64, 128, 256, 32), "size": 64, "batch": 2, "meta_batch": 2,
+                            "clip": 0.2},
                "warmup": 3, "repeats": 10},
     "pipeline": {"slices": 256, "passes": 2},
     "cli": {"cases": 8, "size": 144, "meta_cases": 2, "test_cases": 2, "sets": [], "figures": True, "timeout": 900},
 }
 TINY = {
     "equality": {"unetpp": {"features": (4, 4, 8, 8, 16, 4), "size": 32, "batch": 2, "meta_batch": 2},
+                 "unetpp3d": {"features": (2, 2, 4, 4, 8, 2), "size": 32, "batch": 1, "meta_batch": 1},
                  "resnet50": {"width": 0.125, "size": 32, "batch": 4, "meta_batch": 4, "classes": 4}},
     "timing": {"unetpp": {"features": (4, 4, 8, 8, 16, 4), "size": 32, "batch": 2, "meta_batch": 2, "clip": 0.2},
                "resnet50": {"width": 0.125, "size": 32, "batch": 2, "meta_batch": 2, "classes": 4, "clip": 0.8},
+               "unetpp3d": {"features": (2, 2, 4, 4, 8, 2), "size": 32, "batch": 1, "meta_batch": 1, "clip": 0.2},
                "warmup": 1, "repeats": 3},
     "pipeline": {"slices": 16, "passes": 1},
     "cli": {"cases": 3, "size": 32, "meta_cases": 1, "test_cases": 1, "figures": False, "timeout": 600,
@@ -185,18 +190,19 @@ def _cosine(a, b) -> float:
     return float((a @ b) / (na * nb))
 
 
-def _seg_batch(n: int, size: int, device, *, classes: int = 2):
-    """Images and label maps with a few rectangles of foreground (a Dice objective needs some)."""
+def _seg_batch(n: int, size: int, device, *, classes: int = 2, dims: int = 2):
+    """Images and label maps (2-D or 3-D) with a box of foreground per class (a Dice objective needs some)."""
     import torch
 
-    x = torch.randn(n, 1, size, size)
-    y = torch.zeros(n, size, size, dtype=torch.long)
+    x = torch.randn(n, 1, *([size] * dims))
+    y = torch.zeros(n, *([size] * dims), dtype=torch.long)
     for i in range(n):
         for k in range(1, classes):
-            h, w = torch.randint(size // 8, size // 2, (2,)).tolist()
-            r, c = torch.randint(0, size - h, (1,)).item(), torch.randint(0, size - w, (1,)).item()
-            y[i, r:r + h, c:c + w] = k
-            x[i, 0, r:r + h, c:c + w] += 1.0
+            extent = torch.randint(size // 8, size // 2, (dims,)).tolist()
+            box = tuple(slice(o, o + e) for o, e in
+                        zip((torch.randint(0, size - e, (1,)).item() for e in extent), extent))
+            y[(i, *box)] = k
+            x[(i, 0, *box)] += 1.0
     return x.to(device), y.to(device)
 
 
@@ -209,8 +215,8 @@ def _cls_batch(n: int, size: int, classes: int, device):
 def _build(net: str, spec: dict, device):
     from medl2b.models import build_resnet50, build_unetpp
 
-    if net == "unetpp":
-        model = build_unetpp(features=tuple(spec["features"]))
+    if net in ("unetpp", "unetpp3d"):
+        model = build_unetpp(features=tuple(spec["features"]), spatial_dims=3 if net == "unetpp3d" else 2)
     else:
         model = build_resnet50(num_classes=spec["classes"], width=spec["width"])
     return model.to(device).train()
@@ -218,9 +224,10 @@ def _build(net: str, spec: dict, device):
 
 def _data(net: str, spec: dict, device):
     """(x, y, xm, ym) for one network."""
-    if net == "unetpp":
-        x, y = _seg_batch(spec["batch"], spec["size"], device)
-        xm, ym = _seg_batch(spec["meta_batch"], spec["size"], device)
+    if net in ("unetpp", "unetpp3d"):
+        dims = 3 if net == "unetpp3d" else 2
+        x, y = _seg_batch(spec["batch"], spec["size"], device, dims=dims)
+        xm, ym = _seg_batch(spec["meta_batch"], spec["size"], device, dims=dims)
     else:
         x, y = _cls_batch(spec["batch"], spec["size"], spec["classes"], device)
         xm, ym = _cls_batch(spec["meta_batch"], spec["size"], spec["classes"], device)
@@ -311,7 +318,9 @@ def check_equality(report: Report, device, sizes: dict) -> None:
     cases = [("unetpp2d_ce_fp32", "unetpp", "ce", False), ("unetpp2d_dice_fp32", "unetpp", "dice", False),
              ("unetpp2d_ce+dice_fp32", "unetpp", "ce+dice", False), ("resnet50_ce_fp32", "resnet50", "ce", False),
              ("unetpp2d_ce_bf16", "unetpp", "ce", True), ("unetpp2d_dice_bf16", "unetpp", "dice", True),
-             ("unetpp2d_ce+dice_bf16", "unetpp", "ce+dice", True), ("resnet50_ce_bf16", "resnet50", "ce", True)]
+             ("unetpp2d_ce+dice_bf16", "unetpp", "ce+dice", True), ("resnet50_ce_bf16", "resnet50", "ce", True),
+             ("unetpp3d_ce+dice_fp32", "unetpp3d", "ce+dice", False), ("unetpp3d_ce+dice_bf16", "unetpp3d", "ce+dice",
+                                                                         True)]
     keys = ("meta_grad", "weights", "param_grad")
     for name, net, objective, amp in cases:
         if amp and not bf16_ok:
@@ -325,7 +334,8 @@ def check_equality(report: Report, device, sizes: dict) -> None:
         x, y, xm, ym = _data(net, spec, device)
         model64, x64, xm64 = copy.deepcopy(model).double(), x.double(), xm.double()
         entry: dict = {"network": net, "meta_objective": objective, "dtype": "bf16 autocast" if amp else "float32",
-                       "input": [spec["batch"], spec["size"], spec["size"]], "meta_batch": spec["meta_batch"],
+                       "input": [spec["batch"]] + [spec["size"]] * (3 if net == "unetpp3d" else 2),
+                       "meta_batch": spec["meta_batch"],
                        "metric": "max|fast - reference| / max|reference|"}
 
         case = {"float32": (model, x, xm), "float64": (model64, x64, xm64), "y": y, "ym": ym,
@@ -381,7 +391,6 @@ def check_equality(report: Report, device, sizes: dict) -> None:
         model = model64 = fast = ref = case = None  # free the device memory before the next case
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    results["unetpp3d"] = {"status": "not yet available: the models have no 3-D UNet++", "ok": None}
 
 
 # ----------------------------------------------------------------------------- 3. step cost
@@ -436,7 +445,7 @@ def check_timing(report: Report, device, sizes: dict) -> None:
     warmup, repeats = sizes["warmup"], sizes["repeats"]
     results: dict = {}
     report.data["timing"] = results
-    for net, label in (("unetpp", "unetpp2d"), ("resnet50", "resnet50")):
+    for net, label in (("unetpp", "unetpp2d"), ("resnet50", "resnet50"), ("unetpp3d", "unetpp3d")):
         spec = sizes[net]
         torch.manual_seed(0)
         data = _data(net, spec, device)
@@ -481,7 +490,8 @@ def check_timing(report: Report, device, sizes: dict) -> None:
                              "all_ms": [round(t * 1000, 3) for t in times[key]]}
             if not (med[key] > 0 and math.isfinite(med[key])):
                 report.fail(f"timing {label} {key}: step time {med[key]}")
-        results[label] = {"input": [spec["batch"], spec["size"], spec["size"]], "meta_batch": spec["meta_batch"],
+        results[label] = {"input": [spec["batch"]] + [spec["size"]] * (3 if net == "unetpp3d" else 2),
+                          "meta_batch": spec["meta_batch"],
                           "amp": "bf16" if amp else "off", "warmup": warmup, "repeats": repeats,
                           "clock": "cuda events" if device.type == "cuda" else "perf_counter",
                           "variants": variants}
@@ -657,7 +667,7 @@ def print_table(data: dict) -> None:
                 print(f"   {name}: float32 reference vs float64: meta-grad {e['float32_floor']['meta_grad']:.1e} "
                       f"(information)")
     for net, t in data.get("timing", {}).items():
-        print(f"\n## step cost {net}: batch x H x W {t['input']}, meta batch {t['meta_batch']}, amp {t['amp']}, "
+        print(f"\n## step cost {net}: batch x size {t['input']}, meta batch {t['meta_batch']}, amp {t['amp']}, "
               f"median of {t['repeats']} after {t['warmup']} warm-up ({t['clock']})")
         print(f"{'variant':<24} {'step ms':>9} {'x ce':>6} {'samples/s':>10} {'peak MB':>9} {'x ce':>6}")
         for v in t["variants"].values():

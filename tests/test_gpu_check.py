@@ -51,9 +51,10 @@ def test_tiny_cpu_run_passes_every_check():
             assert e["tol"] == 1e-4
         else:
             assert e["cosine"] >= e["min_cosine"], name
-    assert "not yet available" in eq["unetpp3d"]["status"]
+    assert {"unetpp3d_ce+dice_fp32", "unetpp3d_ce+dice_bf16"} <= set(checked)  # voxel-wise, float32 and bf16
+    assert eq["unetpp3d_ce+dice_fp32"]["input"] == [1, 32, 32, 32]
 
-    for net in ("unetpp2d", "resnet50"):
+    for net in ("unetpp2d", "resnet50", "unetpp3d"):
         variants = summary["timing"][net]["variants"]
         assert set(variants) == {"ce", "l2b_fast", "l2b_fast_lowmem", "l2b_last"}
         for key, v in variants.items():
