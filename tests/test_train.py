@@ -174,11 +174,11 @@ def test_nan_mid_run_keeps_the_last_good_checkpoint(promise12_prepared, tmp_path
     trainer = Trainer(seg_cfg(promise12_prepared, run, method="l2b", epochs=3), progress=False)
     original_step = trainer.train_step
 
-    def poisoned(batch, meta_batch, stats, *, warm, step):
+    def poisoned(batch, meta_batch, stats, **kwargs):
         if trainer.epoch == 1:  # the second epoch: corrupt the weights, as a diverging run would
             with torch.no_grad():
                 next(trainer.model.parameters()).fill_(float("nan"))
-        return original_step(batch, meta_batch, stats, warm=warm, step=step)
+        return original_step(batch, meta_batch, stats, **kwargs)
 
     trainer.train_step = poisoned
     with pytest.raises(TrainingError, match="epoch 2 step 1"):
