@@ -72,3 +72,27 @@ def isic_prepared(tmp_path_factory, isic_raw) -> Path:
     out = tmp_path_factory.mktemp("isic_prepared_parent") / "prepared"
     prepare_isic2019(isic_raw, out, size=ISIC_SIZE, noise=0.4, seed=0, progress=False)
     return out
+
+
+BUNDLED_HIPPOCAMPUS = Path(__file__).resolve().parent.parent / "medl2b" / "demo_data" / "hippocampus"
+
+
+@pytest.fixture(scope="session")
+def bundled_hippocampus():
+    """``bundled_hippocampus(dst, n)``: the first ``n`` real cases shipped with the demo, as an MSD task
+    folder at ``dst`` (writable copies, a dataset.json listing only them)."""
+    import json
+
+    def copy(dst: Path, n: int) -> Path:
+        meta = json.loads((BUNDLED_HIPPOCAMPUS / "dataset.json").read_text())
+        meta["training"] = meta["training"][:n]
+        meta["numTraining"] = n
+        (dst / "imagesTr").mkdir(parents=True)
+        (dst / "labelsTr").mkdir()
+        for entry in meta["training"]:
+            for key in ("image", "label"):
+                shutil.copyfile(BUNDLED_HIPPOCAMPUS / entry[key], dst / entry[key])
+        (dst / "dataset.json").write_text(json.dumps(meta))
+        return dst
+
+    return copy

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -19,20 +18,11 @@ from medl2b.errors import InputError
 from medl2b.evaluate.run import evaluate_run
 from medl2b.train.trainer import Trainer
 
-BUNDLED = Path(__file__).resolve().parent.parent / "medl2b" / "demo_data" / "hippocampus"
 
 
 @pytest.fixture(scope="module")
-def hippo3d(tmp_path_factory) -> Path:
-    raw = tmp_path_factory.mktemp("raw3d") / "Task04"
-    meta = json.loads((BUNDLED / "dataset.json").read_text())
-    meta["training"] = meta["training"][:6]
-    (raw / "imagesTr").mkdir(parents=True)
-    (raw / "labelsTr").mkdir()
-    for entry in meta["training"]:
-        for key in ("image", "label"):
-            shutil.copyfile(BUNDLED / entry[key], raw / entry[key])
-    (raw / "dataset.json").write_text(json.dumps(meta))
+def hippo3d(tmp_path_factory, bundled_hippocampus) -> Path:
+    raw = bundled_hippocampus(tmp_path_factory.mktemp("raw3d") / "Task04", 6)
     out = tmp_path_factory.mktemp("prep3d") / "prepared"
     prepare_msd(raw, out, size=32, noise_dice=0.6, meta_cases=1, test_cases=1, seed=0, progress=False)
     return out

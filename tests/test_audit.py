@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,6 @@ from medl2b.data.nifti import read_nifti
 from medl2b.train.record import FIELDS, SampleRecord
 from medl2b.train.trainer import train
 
-BUNDLED = Path(__file__).resolve().parent.parent / "medl2b" / "demo_data" / "hippocampus"
 runner = CliRunner()
 TINY = {"features": [4, 4, 8, 8, 16, 4], "batch_size": 8, "meta_batch_size": 4, "epochs": 2, "warmup_epochs": 1,
         "device": "cpu"}
@@ -65,18 +63,9 @@ def test_ranking_quality_and_percentile_ranks():
 
 
 @pytest.fixture(scope="module")
-def half_noisy(tmp_path_factory) -> Path:
+def half_noisy(tmp_path_factory, bundled_hippocampus) -> Path:
     """Bundled real hippocampus cases, 6 train of which half are corrupted (the rest keep clean masks)."""
-    raw = tmp_path_factory.mktemp("audit_raw") / "Task04"
-    meta = json.loads((BUNDLED / "dataset.json").read_text())
-    meta["training"] = meta["training"][:9]
-    (raw / "imagesTr").mkdir(parents=True)
-    (raw / "labelsTr").mkdir()
-    for entry in meta["training"]:
-        for key in ("image", "label"):
-            shutil.copyfile(BUNDLED / entry[key], raw / entry[key])
-    meta["numTraining"] = 9
-    (raw / "dataset.json").write_text(json.dumps(meta))
+    raw = bundled_hippocampus(tmp_path_factory.mktemp("audit_raw") / "Task04", 9)
     out = tmp_path_factory.mktemp("audit_prep") / "prepared"
     result = runner.invoke(app, ["prepare", "msd", str(raw), str(out), "--size", "32", "--meta-cases", "2",
                                  "--test-cases", "1", "--noise-dice", "0.6", "--noisy-fraction", "0.5"])
