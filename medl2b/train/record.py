@@ -13,8 +13,9 @@ trainer adds, at every step that sees it:
   label both terms are the same loss and get the same weight, so only pixels where the two
   disagree *and* the clean meta set sides with the model count.
 
-The cost is one ``index_add_`` of a few numbers per sample and step. The sums live on the CPU
-in float64, are saved in every checkpoint (an exact resume continues them), and under DDP each
+The cost is one ``index_add_`` of a few numbers per sample and step, on the batch's device (no
+copy to the host per step). The epoch's sums move to the CPU totals (float64) when the epoch ends,
+are saved in every checkpoint (an exact resume continues them), and under DDP each
 process adds its own samples and the sums are all-reduced once per epoch.
 """
 
@@ -39,17 +40,21 @@ class SampleRecord:
 
     def add(self, index: torch.Tensor, given_loss: torch.Tensor, weights: list[torch.Tensor] | None) -> None:
         """One step: ``index`` (B,) sample ids; ``given_loss`` (B, ...) per-element loss on the given
-        label; ``weights`` the step's α (and β) of the same shape when a meta step weighed the batch."""
+        label; ``weights`` the step's α (and β) of the same shape when a meta step weighed the batch.
+        The sums stay on the batch's device until the epoch ends: no copy to the host per step."""
         with torch.no_grad():
-            index = index.detach().to("cpu", torch.long)
+            dev = given_loss.device
+            if self._epoch.device != dev:
+                self._epoch = self._epoch.to(dev)
+            index = index.detach().to(dev, torch.long, non_blocking=True)
             dims = tuple(range(1, given_loss.ndim))
-            rows = torch.zeros(len(FIELDS), index.numel(), dtype=torch.float64)
+            rows = torch.zeros(len(FIELDS), index.numel(), dtype=torch.float64, device=dev)
             rows[0] = 1.0
             rows[1] = _mean(given_loss, dims)
             if weights is not None:
                 count = weights[0].numel()  # N: α·N = 1 for an average element of the batch
-                a = weights[0].detach().float() * count
-                b = weights[1].detach().float() * count if len(weights) > 1 else torch.zeros_like(a)
+                a = weights[0].detach().double() * count
+                b = weights[1].detach().double() * count if len(weights) > 1 else torch.zeros_like(a)
                 rows[2] = 1.0
                 rows[3] = _mean(a, dims)
                 rows[4] = _mean(b, dims)
@@ -60,7 +65,7 @@ class SampleRecord:
         """Fold this epoch's sums into the totals; ``reduce`` (DDP) sums them over processes first."""
         if reduce is not None:
             reduce(self._epoch)
-        self.totals += self._epoch
+        self.totals += self._epoch.cpu()
         self._epoch.zero_()
 
     def state_dict(self) -> dict:
@@ -77,5 +82,5 @@ class SampleRecord:
 
 
 def _mean(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    x = x.detach().to("cpu", torch.float64)
+    x = x.detach().double()
     return x.mean(dims) if dims else x
