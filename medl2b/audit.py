@@ -62,7 +62,7 @@ def ranking_quality(score: np.ndarray, corrupted: np.ndarray) -> dict:
     """AUROC and precision at K (K = number of corrupted samples) of a suspicion score."""
     from sklearn.metrics import roc_auc_score
 
-    corrupted = np.asarray(corrupted, dtype=bool)
+    corrupted = np.asarray(corrupted).astype(bool)
     k = int(corrupted.sum())
     if k == 0 or k == len(corrupted):
         return {"n": int(len(corrupted)), "n_corrupted": k, "auroc": None, "precision_at_k": None}
@@ -132,17 +132,14 @@ def audit_run(run: str | Path, *, data: str | Path | None = None, out: str | Pat
     return summary
 
 
-def _meta_signal(record: dict, idx=slice(None)) -> tuple[np.ndarray, bool]:
-    """Per sample: mean pseudo-label preference over its meta steps (NaN where it had none)."""
-    seen = record["meta_seen"][idx]
-    has_meta = bool(seen.sum() > 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(seen > 0, record["prefer_pseudo"][idx] / np.maximum(seen, 1), np.nan), has_meta
-
-
-def _mean_loss(record: dict) -> np.ndarray:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(record["seen"] > 0, record["loss"] / np.maximum(record["seen"], 1), np.nan)
+def _first_signal(record: dict) -> tuple[np.ndarray, bool]:
+    """Per sample: the mean pseudo-label preference over its meta steps (NaN where it had none), and
+    True; or, for a run without meta steps, the mean training loss on the given label, and False."""
+    if record["meta_seen"].sum() > 0:
+        total, count, has_meta = record["prefer_pseudo"], record["meta_seen"], True
+    else:
+        total, count, has_meta = record["loss"], record["seen"], False
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan), has_meta
 
 
 def _audit_seg(model, cfg, task, record, out, top, device, figures) -> dict:
@@ -153,8 +150,7 @@ def _audit_seg(model, cfg, task, record, out, top, device, figures) -> dict:
     k = task.num_classes
     pred = predict_logits(model, slices.image, batch_size=cfg.batch_size, device=device).argmax(1).numpy()
     given, clean = slices.label.numpy(), slices.clean.numpy()
-    prefer, has_meta = _meta_signal(record)
-    first = prefer if has_meta else _mean_loss(record)
+    first, has_meta = _first_signal(record)
     pixels = int(np.prod(given.shape[1:]))
     cases = np.asarray(slices.case)
     units = {"cases": [np.flatnonzero(cases == c) for c in dict.fromkeys(slices.case)]}
@@ -188,7 +184,7 @@ def _audit_seg(model, cfg, task, record, out, top, device, figures) -> dict:
                      int(r["corrupted"])] for i, r in enumerate(rows)])
     suspects = [r["case"] for r in sorted(tables["cases"], key=lambda r: -r["score"])[:top]]
     if figures and cfg.spatial_dims == 2:
-        _seg_figure(model, cfg, task, tables["slices"], suspects, pred, out, device)
+        _seg_figure(model, cfg, tables["slices"], suspects, out, device)
     return {"task": "segmentation", "signal": "meta + model" if has_meta else "loss + model",
             "top": suspects, "quality": quality, "known_truth": bool((given != clean).any())}
 
@@ -216,7 +212,7 @@ def _cell(v: float) -> str:
     return "" if not np.isfinite(v) else f"{v:.6f}"
 
 
-def _seg_figure(model, cfg, task, slice_rows, suspects, pred, out, device) -> None:
+def _seg_figure(model, cfg, slice_rows, suspects, out, device) -> None:
     """The most suspect slice of each top case: image, given vs clean, pseudo-label, α, β."""
     from medl2b.evaluate import figures as fig
     from medl2b.evaluate.run import weight_map_examples
@@ -242,8 +238,7 @@ def _audit_cls(model, cfg, task, record, out, top, device, figures) -> dict:
                                            transform=task.input_transform)
     prob = F.softmax(logits.float(), 1)
     p_given = prob.gather(1, given[:, None])[:, 0].numpy()
-    prefer, has_meta = _meta_signal(record)
-    first = prefer if has_meta else _mean_loss(record)
+    first, has_meta = _first_signal(record)
     from medl2b.data.datasets import load_manifest
 
     names = [e["image"] for e in load_manifest(cfg.data, task="skin-lesion-cls")["images"]]
