@@ -8,38 +8,16 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import medl2b
 from medl2b import L2B, L2BStep, l2b_step, monai_iteration
 from medl2b.train.methods import get_method
 from medl2b.train.step import weighted_losses
+from tiny_nets import TinyCls, TinySeg
 
 # Removing or renaming a public name is a breaking change: it needs a new major API_VERSION.
 PUBLIC = ["API_VERSION", "L2B", "L2BStep", "l2b_step", "monai_iteration"]
-
-
-class TinyCls(nn.Module):
-    def __init__(self, c=3, k=4):
-        super().__init__()
-        self.conv = nn.Conv2d(c, 6, 3, padding=1)
-        self.bn = nn.BatchNorm2d(6)
-        self.fc = nn.Linear(6, k)
-
-    def forward(self, x):
-        return self.fc(F.relu(self.bn(self.conv(x))).mean((2, 3)))
-
-
-class TinySeg(nn.Module):
-    def __init__(self, c=1, k=2):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c, 5, 3, padding=1)
-        self.bn = nn.BatchNorm2d(5)
-        self.conv2 = nn.Conv2d(5, k, 3, padding=1)
-
-    def forward(self, x):
-        return self.conv2(torch.tanh(self.bn(self.conv1(x))))
 
 
 @pytest.fixture(autouse=True)

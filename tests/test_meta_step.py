@@ -12,29 +12,7 @@ from torch.func import functional_call
 
 from medl2b.meta import meta_weights, normalise_weights
 from medl2b.models import build_resnet50, build_unetpp, head_parameter_names
-
-
-class TinyCls(nn.Module):
-    def __init__(self, c=3, k=4):
-        super().__init__()
-        self.conv = nn.Conv2d(c, 6, 3, padding=1)
-        self.bn = nn.BatchNorm2d(6)
-        self.fc = nn.Linear(6, k)
-
-    def forward(self, x):
-        h = F.relu(self.bn(self.conv(x)))
-        return self.fc(h.mean((2, 3)))
-
-
-class TinySeg(nn.Module):
-    def __init__(self, c=1, k=2):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c, 5, 3, padding=1)
-        self.bn = nn.BatchNorm2d(5)
-        self.conv2 = nn.Conv2d(5, k, 3, padding=1)
-
-    def forward(self, x):
-        return self.conv2(torch.tanh(self.bn(self.conv1(x))))
+from tiny_nets import TinyCls, TinySeg
 
 
 def two_terms(target):
