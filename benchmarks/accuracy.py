@@ -1,22 +1,20 @@
 """Accuracy benchmark: the paper's Table 6 (PROMISE12) and Table 1 (ISIC 2019) in miniature.
 
-On phantom data the project generates (default), with the CPU profiles:
+On phantom data the project generates (default), with the CPU profiles and the shipped defaults:
 
 * segmentation: ``ce`` and ``l2b`` at noise Dice 0.8, 0.6 and 0.4; at 0.6 also ``bootstrap``,
-  ``l2rw``, ``l2b-sum1``, ``l2b`` with ``--meta-set gmm``, ``l2b`` with ``--meta-scope last``
-  (FaMUS-style approximate meta step), ``l2b`` with flip-averaged pseudo-labels
-  (``pseudo_label_tta``) and the oracle (``ce`` on clean labels); at every level also
-  ``l2b-gated``: L2B whose warm-up lasts until the clean validation Dice reaches 0.3;
-* classification: ``ce``, ``l2rw`` and ``l2b`` at 20 % and 50 % symmetric noise;
+  ``l2rw`` and the oracle (``ce`` on clean labels);
+* classification: ``ce``, ``l2rw`` and ``l2b`` at 20 % and 50 % symmetric noise, and the oracle;
 
-each with ``--seeds`` seeds (default 3). Every run is trained, then evaluated on the test split
-with its best checkpoint (chosen on the clean meta cases, never on test). Results go to
-``--work/results.jsonl`` (finished runs are skipped when the script is run again), the
-tables to ``BENCHMARKS.md`` between the ``accuracy`` markers, and the α/β figures to
-``benchmarks/figures/``.
+each with ``--seeds`` seeds (default 3), paired (same seeds, same data, same noisy labels). Every
+run is trained, then evaluated on the test split with its best checkpoint (chosen on the clean
+meta cases, never on test). Results go to ``--work/results.jsonl`` (finished runs are skipped
+when the script is run again), the tables to ``BENCHMARKS.md`` between the ``accuracy``
+markers, and the α/β figures to ``benchmarks/figures/``. The real-anatomy benchmark, with the
+``ce+clean`` and ``meta-only`` baselines, is ``benchmarks/hippocampus.py``.
 
-    python benchmarks/accuracy.py                      # phantoms, about 90 min on 2 CPU cores
-    python benchmarks/accuracy.py --extra-seeds 0      # the issue's protocol only, about an hour
+    python benchmarks/accuracy.py                      # phantoms, about 75 min on 2 CPU cores
+    python benchmarks/accuracy.py --tasks cls          # the classification table only
     python benchmarks/accuracy.py --data PREPARED --task prostate-seg --paper-schedule   # real data
 
 With ``--data``, the same protocol runs on a real prepared dataset (one noise level: the one it
@@ -40,33 +38,22 @@ CLS_LEVELS = (0.2, 0.5)
 PAPER_SEG = {0.8: (80.03, 82.01), 0.6: (73.74, 80.83), 0.4: (59.77, 77.70)}
 
 
+ORACLE = {"label_source": "clean", "method": "ce"}
+
+
 def seg_plan(levels):
     plan = []
     for level in levels:
         plan += [("seg", level, "ce", {}), ("seg", level, "l2b", {})]
         if math.isclose(level, 0.6) or len(levels) == 1:
-            plan += [("seg", level, "bootstrap", {}), ("seg", level, "l2rw", {}), ("seg", level, "l2b-sum1", {}),
-                     ("seg", level, "l2b-gmm", {"meta_set": "gmm"}),
-                     ("seg", level, "oracle", {"label_source": "clean", "method": "ce"})]
+            plan += [("seg", level, "bootstrap", {}), ("seg", level, "l2rw", {}),
+                     ("seg", level, "oracle", ORACLE)]
     return plan
 
 
-GATE = 0.3  # fixed before any run of the gated variant; never chosen on the test split
-
-
-def extras_plan(level=0.6):
-    """Beyond the issue's protocol: the approximate meta step and flip-averaged pseudo-labels at 0.6, and
-    at every level L2B whose warm-up lasts until the clean validation Dice reaches ``GATE`` (capped at half
-    the run), the follow-up to the diagnosis that fixed-length warm-up ends before the network predicts
-    any foreground."""
-    plan = [("seg", level, "l2b-last", {"meta_scope": "last"}), ("seg", level, "l2b-tta", {"pseudo_label_tta": True}),
-            ("seg", level, "l2b-gated-meta4", {"warmup_until_score": GATE, "meta_batch_size": 4})]  # the 2.1x step
-    return plan + [("seg", lv, "l2b-gated", {"warmup_until_score": GATE}) for lv in SEG_LEVELS]
-
-
-
 def cls_plan(levels):
-    return [("cls", level, m, {}) for level in levels for m in ("ce", "l2rw", "l2b")]
+    plan = [("cls", level, m, {}) for level in levels for m in ("ce", "l2rw", "l2b")]
+    return plan + [("cls", levels[0], "oracle", ORACLE)]
 
 
 def prepare_phantoms(work: Path, tasks: list[str]) -> dict:
@@ -98,7 +85,7 @@ def prepare_phantoms(work: Path, tasks: list[str]) -> dict:
 
 
 def run_one(task, level, name, extra, seed, data: Path, work: Path, paper_schedule: bool) -> dict:
-    from medl2b.config import load_config
+    from medl2b.config import METHODS, load_config
     from medl2b.evaluate.run import evaluate_run
     from medl2b.train.trainer import train
 
@@ -107,8 +94,8 @@ def run_one(task, level, name, extra, seed, data: Path, work: Path, paper_schedu
         import shutil
 
         shutil.rmtree(run)  # an unfinished run from an interrupted benchmark
-    overrides = {"data": str(data), "out": str(run), "method": name if name in
-                 ("ce", "bootstrap", "l2rw", "l2b", "l2b-sum1") else "l2b", "seed": seed, "device": "auto", **extra}
+    overrides = {"data": str(data), "out": str(run), "method": name if name in METHODS else "l2b", "seed": seed,
+                 "device": "auto", **extra}
     cfg = load_config("prostate-seg" if task == "seg" else "skin-lesion-cls",
                       profile=None if paper_schedule else "cpu", overrides=overrides)
     t = time.time()
@@ -152,8 +139,7 @@ def tables(rows: list[dict]) -> str:
                 "| noise Dice | method | seeds | Dice (%) | HD95 (mm) | ASD (mm) | failed cases | train time (s), min / median |",
                 "|---|---|---|---|---|---|---|---|"]
         for level in levels:
-            for method in ("ce", "bootstrap", "l2rw", "l2b-sum1", "l2b", "l2b-gated", "l2b-gated-meta4", "l2b-tta",
-                           "l2b-last", "l2b-gmm", "oracle"):
+            for method in ("ce", "bootstrap", "l2rw", "l2b", "oracle"):
                 rs = [r for r in seg if r["level"] == level and r["method"] == method]
                 if not rs:
                     continue
@@ -161,8 +147,8 @@ def tables(rows: list[dict]) -> str:
                            f"{fmt([r['hd95'] for r in rs])} | {fmt([r['asd'] for r in rs])} | "
                            f"{sum(r['n_failed'] for r in rs)} | {times(rs)} |")
         out += ["", "| noise Dice | CE Dice (%) | L2B Dice (%) | L2B − CE | oracle (%) | gap closed | "
-                "L2B, gated warm-up (%) | its gap closed | paper CE → L2B |",
-                "|---|---|---|---|---|---|---|---|---|"]
+                "paired L2B − CE per seed | paper CE → L2B |",
+                "|---|---|---|---|---|---|---|---|"]
         o = mean_std(oracle)[0]
 
         def dice(level, method):
@@ -172,10 +158,13 @@ def tables(rows: list[dict]) -> str:
             return (value - ce) / (o - ce) if math.isfinite(o) and o - ce > 1e-9 else float("nan")
 
         for level in levels:
-            ce, l2b, gated = dice(level, "ce"), dice(level, "l2b"), dice(level, "l2b-gated")
+            ce, l2b = dice(level, "ce"), dice(level, "l2b")
+            per_seed = {r["seed"]: r["dice"] for r in seg if r["level"] == level and r["method"] == "ce"}
+            diffs = [100 * (r["dice"] - per_seed[r["seed"]]) for r in seg
+                     if r["level"] == level and r["method"] == "l2b" and r["seed"] in per_seed]
             paper = PAPER_SEG.get(level)
             out.append(f"| {level} | {100 * ce:.2f} | {100 * l2b:.2f} | {100 * (l2b - ce):+.2f} | {100 * o:.2f} | "
-                       f"{gap(l2b, ce):.0%} | {100 * gated:.2f} | {gap(gated, ce):.0%} | "
+                       f"{gap(l2b, ce):.0%} | {' / '.join(f'{d:+.1f}' for d in diffs)} | "
                        + (f"{paper[0]} → {paper[1]} |" if paper else "– |"))
     cls = [r for r in rows if r["task"] == "cls"]
     if cls:
@@ -183,7 +172,7 @@ def tables(rows: list[dict]) -> str:
                 "| symmetric noise | method | seeds | accuracy (%) | balanced accuracy (%) | train time (s), min / median |",
                 "|---|---|---|---|---|---|"]
         for level in sorted({r["level"] for r in cls}):
-            for method in ("ce", "l2rw", "l2b"):
+            for method in ("ce", "l2rw", "l2b", "oracle"):
                 rs = [r for r in cls if r["level"] == level and r["method"] == method]
                 if rs:
                     out.append(f"| {level:.0%} | {method} | {len(rs)} | {fmt([r['accuracy'] for r in rs], 100)} | "
@@ -252,7 +241,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=ROOT / "bench_runs" / "accuracy")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--extra-seeds", type=int, default=3, help="seeds of the extras (l2b-last, l2b-tta, l2b-gated)")
     ap.add_argument("--tasks", default="seg,cls")
     ap.add_argument("--data", type=Path, default=None, help="a real prepared dataset (runs one task)")
     ap.add_argument("--task", default=None, help="with --data: prostate-seg or skin-lesion-cls")
@@ -276,10 +264,7 @@ def main() -> None:
         tasks = args.tasks.split(",")
         data = prepare_phantoms(args.work, tasks)
         plan = (seg_plan(SEG_LEVELS) if "seg" in tasks else []) + (cls_plan(CLS_LEVELS) if "cls" in tasks else [])
-    # the issue's protocol for every seed first, then the extras for every seed
     schedule = [(seed, p) for seed in range(args.seeds) for p in plan]
-    if args.data is None and "seg" in args.tasks.split(","):
-        schedule += [(seed, p) for seed in range(args.extra_seeds) for p in extras_plan()]
     total = len(schedule)
     t0 = time.time()
     i = 0
@@ -300,7 +285,7 @@ def main() -> None:
     text = tables(done)
     figs = weight_figures(done, ROOT / "benchmarks" / "figures")
     text += "\n\n" + "\n".join(f"![{p.stem}](benchmarks/figures/{p.name})" for p in figs)
-    text += (f"\n\nCommand: `python benchmarks/accuracy.py --seeds {args.seeds} --extra-seeds {args.extra_seeds}`"
+    text += (f"\n\nCommand: `python benchmarks/accuracy.py --seeds {args.seeds}`"
              + (f" --data {args.data}" if args.data else "") + f"; {len(done)} of {total} runs finished.")
     print(text)
     if not args.no_write:
