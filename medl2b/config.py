@@ -64,6 +64,8 @@ class TrainConfig:
     # model
     features: list[int] = field(default_factory=lambda: [32, 32, 64, 128, 256, 32])  # UNet++ widths
     spatial_dims: int = 2               # segmentation: 2 = UNet++ on slices, 3 = on whole (padded) volumes
+    patch_size: list[int] = field(default_factory=lambda: [96, 96, 96])  # 3-D: larger volumes train on patches
+    patch_fg: float = 0.33              # 3-D patches: share centred on a foreground voxel (nnU-Net's 1/3)
     width: float = 1.0                  # ResNet-50 widen factor
     image_size: int | None = None       # classification: crop/resize side; None = prepared size
     pretrained: str | None = None       # local torchvision-layout ImageNet state dict
@@ -94,6 +96,10 @@ class TrainConfig:
             raise InputError(where, f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
         if self.spatial_dims == 3 and not self.is_segmentation:
             raise InputError(where, f"spatial_dims 3 needs a segmentation task, not {self.task}")
+        if len(self.patch_size) != 3 or any(p <= 0 or p % 16 for p in self.patch_size):
+            raise InputError(where, f"patch_size must be three positive multiples of 16, got {self.patch_size}")
+        if not 0.0 <= self.patch_fg <= 1.0:
+            raise InputError(where, f"patch_fg must be in [0, 1], got {self.patch_fg}")
         if self.meta_every > 1 and self.meta_impl == "reference":
             raise InputError(where, "meta_every > 1 reuses the meta gradient of the fast step; use meta_impl fast")
         if not 0 <= self.warmup_epochs <= self.epochs:

@@ -79,3 +79,59 @@ def test_3d_l2b_trains_on_volumes_and_evaluates_with_sliding_windows(hippo3d, tm
     assert set(np.unique(np.asanyarray(pred.dataobj)).tolist()) <= {0, 1, 2}
     with pytest.raises(InputError, match="spatial_dims"):
         load_config("skin-lesion-cls", overrides={"spatial_dims": 3})
+
+
+def _offset_of(crop: torch.Tensor, volume: torch.Tensor) -> tuple[int, int, int]:
+    """Where the patch ``crop`` (C, x, y, z) sits in ``volume`` (C, X, Y, Z); exact match required."""
+    size = crop.shape[1:]
+    for ox in range(volume.shape[1] - size[0] + 1):
+        for oy in range(volume.shape[2] - size[1] + 1):
+            for oz in range(volume.shape[3] - size[2] + 1):
+                if torch.equal(volume[:, ox:ox + size[0], oy:oy + size[1], oz:oz + size[2]], crop):
+                    return ox, oy, oz
+    raise AssertionError("the patch is not a sub-block of its volume")
+
+
+def test_patches_cut_image_and_labels_together_and_oversample_foreground(hippo3d):
+    from medl2b.data.datasets import SegSliceDataset, train_window
+
+    vols = load_volumes(hippo3d, "train")
+    window = train_window(hippo3d, (32, 32, 16))
+    assert window == (32, 32, 16) and train_window(hippo3d) == volume_shape(hippo3d)  # default: whole volumes
+    torch.manual_seed(0)
+    offsets = set()
+    for draw in range(4):
+        item = SegSliceDataset(vols, augment=False, crop=window, crop_fg=0.33)[draw]
+        assert item["image"].shape == (1, *window) and item["label"].shape == window
+        ox, oy, oz = _offset_of(item["image"], vols.image[item["index"]])
+        block = (item["index"], slice(ox, ox + 32), slice(oy, oy + 32), slice(oz, oz + 16))
+        assert torch.equal(item["label"], vols.label[block]) and torch.equal(item["clean"], vols.clean[block])
+        offsets.add(oz)
+    # small patches: centred on a foreground voxel they always hold foreground, uniform ones not always
+    with_fg = {fg: sum(int(SegSliceDataset(vols, augment=False, crop=(6, 6, 6), crop_fg=fg)[i % 4]["label"].any())
+                       for i in range(16)) for fg in (1.0, 0.0)}
+    assert with_fg[1.0] == 16 and with_fg[0.0] < 12
+    assert len(offsets) > 1             # random positions
+
+
+def test_3d_training_on_patches_is_reproducible_and_evaluates_with_sliding_windows(hippo3d, tmp_path):
+    def fit(out):
+        cfg = load_config("segmentation", profile="cpu", overrides={
+            "data": str(hippo3d), "out": str(out), "spatial_dims": 3, "patch_size": [32, 32, 16],
+            "features": [2, 2, 4, 4, 8, 2], "batch_size": 2, "meta_batch_size": 1, "epochs": 2, "warmup_epochs": 1,
+            "device": "cpu"})
+        trainer = Trainer(cfg, progress=False)
+        trainer.fit()
+        return trainer
+
+    a, b = fit(tmp_path / "a"), fit(tmp_path / "b")
+    assert a.task.window == (32, 32, 16) and a.task.train_set[0]["image"].shape == (1, 32, 32, 16)
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, b.model.state_dict()[k]), k
+    summary = evaluate_run(tmp_path / "a", split="test", figures=False)
+    manifest = json.loads((hippo3d / "dataset.json").read_text())
+    case = manifest["splits"]["test"][0]
+    pred = nib.load(str(tmp_path / "a" / "eval" / "predictions" / f"{case}.nii.gz"))
+    assert summary["n_cases"] == 1 and list(pred.shape) == manifest["cases"][case]["original"]["size"]
+    with pytest.raises(InputError, match="patch_size"):
+        load_config("segmentation", overrides={"patch_size": [32, 32, 20]})

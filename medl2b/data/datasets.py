@@ -45,6 +45,7 @@ __all__ = [
     "SliceSet",
     "load_volumes",
     "volume_shape",
+    "train_window",
     "case_image_paths",
     "load_isic",
     "load_manifest",
@@ -192,6 +193,13 @@ def volume_shape(prepared_dir: str | os.PathLike, multiple: int = 16) -> tuple[i
     return tuple(int(-(-int(v) // multiple) * multiple) for v in sizes.max(0))
 
 
+def train_window(prepared_dir: str | os.PathLike, patch_size: Sequence[int] = (96, 96, 96)) -> tuple[int, int, int]:
+    """The 3-D training window ``(X, Y, Z)``: :func:`volume_shape` capped on each axis at ``patch_size``
+    (multiples of 16). Equal to :func:`volume_shape` when the volumes fit: they are trained whole; otherwise
+    training takes random patches of this size, and inference slides windows of it."""
+    return tuple(min(v, int(p)) for v, p in zip(volume_shape(prepared_dir), patch_size))
+
+
 def load_volumes(prepared_dir: str | os.PathLike, cases: str | Sequence[str], *, label: str = "noisy",
                  shape: Sequence[int] | None = None) -> SliceSet:
     """Whole volumes of some cases for 3-D training, zero-padded at the far end of each axis to
@@ -250,27 +258,50 @@ class _Augmented(Dataset):
         if self._transform is None:
             return data
         self._transform.set_random_state(seed=int(torch.randint(0, 2**31 - 1, (1,)).item()))
-        return self._transform(data)
+        out = self._transform(data)
+        return out[0] if isinstance(out, list) else out  # a random crop returns a list of one sample
 
 
 class SegSliceDataset(_Augmented):
     """2-D slices as a torch Dataset.
 
     Items: ``{"image": float32 (1, H, W), "label": int64 (H, W), "clean": int64 (H, W),
-    "index": int}``. With ``augment``: random flips, a small rotation/scaling
-    (bilinear for the image, nearest for both masks, same draw for all three), and
-    intensity scale/shift/Gaussian noise on the image. See the module docstring for
-    what seeds the augmentation.
+    "index": int}`` (3-D volumes: ``(1, X, Y, Z)`` and ``(X, Y, Z)``). With ``augment`` (2-D):
+    random flips, a small rotation/scaling (bilinear for the image, nearest for both masks, same
+    draw for all three), and intensity scale/shift/Gaussian noise on the image. With ``crop``:
+    a random patch of that spatial size, centred with probability ``crop_fg`` on a foreground
+    voxel of the given label (MONAI ``RandCropByPosNegLabeld``; a sample without foreground gets a
+    random patch), the same patch of image, label and clean label. See the module docstring for
+    what seeds the randomness.
 
     Args:
         slices: A :class:`SliceSet`.
-        augment: Apply the random augmentation.
+        augment: Apply the random 2-D augmentation.
+        crop: Patch size, or None for whole items.
+        crop_fg: Share of patches centred on foreground.
     """
 
-    def __init__(self, slices: SliceSet, *, augment: bool) -> None:
+    def __init__(self, slices: SliceSet, *, augment: bool, crop: Sequence[int] | None = None,
+                 crop_fg: float = 0.33) -> None:
         if not isinstance(slices, SliceSet):
             raise TypeError(f"slices must be a SliceSet, got {type(slices).__name__}")
-        super().__init__(_seg_augment() if augment else None)
+        steps = []
+        if crop is not None:
+            from monai.transforms import RandCropByPosNegLabeld
+
+            steps.append(RandCropByPosNegLabeld(("image", "label", "clean"), label_key="label",
+                                                spatial_size=tuple(int(c) for c in crop), pos=crop_fg,
+                                                neg=1.0 - crop_fg, num_samples=1, allow_smaller=False))
+        if augment:
+            steps.append(_seg_augment())
+        if steps:
+            from monai.transforms import Compose
+
+            transform = Compose(steps)
+        else:
+            transform = None
+        super().__init__(transform)
+        self.crop = None if crop is None else tuple(int(c) for c in crop)
         self.slices = slices
         self.augment = bool(augment)
 

@@ -85,7 +85,7 @@ def _split_cases(manifest: dict, split: str) -> list:
 
 
 def _evaluate_seg(model, cfg, run, data, split, checkpoint, out, dev, figures, progress) -> dict:
-    from medl2b.data.datasets import load_manifest, load_slices, volume_shape
+    from medl2b.data.datasets import load_manifest, load_slices, train_window
     from medl2b.data.grid import prediction_to_raw
     from medl2b.data.nifti import read_nifti, write_nifti
     from medl2b.evaluate.metrics import compute_case_metrics, compute_multiclass_case_metrics
@@ -97,7 +97,7 @@ def _evaluate_seg(model, cfg, run, data, split, checkpoint, out, dev, figures, p
     names = sorted(manifest["labels"], key=lambda n: manifest["labels"][n])
     classes = {manifest["labels"][n]: n for n in names[1:]}  # foreground index -> name
     per_case, volumes = [], {}
-    roi = volume_shape(data) if cfg.spatial_dims == 3 else None  # 3-D: the training shape is the window
+    roi = train_window(data, cfg.patch_size) if cfg.spatial_dims == 3 else None  # 3-D: the training window
     for case in _iterate(cases, progress, "predicting"):
         info = manifest["cases"][case]
         slices = load_slices(data, [case], label="clean")

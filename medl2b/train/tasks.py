@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
 from medl2b.data.augment import BatchAugment
-from medl2b.inference import predict_dataset, predict_logits
+from medl2b.inference import predict_dataset, predict_logits, predict_volume
 
 __all__ = ["Task", "SegmentationTask", "ClassificationTask", "build_task", "dice_score", "mean_foreground_dice"]
 
@@ -93,15 +93,27 @@ class SegmentationTask(Task):
 
             raise InputError(cfg.data, f"slices of {list(train.image.shape[-2:])} px are too small for UNet++ "
                                        "(four halvings); prepare the dataset with --size 32 or more")
+        # 3-D: volumes larger than patch_size on some axis are trained on random patches (the window)
+        self.window = None
+        train_crop, meta_crop = {}, {}
+        if cfg.spatial_dims == 3:
+            from medl2b.data.datasets import train_window
+
+            window = train_window(cfg.data, cfg.patch_size)
+            if len(train) and window != tuple(train.image.shape[2:]):
+                self.window = window
+                train_crop = {"crop": self.window, "crop_fg": cfg.patch_fg}
+                meta_crop = {"crop": self.window, "crop_fg": 1.0 if cfg.meta_foreground else cfg.patch_fg}
         # items are served plain; BatchAugment transforms whole batches on the device (augment_batch)
-        meta = SegSliceDataset(self.val_slices, augment=False) if (use_meta_cases and self.val_slices) else None
+        meta = (SegSliceDataset(self.val_slices, augment=False, **meta_crop)
+                if (use_meta_cases and self.val_slices) else None)
         if meta is not None and cfg.meta_foreground:
             # A meta batch of background-only slices rewards predicting background everywhere; draw meta
             # batches from the clean slices that hold foreground (all slices if none does).
             has_fg = np.flatnonzero(self.val_slices.clean.flatten(1).sum(1).numpy() > 0)
             if len(has_fg):
                 meta = Subset(meta, has_fg.tolist())
-        super().__init__(train_set=SegSliceDataset(train, augment=False),
+        super().__init__(train_set=SegSliceDataset(train, augment=False, **train_crop),
                          train_plain=SegSliceDataset(train, augment=False), meta_set=meta,
                          num_classes=len(manifest["labels"]), score_name="val_dice",
                          in_channels=len(manifest.get("channel_names") or {"0": ""}))
@@ -117,15 +129,22 @@ class SegmentationTask(Task):
     def validate(self, model, device) -> float:
         if self.val_slices is None:
             return float("nan")
-        pred = predict_logits(model, self.val_slices.image, batch_size=self.batch_size, device=device).argmax(1)
+        pred = self._logits(model, self.val_slices.image, device, self.batch_size).argmax(1)
         cases = np.asarray(self.val_slices.case)
         scores = [mean_foreground_dice(pred[cases == c].numpy(), self.val_slices.clean[cases == c].numpy(),
                                        self.num_classes) for c in dict.fromkeys(self.val_slices.case)]
         return float(np.mean(scores))
 
     def sample_losses(self, model, device, batch_size: int) -> np.ndarray:
-        logits = predict_logits(model, self.train_slices.image, batch_size=batch_size, device=device)
+        logits = self._logits(model, self.train_slices.image, device, batch_size)
         return F.cross_entropy(logits, self.train_slices.label, reduction="none").flatten(1).mean(1).numpy()
+
+    def _logits(self, model, images: torch.Tensor, device, batch_size: int) -> torch.Tensor:
+        """Logits of whole slices or volumes; volumes trained on patches: sliding windows of the patch size."""
+        if self.window is None:
+            return predict_logits(model, images, batch_size=batch_size, device=device)
+        return torch.cat([predict_volume(model, images[i:i + 1], self.window, device=device)
+                          for i in range(images.shape[0])])
 
     def meta_candidates(self) -> np.ndarray:
         """Slices whose given mask has foreground.
