@@ -294,14 +294,9 @@ class SegSliceDataset(_Augmented):
                                                 neg=1.0 - crop_fg, num_samples=1, allow_smaller=False))
         if augment:
             steps.append(_seg_augment())
-        if steps:
-            from monai.transforms import Compose
+        from monai.transforms import Compose
 
-            transform = Compose(steps)
-        else:
-            transform = None
-        super().__init__(transform)
-        self.crop = None if crop is None else tuple(int(c) for c in crop)
+        super().__init__(Compose(steps) if steps else None)
         self.slices = slices
         self.augment = bool(augment)
 
