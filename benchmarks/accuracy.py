@@ -134,8 +134,8 @@ def tables(rows: list[dict]) -> str:
     if seg:
         levels = sorted({r["level"] for r in seg}, reverse=True)
         oracle = [r["dice"] for r in seg if r["method"] == "oracle"]
-        out += ["### Segmentation (phantom PROMISE12, UNet++ CPU profile, test cases, mean over seeds of the "
-                "per-run mean over cases)", "",
+        out += [("### Segmentation (phantom PROMISE12, UNet++ CPU profile, test cases, mean over seeds of the "
+                "per-run mean over cases)"), "",
                 "| noise Dice | method | seeds | Dice (%) | HD95 (mm) | ASD (mm) | failed cases | train time (s), min / median |",
                 "|---|---|---|---|---|---|---|---|"]
         for level in levels:
@@ -146,8 +146,8 @@ def tables(rows: list[dict]) -> str:
                 out.append(f"| {level} | {method} | {len(rs)} | {fmt([r['dice'] for r in rs], 100)} | "
                            f"{fmt([r['hd95'] for r in rs])} | {fmt([r['asd'] for r in rs])} | "
                            f"{sum(r['n_failed'] for r in rs)} | {times(rs)} |")
-        out += ["", "| noise Dice | CE Dice (%) | L2B Dice (%) | L2B − CE | oracle (%) | gap closed | "
-                "paired L2B − CE per seed | paper CE → L2B |",
+        out += ["", ("| noise Dice | CE Dice (%) | L2B Dice (%) | L2B − CE | oracle (%) | gap closed | "
+                "paired L2B − CE per seed | paper CE → L2B |"),
                 "|---|---|---|---|---|---|---|---|"]
         o = mean_std(oracle)[0]
 
@@ -251,7 +251,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     results = args.work / "results.jsonl"
     done = [json.loads(l) for l in results.read_text().splitlines()] if results.exists() else []
-    key = lambda r: (r["task"], r["level"], r["method"], r["seed"])  # noqa: E731
+    key = lambda r: (r["task"], r["level"], r["method"], r["seed"])
     finished = {key(r) for r in done}
 
     if args.data is not None:

@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from accuracy import mean_std, write_benchmarks_md
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -26,6 +26,9 @@ Runs go in priority order, every seed of a block before the next block:
 6. noise 0.6: l2b-k2, l2b-k4 (``l2b`` with ``--set meta_every=2`` / ``4``: the amortised meta
    step, a new meta gradient every k steps). Its table compares training wall time × CE and
    test Dice with the exact step (k = 1, block 1), paired by seed.
+7. noise 0.6: ce-3d, l2b-3d: ``ce`` and ``l2b`` with the ``cpu-3d`` profile (a 3-D UNet++ on whole
+   volumes, voxel-wise α/β; evaluated by sliding windows). Its table sets them beside the 2-D rows
+   of block 1, paired by seed.
 
 Each run trains with the ``segmentation`` task's ``cpu`` profile (the project's defaults), is
 evaluated on the 40 test cases with its best checkpoint (chosen on the clean meta cases, never
@@ -54,7 +57,9 @@ SIZE = 48
 SHARED = {"meta-only", "oracle"}  # independent of the noise level
 METHOD = {"oracle": ("ce", {"label_source": "clean"}), "l2b-gmm": ("l2b", {"meta_set": "gmm"}),
           "l2b-batch": ("l2b", {"meta_normalise": "batch"}),
-          "l2b-k2": ("l2b", {"meta_every": 2}), "l2b-k4": ("l2b", {"meta_every": 4})}
+          "l2b-k2": ("l2b", {"meta_every": 2}), "l2b-k4": ("l2b", {"meta_every": 4}),
+          "ce-3d": ("ce", {}), "l2b-3d": ("l2b", {})}
+PROFILE = {"ce-3d": "cpu-3d", "l2b-3d": "cpu-3d"}  # 3-D UNet++ on whole volumes; the rest: 2-D slices, cpu
 BLOCKS = [
     [(0.6, m) for m in ("ce", "l2b", "ce+clean", "meta-only", "oracle")],
     [(0.6, "l2b-batch")],
@@ -62,9 +67,10 @@ BLOCKS = [
     [(0.8, m) for m in ("ce", "l2b", "ce+clean")],
     [(0.6, m) for m in ("bootstrap", "l2rw", "l2b-gmm")],
     [(0.6, m) for m in ("l2b-k2", "l2b-k4")],
+    [(0.6, m) for m in ("ce-3d", "l2b-3d")],
 ]
 ORDER = ("ce", "ce+clean", "meta-only", "bootstrap", "l2rw", "l2b-batch", "l2b", "l2b-k2", "l2b-k4", "l2b-gmm",
-         "oracle")
+         "oracle", "ce-3d", "l2b-3d")
 
 
 def prepare(raw: Path, work: Path) -> dict[float, Path]:
@@ -89,7 +95,7 @@ def run_one(level: float, name: str, seed: int, data: Path, work: Path, override
     if run.exists():
         shutil.rmtree(run)  # an unfinished run from an interrupted benchmark
     method, extra = METHOD.get(name, (name, {}))
-    cfg = load_config("segmentation", profile="cpu", overrides={
+    cfg = load_config("segmentation", profile=PROFILE.get(name, "cpu"), overrides={
         "data": str(data), "out": str(run), "method": method, "seed": seed, "device": "auto", **extra, **overrides})
     t = time.time()
     train(cfg, progress=False)
@@ -115,8 +121,8 @@ def tables(rows: list[dict]) -> str:
         return [r for r in rows if r["method"] == method and math.isclose(r["level"], lv)]
 
     classes = sorted({c for r in rows for c in r.get("per_class", {})})
-    out = ["### Hippocampus (real MSD Task04 MRI, 40 test cases; mean ± std over seeds of the per-run mean over "
-           "cases)", "",
+    out = [("### Hippocampus (real MSD Task04 MRI, 40 test cases; mean ± std over seeds of the per-run mean over "
+           "cases)"), "",
            "| noise Dice | method | seeds | Dice, mean fg (%) | " + " | ".join(f"Dice {c} (%)" for c in classes)
            + " | HD95 (mm) | ASD (mm) | failed cases | train time (s), min / median |",
            "|---|---|---|---|" + "---|" * len(classes) + "---|---|---|---|"]
@@ -132,8 +138,8 @@ def tables(rows: list[dict]) -> str:
                        + f" | {fmt([r['hd95'] for r in rs])} | {fmt([r['asd'] for r in rs])} | "
                        f"{sum(r['n_failed'] for r in rs)} | {times(rs)} |")
     out += ["", "Paired comparison (same seeds, split and noisy labels); gap closed = (L2B − CE) / (oracle − CE):", "",
-            "| noise Dice | CE (%) | L2B (%) | L2B − CE per seed | L2B − CE | ce+clean (%) | meta-only (%) | "
-            "oracle (%) | gap closed |", "|---|---|---|---|---|---|---|---|---|"]
+            ("| noise Dice | CE (%) | L2B (%) | L2B − CE per seed | L2B − CE | ce+clean (%) | meta-only (%) | "
+            "oracle (%) | gap closed |"), "|---|---|---|---|---|---|---|---|---|"]
     for level in levels:
         ce = {r["seed"]: r["dice"] for r in pick(level, "ce")}
         l2b = {r["seed"]: r["dice"] for r in pick(level, "l2b")}
@@ -149,7 +155,38 @@ def tables(rows: list[dict]) -> str:
                    f"{d_m:+.2f} ± {d_s:.2f} | {100 * m('ce+clean'):.2f} | {100 * m('meta-only'):.2f} | "
                    f"{100 * o:.2f} | {gap:.0%} |")
     out += amortised_table(rows)
+    out += dims_table(rows)
     return "\n".join(out)
+
+
+def dims_table(rows: list[dict]) -> list[str]:
+    """Issue 12: 3-D UNet++ on whole volumes against the 2-D slice UNet++ at noise 0.6, paired by seed."""
+    def by_seed(method):
+        return {r["seed"]: r for r in rows if r["method"] == method and math.isclose(r["level"], 0.6)}
+
+    runs = {m: by_seed(m) for m in ("ce", "l2b", "ce-3d", "l2b-3d")}
+    if not runs["ce-3d"] and not runs["l2b-3d"]:
+        return []
+    lines = ["", ("2-D slices against 3-D volumes at noise 0.6 (same cases, noisy labels and seeds; the 3-D rows use the "
+             "``cpu-3d`` profile). Paired differences per seed:"), "",
+             ("| method | 2-D Dice (%) | 3-D Dice (%) | 3-D − 2-D per seed | 3-D − 2-D | 2-D HD95 (mm) | 3-D HD95 (mm) | "
+             "train time 2-D (s, min / median) | 3-D |"), "|---|---|---|---|---|---|---|---|---|"]
+    for two, three in (("ce", "ce-3d"), ("l2b", "l2b-3d")):
+        a, b = runs[two], runs[three]
+        seeds = sorted(set(a) & set(b))
+        diffs = [100 * (b[s]["dice"] - a[s]["dice"]) for s in seeds]
+        dm, ds = mean_std(diffs)
+        lines.append(f"| {two} | {fmt([r['dice'] for r in a.values()], 100)} | {fmt([r['dice'] for r in b.values()], 100)}"
+                     f" | {', '.join(f'{d:+.2f}' for d in diffs)} | {dm:+.2f} ± {ds:.2f} | "
+                     f"{fmt([r['hd95'] for r in a.values()])} | {fmt([r['hd95'] for r in b.values()])} | "
+                     f"{times(list(a.values()))} | {times(list(b.values()))} |")
+    seeds = sorted(set(runs["ce-3d"]) & set(runs["l2b-3d"]))
+    diffs = [100 * (runs["l2b-3d"][s]["dice"] - runs["ce-3d"][s]["dice"]) for s in seeds]
+    if diffs:
+        dm, ds = mean_std(diffs)
+        lines += ["", (f"3-D L2B − 3-D CE, paired: {', '.join(f'{d:+.2f}' for d in diffs)} (mean {dm:+.2f} ± {ds:.2f} "
+                  "Dice points).")]
+    return lines
 
 
 def epoch_ratios(run: str) -> tuple[float, float]:
@@ -192,13 +229,13 @@ def amortised_table(rows: list[dict]) -> list[str]:
                      f"{fmt([100 * (runs[s]['dice'] - ce[s]['dice']) for s in seeds])} |")
     if len(lines) < 2:
         return []
-    return ["", "Amortised meta step at noise 0.6 (``meta_every`` = k; k = 1 is the exact step). Cost × CE is "
+    return ["", ("Amortised meta step at noise 0.6 (``meta_every`` = k; k = 1 is the exact step). Cost × CE is "
             "measured inside each run against its own 4 CE warm-up epochs (same process, same machine state): "
             "per meta epoch, and for the whole 12-epoch training; medians over seeds (all seeds in brackets). "
             "The last time column divides by the CE run of the same seed instead, which other work on the "
-            "machine between runs disturbs:", "",
-            "| k | seeds | meta epoch × CE | training × CE | training × CE run | Dice (%) | − exact L2B "
-            "(points, paired) | − CE (points, paired) |",
+            "machine between runs disturbs:"), "",
+            ("| k | seeds | meta epoch × CE | training × CE | training × CE run | Dice (%) | − exact L2B "
+            "(points, paired) | − CE (points, paired) |"),
             "|---|---|---|---|---|---|---|---|", *lines]
 
 
@@ -207,7 +244,7 @@ def main() -> None:
     ap.add_argument("--raw", type=Path, default=ROOT.parent / "shared" / "data" / "Task04_Hippocampus")
     ap.add_argument("--work", type=Path, default=ROOT / "bench_runs" / "hippocampus")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--blocks", default="1,2,3,4,5", help="which blocks of the plan to run, in order")
+    ap.add_argument("--blocks", default="1,2,3,4,5,7", help="which blocks of the plan to run, in order")
     ap.add_argument("--set", action="append", default=[], help="extra config KEY=VALUE for every run")
     ap.add_argument("--no-write", action="store_true", help="print the tables only")
     ap.add_argument("--report-only", action="store_true", help="write the tables from the finished runs, train nothing")
