@@ -60,9 +60,10 @@ def test_3d_augmentation_moves_image_and_labels_together():
 
 def test_3d_l2b_trains_on_volumes_and_evaluates_with_sliding_windows(hippo3d, tmp_path):
     run = tmp_path / "run3d"
-    cfg = load_config("segmentation", profile="cpu", overrides={
-        "data": str(hippo3d), "out": str(run), "spatial_dims": 3, "features": [2, 2, 4, 4, 8, 2], "batch_size": 2,
+    cfg = load_config("segmentation", profile="cpu-3d", overrides={    # the profile sets spatial_dims 3
+        "data": str(hippo3d), "out": str(run), "features": [2, 2, 4, 4, 8, 2],
         "meta_batch_size": 1, "epochs": 2, "warmup_epochs": 1, "device": "cpu"})
+    assert cfg.spatial_dims == 3 and cfg.batch_size == 2
     trainer = Trainer(cfg, progress=False)
     assert trainer.model.net.conv_0_0.conv_0.conv.weight.ndim == 5   # a 3-D UNet++
     assert len(trainer.task.train_set) == 4                           # one sample per volume
