@@ -30,7 +30,7 @@ Runs go in priority order, every seed of a block before the next block:
    volumes, voxel-wise α/β; evaluated by sliding windows). Its table sets them beside the 2-D rows
    of block 1, paired by seed.
 
-Each run trains with the ``segmentation`` task's ``cpu`` profile (the project's defaults), is
+Each run trains with the ``segmentation`` task's ``cpu`` profile (block 7: ``cpu-3d``), is
 evaluated on the 40 test cases with its best checkpoint (chosen on the clean meta cases, never
 on test), and is appended to ``--work/results.jsonl``. Finished runs are skipped when the
 script is started again, so it can be stopped and resumed; ``--report-only`` writes the
@@ -159,12 +159,14 @@ def tables(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def by_seed_06(rows: list[dict], method: str) -> dict[int, dict]:
+    """The runs of ``method`` at noise 0.6, by seed."""
+    return {r["seed"]: r for r in rows if r["method"] == method and math.isclose(r["level"], 0.6)}
+
+
 def dims_table(rows: list[dict]) -> list[str]:
     """Issue 12: 3-D UNet++ on whole volumes against the 2-D slice UNet++ at noise 0.6, paired by seed."""
-    def by_seed(method):
-        return {r["seed"]: r for r in rows if r["method"] == method and math.isclose(r["level"], 0.6)}
-
-    runs = {m: by_seed(m) for m in ("ce", "l2b", "ce-3d", "l2b-3d")}
+    runs = {m: by_seed_06(rows, m) for m in ("ce", "l2b", "ce-3d", "l2b-3d")}
     if not runs["ce-3d"] and not runs["l2b-3d"]:
         return []
     lines = ["", ("2-D slices against 3-D volumes at noise 0.6 (same cases, noisy labels and seeds; the 3-D rows use the "
@@ -206,14 +208,11 @@ def epoch_ratios(run: str) -> tuple[float, float]:
 
 def amortised_table(rows: list[dict]) -> list[str]:
     """Issue 14's trade-off at 0.6: ``meta_every`` k against the exact step (k = 1) and CE, paired by seed."""
-    def by_seed(method):
-        return {r["seed"]: r for r in rows if r["method"] == method and math.isclose(r["level"], 0.6)}
-
-    ce = by_seed("ce")
-    exact = by_seed("l2b")
+    ce = by_seed_06(rows, "ce")
+    exact = by_seed_06(rows, "l2b")
     lines = []
     for k, method in ((1, "l2b"), (2, "l2b-k2"), (4, "l2b-k4")):
-        runs = by_seed(method)
+        runs = by_seed_06(rows, method)
         seeds = sorted(set(runs) & set(ce))
         if not seeds:
             continue
