@@ -143,13 +143,15 @@ def prepare_isic2019_cmd(
     meta: Optional[int] = typer.Option(None, "--meta", min=1, help="Clean meta images (default: paper's 640/25331)."),
     test: Optional[int] = typer.Option(None, "--test", min=1, help="Test images (default: paper's 4291/25331)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (split and noise)."),
+    split_file: Optional[Path] = typer.Option(None, "--split-file", help="JSON split of image names to use instead "
+                                              "of a seeded one (e.g. data_prep/isic2019/split.json)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing prepared dataset in OUT."),
 ) -> None:
     """ISIC 2019 JPEG + CSV -> resized image store with clean and symmetric-noisy labels."""
     from medl2b.data.isic2019 import prepare_isic2019
 
     manifest = prepare_isic2019(raw, out, size=size, noise=noise, n_meta=meta, n_test=test, seed=seed,
-                                overwrite=overwrite)
+                                split_file=split_file, overwrite=overwrite)
     typer.echo(f"prepared {len(manifest['images'])} images in {out}; realised noise rate "
                f"{manifest['noise']['realised_rate']:.3f}")
 

@@ -59,6 +59,7 @@ class TrainConfig:
     pseudo_label_tta: bool = False      # segmentation: average flipped predictions first
     gmm_threshold: float = 0.5          # P(clean) above which a sample joins the online meta set
     meta_foreground: bool = True        # segmentation: meta batches only from slices with foreground
+    meta_balance: bool = False          # classification: class-balanced meta batches (every class in every batch)
     meta_loss: str = "ce"               # ce | dice | ce+dice (dice: segmentation only; see train.step.meta_objective)
     meta_normalise: str = "batch"       # l2b: batch (Σα + Σβ = 1 over the batch) | element (α_i + β_i = 1)
     # model
@@ -117,6 +118,8 @@ class TrainConfig:
             raise InputError(where, f"gmm_threshold must be in (0, 1), got {self.gmm_threshold}")
         if self.meta_loss != "ce" and not self.is_segmentation:
             raise InputError(where, f"meta_loss {self.meta_loss} needs a segmentation task; use ce for {self.task}")
+        if self.meta_balance and self.is_segmentation:
+            raise InputError(where, "meta_balance applies to classification; segmentation uses meta_foreground")
         if self.meta_set == "gmm" and self.method not in ("l2rw", "l2b", "l2b-sum1"):
             raise InputError(where, f"meta_set gmm only applies to meta-learning methods, not {self.method!r}")
         return self

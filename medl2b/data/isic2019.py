@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medl2b.data.splits import load_split
 from medl2b.errors import InputError, atomic_dir
 from medl2b.noise.labels import symmetric_noise
 
@@ -286,9 +287,24 @@ def grouped_stratified_split(labels: np.ndarray, groups: list[str | None], *, n_
     return split.astype(str)
 
 
+def _split_from_file(names: list[str], split_file: str | os.PathLike, gt_path: Path) -> np.ndarray:
+    """Per image ``"train"``/``"meta"``/``"test"``/``"unused"`` from a split file of image names."""
+    chosen = load_split(split_file)
+    where = {_strip(name): key for key, members in chosen.items() for name in members}
+    missing = sorted(set(where) - {_strip(n) for n in names})
+    if missing:
+        raise InputError(split_file, f"lists images not in {gt_path.name}: {', '.join(missing[:5])}")
+    unlisted = [n for n in names if _strip(n) not in where]
+    if unlisted:
+        raise InputError(split_file, f"does not list these images of {gt_path.name}: {', '.join(unlisted[:5])}"
+                                     + (" ..." if len(unlisted) > 5 else ""))
+    return np.array([where[_strip(n)] for n in names], dtype=object).astype(str)
+
+
 def prepare_isic2019(raw: str | os.PathLike, out: str | os.PathLike, *, size: int = 224, noise: float = 0.2,
                      n_meta: int | None = None, n_test: int | None = None, seed: int = 0,
-                     overwrite: bool = False, progress: bool = True) -> dict:
+                     split_file: str | os.PathLike | None = None, overwrite: bool = False,
+                     progress: bool = True) -> dict:
     """Convert the raw ISIC 2019 training release into ``images.npy`` + ``dataset.json``.
 
     Args:
@@ -299,6 +315,9 @@ def prepare_isic2019(raw: str | os.PathLike, out: str | os.PathLike, *, size: in
         n_meta: Clean meta images; default ``round(N * 640 / 25331)``, at least one per class.
         n_test: Test images; default ``round(N * 4291 / 25331)``.
         seed: Seed of the split and of the noise.
+        split_file: JSON ``{"train", "meta", "test"[, "unused"]}`` of image names (as in the CSV) to use
+            instead of a seeded split; it must list every image of the CSV (``unused`` ones are stored
+            but belong to no split). ``n_meta`` and ``n_test`` are then ignored.
         overwrite: Replace an existing prepared dataset in ``out``.
         progress: Show a rich progress bar on stderr.
 
@@ -328,8 +347,11 @@ def prepare_isic2019(raw: str | os.PathLike, out: str | os.PathLike, *, size: in
         n_test = max(1, int(round(n * PAPER_COUNTS["test"] / total)))
     if n_meta + n_test >= n:
         raise InputError(gt_path, f"{n} images are too few for {n_meta} meta + {n_test} test images and a train split")
-    split = grouped_stratified_split(labels, lesions, n_meta=n_meta, n_test=n_test, n_classes=len(CLASSES),
-                                     rng=np.random.default_rng([seed, 2019]))
+    if split_file is not None:
+        split = _split_from_file(names, split_file, gt_path)
+    else:
+        split = grouped_stratified_split(labels, lesions, n_meta=n_meta, n_test=n_test, n_classes=len(CLASSES),
+                                         rng=np.random.default_rng([seed, 2019]))
     train_idx = np.nonzero(split == "train")[0]
     noisy = labels.copy()
     noisy[train_idx] = symmetric_noise(labels[train_idx], noise, len(CLASSES), rng=np.random.default_rng([seed, 7]))

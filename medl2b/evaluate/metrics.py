@@ -61,8 +61,11 @@ from enum import Enum
 from typing import Any
 
 import numpy as np
+import torch
+from monai.metrics import compute_roc_auc
 
 __all__ = [
+    "one_vs_rest_auroc",
     "CASE_STATUSES",
     "EmptyPolicy",
     "FAILED_STATUSES",
@@ -554,3 +557,22 @@ def classification_metrics(
         "n": n,
         "class_names": names,
     }
+
+
+def one_vs_rest_auroc(probabilities: Any, y_true: Any, *, n_classes: int) -> dict[str, Any]:
+    """Per-class one-vs-rest AUROC and their macro mean (MONAI's ``compute_roc_auc``).
+
+    A class absent from ``y_true`` has no AUROC (``None``) and does not enter the mean.
+
+    Returns:
+        ``{"auroc_macro": float, "auroc_per_class": [float | None] * n_classes}``.
+    """
+    probs = torch.as_tensor(np.asarray(probabilities), dtype=torch.float64)
+    truth = torch.as_tensor(np.asarray(y_true), dtype=torch.long)
+    onehot = torch.nn.functional.one_hot(truth, n_classes)
+    present = onehot.sum(0) > 0
+    per_class: list[float | None] = [None] * n_classes
+    for c in torch.nonzero(present).flatten().tolist():
+        per_class[c] = float(compute_roc_auc(probs[:, c], onehot[:, c]))
+    values = [v for v in per_class if v is not None]
+    return {"auroc_macro": float(np.mean(values)) if values else float("nan"), "auroc_per_class": per_class}

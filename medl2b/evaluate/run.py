@@ -232,7 +232,7 @@ def _three_views(volume: np.ndarray, centre, side: int) -> np.ndarray:
 
 def _evaluate_cls(model, cfg, run, data, split, checkpoint, out, dev, figures) -> dict:
     from medl2b.data.datasets import IsicDataset, load_isic, load_manifest
-    from medl2b.evaluate.metrics import classification_metrics
+    from medl2b.evaluate.metrics import classification_metrics, one_vs_rest_auroc
     from medl2b.evaluate.report import write_cls_report
     from medl2b.inference import predict_dataset
 
@@ -250,8 +250,9 @@ def _evaluate_cls(model, cfg, run, data, split, checkpoint, out, dev, figures) -
     pred, y = logits.argmax(1).numpy(), clean.numpy()
     classes = manifest["classes"]
     metrics = classification_metrics(y, pred, n_classes=len(classes), class_names=classes)
+    auroc = one_vs_rest_auroc(torch.softmax(logits, 1).numpy(), y, n_classes=len(classes))
     summary = write_cls_report(out, metrics=metrics, split=split, checkpoint=checkpoint, class_names=classes,
-                               extra={"run": str(run), "method": cfg.method, "data": str(data)})
+                               extra={"run": str(run), "method": cfg.method, "data": str(data), **auroc})
     if figures:
         from medl2b.evaluate import figures as fig
 

@@ -58,6 +58,10 @@ class Task:
         """Per-sample losses on the given labels in eval mode, ``(N,)`` (per slice for segmentation)."""
         raise NotImplementedError
 
+    def meta_classes(self) -> np.ndarray | None:
+        """Class per trusted meta sample, for class-balanced meta batches (None: the task has none)."""
+        return None
+
     def meta_candidates(self) -> np.ndarray:
         """Indices of the training samples the online meta set may be chosen from (default: all)."""
         return np.arange(len(self.train_plain))
@@ -190,6 +194,9 @@ class ClassificationTask(Task):
         logits, _, clean = predict_dataset(model, IsicDataset(self.val_images, augment=False),
                                            batch_size=self.batch_size, device=device, transform=self.input_transform)
         return float((logits.argmax(1) == clean).float().mean())
+
+    def meta_classes(self) -> np.ndarray | None:
+        return None if self.meta_set is None else np.asarray(self.val_images.clean)
 
     def sample_losses(self, model, device, batch_size: int) -> np.ndarray:
         logits, given, _ = predict_dataset(model, self.train_plain, batch_size=batch_size, device=device,

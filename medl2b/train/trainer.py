@@ -37,7 +37,7 @@ from medl2b.errors import InputError, TrainingError, atomic_file
 from medl2b.models import build_model, head_parameter_names
 from medl2b.train import distributed
 from medl2b.train.methods import get_method
-from medl2b.train.metaset import select_clean
+from medl2b.train.metaset import ClassBalancedBatches, select_clean
 from medl2b.train.record import SampleRecord
 from medl2b.train.step import StepModule
 from medl2b.train.tasks import build_task
@@ -223,7 +223,12 @@ class Trainer:
         if cfg.meta_set == "gmm" and self.online_meta is not None:
             meta_ds = Subset(self.task.train_set, self.online_meta.tolist())
         meta = None
-        if meta_ds is not None and len(meta_ds) > 0:
+        classes = self.task.meta_classes() if cfg.meta_balance and meta_ds is self.task.meta_set else None
+        if classes is not None and len(classes) > 0:  # every class in every meta batch
+            batches = ClassBalancedBatches(classes, cfg.meta_batch_size, generator=torch.Generator().manual_seed(
+                seed + 3 + 7919 * self.dist.rank))
+            meta = iter(DataLoader(meta_ds, batch_sampler=batches, num_workers=cfg.num_workers, pin_memory=pin))
+        elif meta_ds is not None and len(meta_ds) > 0:
             meta = _forever(DataLoader(meta_ds, batch_size=min(cfg.meta_batch_size, len(meta_ds)), shuffle=True,
                                        generator=torch.Generator().manual_seed(seed + 3 + 7919 * self.dist.rank),
                                        num_workers=cfg.num_workers, pin_memory=pin))

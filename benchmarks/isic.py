@@ -1,0 +1,260 @@
+"""The paper's ISIC 2019 experiment on real dermoscopy: per-sample L2B against CE and the baselines.
+
+Data: the 8,014 real ISIC 2019 images (HAM10000 part) in ``../shared/data/ISIC2019_HAM10000``
+(``--raw``), prepared with ``medl2b prepare isic2019 --split-file data_prep/isic2019/split.json``:
+a lesion-grouped, class-stratified split of 1,600 test, 320 clean meta (4 %) and 6,094 noisy
+training images (see data_prep/isic2019/README.md for why 4 % and not the paper's 2.5 %).
+Symmetric noise at 20 % and 40 % on the training split, one noisy label set per level (noise
+seed 0) shared by every method and seed: the runs are paired.
+
+Methods (``medl2b train --task skin-lesion-cls --profile cpu --method ...``): ``ce``,
+``bootstrap``, ``l2rw``, ``l2b`` (the default, class-balanced meta batches), ``ce+clean``
+(noisy train + the clean meta images), ``meta-only`` (the clean meta images alone),
+``oracle`` (``ce`` on the clean labels; the same at every level), and ``l2b-nobal``
+(``l2b`` with ``meta_balance: false``, the meta batches of the old default).
+
+Runs go in priority order, every seed of a block before the next block:
+
+1. 40 %: ce, l2b, oracle;
+2. 20 %: ce, l2b;
+3. 40 %: ce+clean, meta-only; 20 %: ce+clean;
+4. 40 %: bootstrap, l2rw;
+5. 40 %: l2b-nobal.
+
+Each run trains with the ``cpu`` profile of ``skin-lesion-cls``, is evaluated on the 1,600
+test images with its best checkpoint (chosen on the clean meta images' accuracy, never on
+test), and is appended to ``--work/results.jsonl`` with its weight statistics (from the
+run's per-sample record: mean N·α and β share on wrongly and rightly labelled images, per
+class). Finished runs are skipped when the script is started again; ``--report-only``
+writes the tables from what has finished, between the ``isic`` markers of BENCHMARKS.md.
+
+    python benchmarks/isic.py                  # everything, 3 seeds (hours on 2 CPU cores)
+    python benchmarks/isic.py --blocks 1       # block 1 only
+    python benchmarks/isic.py --report-only    # tables from the finished runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accuracy import fmt, mean_std, times, write_benchmarks_md
+
+from medl2b.config import load_config
+from medl2b.data.isic2019 import CLASSES, prepare_isic2019
+from medl2b.evaluate.run import evaluate_run
+from medl2b.train.record import FIELDS
+from medl2b.train.trainer import train
+
+ROOT = Path(__file__).resolve().parent.parent
+SIZE = 32
+SHARED = {"meta-only", "oracle"}  # independent of the noise level
+METHOD = {"oracle": ("ce", {"label_source": "clean"}), "l2b-nobal": ("l2b", {"meta_balance": False})}
+BLOCKS = [
+    [(0.4, m) for m in ("ce", "l2b", "oracle")],
+    [(0.2, m) for m in ("ce", "l2b")],
+    [(0.4, "ce+clean"), (0.4, "meta-only"), (0.2, "ce+clean")],
+    [(0.4, m) for m in ("bootstrap", "l2rw")],
+    [(0.4, "l2b-nobal")],
+]
+ORDER = ("ce", "bootstrap", "l2rw", "ce+clean", "meta-only", "l2b-nobal", "l2b", "oracle")
+PAPER = {"ce": {0.2: 79.4, 0.3: 77.5, 0.4: 75.3, 0.5: 73.7}, "l2b": {0.2: 81.1, 0.3: 80.2, 0.4: 78.6, 0.5: 76.8}}
+
+
+def prepare(raw: Path, work: Path, levels) -> dict[float, Path]:
+    data = {}
+    for level in levels:
+        out = work / f"isic_{SIZE}px_noise{level}"
+        if not (out / "dataset.json").exists():
+            prepare_isic2019(raw, out, size=SIZE, noise=level, split_file=ROOT / "data_prep/isic2019/split.json",
+                             seed=0, progress=False)
+        data[level] = out
+    return data
+
+
+def weight_stats(run: Path, data: Path) -> dict:
+    """Mean N·α and β share over the run's meta steps, on wrongly vs rightly labelled training images,
+    overall and per class of the clean label (from the per-sample record of the last checkpoint)."""
+    state = torch.load(run / "checkpoint_latest.pt", map_location="cpu", weights_only=False)
+    totals = state["record"]["totals"].numpy()
+    rec = dict(zip(FIELDS, totals))
+    manifest = json.loads((data / "dataset.json").read_text())
+    train_idx = manifest["splits"]["train"]
+    cfg = state["config"]
+    if cfg["method"] in ("ce+clean",):
+        return {}
+    images = manifest["images"]
+    label_key = "label" if cfg["label_source"] == "clean" else "noisy_label"
+    given = np.array([images[i][label_key] for i in train_idx])
+    clean = np.array([images[i]["label"] for i in train_idx])
+    seen = rec["meta_seen"][: len(train_idx)]
+    if not seen.sum():
+        return {}
+    alpha = rec["alpha"][: len(train_idx)] / np.maximum(seen, 1)
+    beta = rec["beta"][: len(train_idx)] / np.maximum(seen, 1)
+    share = beta / np.maximum(alpha + beta, 1e-12)
+    wrong = given != clean
+    ok = seen > 0
+
+    def part(mask):
+        mask = mask & ok
+        return {"n": int(mask.sum()), "alpha": float(alpha[mask].mean()) if mask.any() else None,
+                "beta_share": float(share[mask].mean()) if mask.any() else None}
+
+    return {"all": {"wrong": part(wrong), "right": part(~wrong)},
+            "per_class": {c: {"wrong": part(wrong & (clean == k)), "right": part(~wrong & (clean == k))}
+                          for k, c in enumerate(CLASSES)}}
+
+
+def run_one(level: float, name: str, seed: int, data: Path, work: Path) -> dict:
+    run = work / "runs" / f"{name}_{level}_s{seed}"
+    if run.exists():
+        shutil.rmtree(run)  # an unfinished run from an interrupted benchmark
+    method, extra = METHOD.get(name, (name, {}))
+    cfg = load_config("skin-lesion-cls", profile="cpu", overrides={
+        "data": str(data), "out": str(run), "method": method, "seed": seed, "device": "auto", **extra})
+    t = time.time()
+    train(cfg, progress=False)
+    train_s = time.time() - t
+    summary = evaluate_run(run, split="test", checkpoint="best", figures=False)
+    hist = _history(run)
+    return {"level": level, "method": name, "seed": seed, "train_s": round(train_s, 1), "run": str(run),
+            "accuracy": summary["accuracy"], "balanced_accuracy": summary["balanced_accuracy"],
+            "auroc": summary["auroc_macro"], "recall": summary["per_class_recall"],
+            "val_best": max(float(h["val_score"]) for h in hist),
+            "epochs": [{k: h[k] for k in ("epoch", "val_score", "beta_share_on_wrong", "beta_share_on_right",
+                                           "alpha_on_wrong", "alpha_on_right")} for h in hist],
+            "weights": weight_stats(run, data)}
+
+
+def _history(run: Path) -> list[dict]:
+    import csv
+
+    with open(run / "metrics.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _pick(rows, level, method):
+    lv = None if method in SHARED else level
+    return [r for r in rows if r["method"] == method and (lv is None or math.isclose(r["level"], lv))]
+
+
+def tables(rows: list[dict]) -> str:
+    levels = sorted({r["level"] for r in rows if r["method"] not in SHARED})
+    out = [("### ISIC 2019 (real HAM10000 dermoscopy, 1,600 lesion-grouped test images; ResNet-50 × 0.25 from "
+            "scratch at 32 px, the `cpu` profile; mean ± std over seeds)"), "",
+           ("| noise | method | seeds | accuracy (%) | balanced accuracy (%) | macro AUROC (%) | "
+            + " | ".join(f"recall {c}" for c in CLASSES) + " | best val acc (%) | train time (s), min / median |"),
+           "|---|---|---|---|---|---|" + "---|" * len(CLASSES) + "---|---|"]
+    for level in levels:
+        for method in ORDER:
+            rs = _pick(rows, level, method)
+            if not rs:
+                continue
+            shared = " (level-free)" if method in SHARED else ""
+            out.append(f"| {level:.0%} | {method}{shared} | {len(rs)} | {fmt([r['accuracy'] for r in rs], 100, 1)} | "
+                       f"{fmt([r['balanced_accuracy'] for r in rs], 100, 1)} | {fmt([r['auroc'] for r in rs], 100, 1)} | "
+                       + " | ".join(fmt([r['recall'][c] for r in rs if r['recall'][c] is not None], 100, 0)
+                                    for c in CLASSES)
+                       + f" | {fmt([r['val_best'] for r in rs], 100, 1)} | {times(rs)} |")
+    out += ["", ("Paired comparison (same seeds, split and noisy labels); gap closed = (L2B − CE) / (oracle − CE) in "
+                 "balanced accuracy:"), "",
+            ("| noise | metric | CE (%) | L2B (%) | L2B − CE per seed | L2B − CE | ce+clean | l2rw | bootstrap | "
+             "oracle | gap closed |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for level in levels:
+        for key, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced acc."), ("auroc", "AUROC")):
+            ce = {r["seed"]: r[key] for r in _pick(rows, level, "ce")}
+            l2b = {r["seed"]: r[key] for r in _pick(rows, level, "l2b")}
+            diffs = [100 * (l2b[s] - ce[s]) for s in sorted(set(ce) & set(l2b))]
+
+            def m(method, key=key):
+                return 100 * mean_std([r[key] for r in _pick(rows, level, method)])[0]
+
+            o, c, b = m("oracle"), m("ce"), m("l2b")
+            gap = (b - c) / (o - c) if all(math.isfinite(v) for v in (o, c, b)) and o - c > 1e-9 else float("nan")
+            d_m, d_s = mean_std(diffs)
+            out.append(f"| {level:.0%} | {label} | {c:.1f} | {b:.1f} | {', '.join(f'{d:+.1f}' for d in diffs)} | "
+                       f"{d_m:+.1f} ± {d_s:.1f} | {m('ce+clean'):.1f} | {m('l2rw'):.1f} | {m('bootstrap'):.1f} | "
+                       f"{o:.1f} | {gap:.0%} |")
+    out += weight_table(rows)
+    out += ["", "The paper (ImageNet-pretrained ResNet-50 at 224 px; 20,400 train / 640 meta / 4,291 test), accuracy:",
+            "", "| noise | CE | L2B |", "|---|---|---|"]
+    out += [f"| {lv:.0%} | {PAPER['ce'][lv]} | {PAPER['l2b'][lv]} |" for lv in sorted(PAPER["ce"])]
+    return "\n".join(out)
+
+
+def weight_table(rows: list[dict]) -> list[str]:
+    """β share and N·α on wrongly vs rightly labelled images (mean over seeds), overall and per class."""
+    lines = ["", ("What the meta step did, over the run's meta steps (mean over seeds): N·α (1 = an average image's "
+                  "weight on its given label) and the β share β/(α+β), on training images whose given label is "
+                  "wrong vs right, by clean class:"), "",
+             "| noise | method | class | n wrong / right | N·α wrong | N·α right | β share wrong | β share right |",
+             "|---|---|---|---|---|---|---|---|"]
+    any_rows = False
+    for level in sorted({r["level"] for r in rows}):
+        for method in ("l2rw", "l2b-nobal", "l2b"):
+            rs = [r for r in _pick(rows, level, method) if r.get("weights")]
+            if not rs:
+                continue
+            any_rows = True
+            for cls in ("all", *CLASSES):
+                parts = [r["weights"]["all"] if cls == "all" else r["weights"]["per_class"][cls] for r in rs]
+
+                def v(side, key, parts=parts):
+                    vals = [p[side][key] for p in parts if p[side][key] is not None]
+                    return f"{mean_std(vals)[0]:.2f}" if vals else "–"
+
+                lines.append(f"| {level:.0%} | {method} | {cls} | {parts[0]['wrong']['n']} / {parts[0]['right']['n']} | "
+                             f"{v('wrong', 'alpha')} | {v('right', 'alpha')} | {v('wrong', 'beta_share')} | "
+                             f"{v('right', 'beta_share')} |")
+    return lines if any_rows else []
+
+
+def load_rows(results: Path) -> list[dict]:
+    if not results.exists():
+        return []
+    return [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--raw", type=Path, default=ROOT.parent / "shared" / "data" / "ISIC2019_HAM10000")
+    ap.add_argument("--work", type=Path, default=ROOT / "bench_runs" / "isic")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--blocks", default=",".join(str(i + 1) for i in range(len(BLOCKS))))
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    results = args.work / "results.jsonl"
+    rows = load_rows(results)
+    if not args.report_only:
+        blocks = [BLOCKS[int(b) - 1] for b in args.blocks.split(",")]
+        data = prepare(args.raw, args.work, sorted({lv for b in blocks for lv, _ in b}))
+        done = {(r["level"] if r["method"] not in SHARED else None, r["method"], r["seed"]) for r in rows}
+        for block in blocks:
+            for seed in range(args.seeds):
+                for level, name in block:
+                    key = (level if name not in SHARED else None, name, seed)
+                    if key in done:
+                        continue
+                    print(f"[isic] noise {level} {name} seed {seed}", flush=True)
+                    row = run_one(level, name, seed, data[level], args.work)
+                    with open(results, "a") as fh:
+                        fh.write(json.dumps(row) + "\n")
+                    rows.append(row)
+                    done.add(key)
+                    print(f"[isic]   acc {row['accuracy']:.3f} bacc {row['balanced_accuracy']:.3f} "
+                          f"auroc {row['auroc']:.3f} ({row['train_s']:.0f} s)", flush=True)
+                    write_benchmarks_md(tables(rows), section="isic")
+    write_benchmarks_md(tables(rows), section="isic")
+    print(tables(rows))
+
+
+if __name__ == "__main__":
+    main()
