@@ -8,7 +8,7 @@ every check at toy sizes in well under a minute (``tests/test_gpu_check.py`` run
 1. Environment: device, NVIDIA driver, torch / CUDA / cuDNN / MONAI / Python versions, CPUs.
 2. Exactness of the fast meta step (``medl2b.meta.meta_weights``, ``impl="fast"``) against the
    double-backward reference (``impl="reference"``) on the device, for 2-D UNet++ (CE, Dice and
-   CE+Dice meta objectives, ``medl2b.train.step.meta_objective``) and ResNet-50 (CE):
+   CE+Dice meta objectives, ``medl2b.meta.losses.meta_objective``) and ResNet-50 (CE):
 
    * float32 (TF32 off during these checks): the meta-gradients ``∂L_meta/∂ε``, the weights and
      the real step's parameter gradients must each agree to ``max|fast − ref| ≤ 1e-4 · max|ref|``,
@@ -23,7 +23,7 @@ every check at toy sizes in well under a minute (``tests/test_gpu_check.py`` run
      float64 reference is reported too, without a limit (a warning below cosine 0.9).
 
    3-D UNet++ has an entry marked "not yet available".
-3. Cost of one full training step (``medl2b.train.step.weighted_losses``, backward, clipping, SGD
+3. Cost of one full training step (``medl2b.meta.losses.weighted_losses``, backward, clipping, SGD
    with momentum) for ``ce``, ``l2b`` (fast), ``l2b`` (fast-lowmem) and ``l2b`` with
    ``--meta-scope last``: median of repeats after warm-up, round-robin, timed with CUDA events
    (``time.perf_counter`` on the CPU), as a multiple of ``ce``; the peak of
@@ -285,8 +285,8 @@ def check_environment(report: Report, device) -> None:
 def _meta_run(model, impl: str, x, y, xm, ym, *, objective: str, device, amp: bool, pseudo=None):
     """One meta step and the real step's backward on a copy of ``model``; returns flat tensors."""
     from medl2b.meta import meta_weights
-    from medl2b.train.methods import make_loss_terms
-    from medl2b.train.step import meta_objective
+    from medl2b.meta.methods import make_loss_terms
+    from medl2b.meta.losses import meta_objective
 
     m = copy.deepcopy(model)
     terms = make_loss_terms(y, n_terms=2, pseudo=pseudo)
@@ -399,8 +399,8 @@ def _stepper(model, key: str, data, *, device, amp: bool, clip: float):
     import torch
 
     from medl2b.models import head_parameter_names
-    from medl2b.train.methods import get_method
-    from medl2b.train.step import weighted_losses
+    from medl2b.meta.methods import get_method
+    from medl2b.meta.losses import weighted_losses
 
     _, method_name, impl, scope = VARIANTS[key]
     method = get_method(method_name)

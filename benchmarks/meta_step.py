@@ -33,8 +33,8 @@ import time
 import torch
 
 from medl2b.models import build_resnet50, build_unetpp, head_parameter_names
-from medl2b.train.methods import get_method
-from medl2b.train.step import weighted_losses
+from medl2b.meta.methods import get_method
+from medl2b.meta.losses import weighted_losses
 
 VARIANTS = {  # name -> (method, meta_impl, meta_scope)
     "ce": ("ce", "fast", "all"),

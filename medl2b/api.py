@@ -17,7 +17,7 @@ one virtual SGD step of that loss lowers the clean meta loss most.
 * :func:`monai_iteration`: an ``iteration_update`` for ``monai.engines.SupervisedTrainer``
   that draws one meta batch per iteration from an iterable you give and takes the L2B step.
 
-This module is a thin layer over :func:`medl2b.train.step.weighted_losses` (the one code
+This module is a thin layer over :func:`medl2b.meta.losses.weighted_losses` (the one code
 path of the ``medl2b train`` command): the weights are the same numbers.
 """
 
@@ -31,11 +31,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from medl2b.meta.losses import weighted_losses
+from medl2b.meta.methods import META_IMPLS, META_LOSSES, NORMALISATIONS, STEP_METHODS, get_method
+
 __all__ = ["L2B", "L2BStep", "l2b_step", "monai_iteration"]
 
-API_METHODS = ("ce", "bootstrap", "l2rw", "l2b", "l2b-sum1")
-META_LOSSES = ("ce", "dice", "ce+dice")
-IMPLS = ("fast", "fast-lowmem", "reference")
+API_METHODS = STEP_METHODS  # the methods that are a loss on a batch (ce+clean / meta-only change the data)
 
 
 @dataclass
@@ -109,8 +110,8 @@ class L2B:
             raise ValueError(f"method must be one of {', '.join(API_METHODS)}, got {self.method!r}{hint}")
         if self.meta_loss not in META_LOSSES:
             raise ValueError(f"meta_loss must be one of {', '.join(META_LOSSES)}, got {self.meta_loss!r}")
-        if self.impl not in IMPLS:
-            raise ValueError(f"impl must be one of {', '.join(IMPLS)}, got {self.impl!r}")
+        if self.impl not in META_IMPLS:
+            raise ValueError(f"impl must be one of {', '.join(META_IMPLS)}, got {self.impl!r}")
         if isinstance(self.scope, str):
             if self.scope not in ("all", "last"):
                 raise ValueError(f"scope must be 'all', 'last' or a list of parameter names, got {self.scope!r}")
@@ -119,9 +120,9 @@ class L2B:
             if not self.scope:
                 raise ValueError("scope: the list of parameter names is empty")
         if self.normalise is not None:
-            if self.normalise not in ("batch", "element"):
-                raise ValueError(f"normalise must be None, 'batch' or 'element', got {self.normalise!r}")
-            if self.method in ("ce", "bootstrap"):
+            if self.normalise not in NORMALISATIONS:
+                raise ValueError(f"normalise must be None or one of {', '.join(NORMALISATIONS)}, got {self.normalise!r}")
+            if not get_method(self.method).uses_meta:
                 raise ValueError(f"normalise applies to the meta methods, not to {self.method!r}")
             if self.normalise == "element" and self.method == "l2rw":
                 raise ValueError("normalise 'element' needs two terms (l2b), not l2rw")
@@ -162,9 +163,6 @@ class L2B:
             :class:`L2BStep`; ``alpha``, ``beta`` and ``losses[k]`` have the shape of ``y`` (after
             dropping a channel axis).
         """
-        from medl2b.train.methods import get_method
-        from medl2b.train.step import weighted_losses
-
         method = get_method(self.method)
         if self.normalise is not None:
             method = dataclasses.replace(method, normalise=self.normalise)
@@ -272,7 +270,7 @@ def monai_iteration(meta_data: Iterable, l2b: L2B | None = None, *, warmup_epoch
         x, y = _inputs_targets(engine, batchdata)
         warm = engine.state.epoch <= warmup_epochs
         xm = ym = None
-        if options.method in ("l2rw", "l2b", "l2b-sum1") and not warm:
+        if get_method(options.method).uses_meta and not warm:
             xm, ym = _inputs_targets(engine, next_meta())
         engine.state.output = {Keys.IMAGE: x, Keys.LABEL: y}
         engine.network.train()

@@ -102,7 +102,7 @@ def audit_run(run: str | Path, *, data: str | Path | None = None, out: str | Pat
     Returns the summary (also ``summary.json``): the ranking quality where the truth is known.
     """
     from medl2b.evaluate.run import load_run
-    from medl2b.train.tasks import build_task
+    from medl2b.tasks import build_task
 
     run = Path(run)
     model, cfg = load_run(run, checkpoint="latest", device=device)

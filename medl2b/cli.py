@@ -267,7 +267,7 @@ def audit_cmd(
 ) -> None:
     """Rank the training annotations by how likely they are wrong (L2B's record + the final model); RUN/audit/."""
     from medl2b.audit import audit_run
-    from medl2b.train.trainer import resolve_device
+    from medl2b.device import resolve_device
 
     summary = audit_run(run, data=data, out=out, top=top, device=str(resolve_device(device)), figures=figures)
     where = Path(out) if out is not None else Path(run) / "audit"

@@ -20,13 +20,16 @@ from typing import Any
 
 import yaml
 
+from medl2b.device import DEVICES
 from medl2b.errors import InputError, atomic_file
+from medl2b.meta.methods import META_IMPLS, META_LOSSES, META_METHODS, NORMALISATIONS
+from medl2b.meta.methods import METHODS as METHOD_TABLE
 
 __all__ = ["TASKS", "SEG_TASKS", "METHODS", "TrainConfig", "load_config", "load_config_file", "save_config", "task_config_path"]
 
 TASKS = ("segmentation", "prostate-seg", "skin-lesion-cls")
 SEG_TASKS = ("segmentation", "prostate-seg")
-METHODS = ("ce", "bootstrap", "l2rw", "l2b", "l2b-sum1", "ce+clean", "meta-only")
+METHODS = tuple(METHOD_TABLE)  # every list of allowed values comes from the method table
 
 
 @dataclass
@@ -60,7 +63,7 @@ class TrainConfig:
     gmm_threshold: float = 0.5          # P(clean) above which a sample joins the online meta set
     meta_foreground: bool = True        # segmentation: meta batches only from slices with foreground
     meta_balance: bool = False          # classification: class-balanced meta batches (every class in every batch)
-    meta_loss: str = "ce"               # ce | dice | ce+dice (dice: segmentation only; see train.step.meta_objective)
+    meta_loss: str = "ce"               # ce | dice | ce+dice (dice: segmentation only; see medl2b.meta.losses.meta_objective)
     meta_normalise: str = "batch"       # l2b: batch (Σα + Σβ = 1 over the batch) | element (α_i + β_i = 1)
     # model
     features: list[int] = field(default_factory=lambda: [32, 32, 64, 128, 256, 32])  # UNet++ widths
@@ -83,9 +86,9 @@ class TrainConfig:
     def validate(self, where: str = "config") -> "TrainConfig":
         """Check values; raise :class:`InputError` naming the key."""
         choices = {"task": TASKS, "method": METHODS, "meta_set": ("clean", "gmm"),
-                   "label_source": ("noisy", "clean"), "meta_impl": ("fast", "fast-lowmem", "reference"),
-                   "meta_scope": ("all", "last"), "device": ("auto", "cpu", "cuda"),
-                   "meta_loss": ("ce", "dice", "ce+dice"), "meta_normalise": ("batch", "element")}
+                   "label_source": ("noisy", "clean"), "meta_impl": META_IMPLS,
+                   "meta_scope": ("all", "last"), "device": DEVICES,
+                   "meta_loss": META_LOSSES, "meta_normalise": NORMALISATIONS}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise InputError(where, f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
@@ -120,7 +123,7 @@ class TrainConfig:
             raise InputError(where, f"meta_loss {self.meta_loss} needs a segmentation task; use ce for {self.task}")
         if self.meta_balance and self.is_segmentation:
             raise InputError(where, "meta_balance applies to classification; segmentation uses meta_foreground")
-        if self.meta_set == "gmm" and self.method not in ("l2rw", "l2b", "l2b-sum1"):
+        if self.meta_set == "gmm" and not self.uses_meta:
             raise InputError(where, f"meta_set gmm only applies to meta-learning methods, not {self.method!r}")
         return self
 
@@ -144,7 +147,7 @@ class TrainConfig:
 
     @property
     def uses_meta(self) -> bool:
-        return self.method in ("l2rw", "l2b", "l2b-sum1")
+        return self.method in META_METHODS
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -12,8 +12,8 @@ from torch import nn
 
 import medl2b
 from medl2b import L2B, L2BStep, l2b_step, monai_iteration
-from medl2b.train.methods import get_method
-from medl2b.train.step import weighted_losses
+from medl2b.meta.methods import get_method
+from medl2b.meta.losses import weighted_losses
 from tiny_nets import TinyCls, TinySeg
 
 # Removing or renaming a public name is a breaking change: it needs a new major API_VERSION.

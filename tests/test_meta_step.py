@@ -225,8 +225,8 @@ def test_hand_written_rules_run_under_bf16_autocast(net):
 @pytest.mark.parametrize("name", ["dice", "ce+dice"])
 def test_dice_meta_objective_fast_equals_reference(name):
     """The Dice meta objective (segmentation default) gives the same weights in both implementations."""
-    from medl2b.train.methods import make_loss_terms
-    from medl2b.train.step import meta_objective
+    from medl2b.meta.methods import make_loss_terms
+    from medl2b.meta.losses import meta_objective
 
     torch.manual_seed(0)
     model = build_unetpp(features=[4, 4, 8, 8, 16, 4], num_classes=3).double()

@@ -1,8 +1,8 @@
 """Batched segmentation augmentation on the device: one call per batch, not per slice.
 
-The per-slice MONAI chain of :class:`~medl2b.data.datasets.SegSliceDataset` costs about
-4.5 ms a slice on a CPU core (measured on 48 px hippocampus slices: ~40 % of a CE step),
-and on a GPU it would starve the network. :class:`BatchAugment` draws the same family of
+The per-slice MONAI chain of :class:`~medl2b.data.datasets.SegSliceDataset` is a large
+share of a CE step on a CPU (numbers in ``BENCHMARKS.md``) and on a GPU it would starve
+the network. :class:`BatchAugment` draws the same family of
 transforms for every slice of a batch at once, with torch ops that run wherever the batch
 is (``affine_grid`` + ``grid_sample``), and applies one spatial draw to the image and to
 every label map of a slice:
@@ -52,7 +52,8 @@ class BatchAugment:
             raise ValueError(f"image must be (B, C, H, W) or (B, C, X, Y, Z), got shape {tuple(image.shape)}")
         b, d = image.shape[0], image.ndim - 2
         # every draw at once, on the CPU: the stream does not depend on the device. Columns: flips (d),
-        # affine on, angle, scales (d), gain (2), shift (2), noise; 2-D keeps its original 12-column stream
+        # affine on, angle, scales (d), gain (2), shift (2), noise; 2-D draws 12 (the last one unused)
+        # so that a seed gives the same 2-D augmentations as in the published 2-D runs
         r = torch.rand(b, 12 if d == 2 else 2 * d + 7)
         dev, dtype = image.device, image.dtype
         # flips and the affine part, as one sampling grid: output (x, y[, z]) samples input at theta @ (x, y[, z], 1)

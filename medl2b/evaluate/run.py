@@ -24,7 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medl2b.device import resolve_device
 from medl2b.errors import InputError
+from medl2b.meta import get_method, weighted_losses
 
 __all__ = ["load_run", "evaluate_run", "weight_map_examples"]
 
@@ -61,8 +63,6 @@ def evaluate_run(run: str | Path, *, data: str | Path | None = None, split: str 
                  out: str | Path | None = None, device: str = "auto", figures: bool = True,
                  progress: bool = False) -> dict:
     """Evaluate one run folder on a split of its prepared dataset; return the summary dict."""
-    from medl2b.train.trainer import resolve_device
-
     run = Path(run)
     dev = resolve_device(device)
     model, cfg = load_run(run, checkpoint=checkpoint, device=str(dev))
@@ -149,7 +149,7 @@ def _seg_figures(model, cfg, run, data, out, volumes, dev) -> None:
                                title=f"{case}: clean (green), prediction (red)")
     if (run / "metrics.csv").exists():
         fig.plot_learning_curves(run / "metrics.csv", out / "figures" / "learning_curves.png")
-    if cfg.method in ("l2b", "l2b-sum1", "l2rw"):  # 3-D: three orthogonal mid-slices of one volume
+    if cfg.uses_meta:  # 3-D: three orthogonal mid-slices of one volume
         ex = weight_map_examples(model, cfg, data, dev)
         if ex is not None:
             fig.plot_weight_maps(out / "figures" / "weight_maps.png", **ex)
@@ -165,8 +165,6 @@ def weight_map_examples(model, cfg, data, dev, *, n: int = 4, indices=None) -> d
     wrong voxels, as its axial, coronal and sagittal slices through the clean structure's centre.
     """
     from medl2b.data.datasets import load_manifest, load_slices
-    from medl2b.train.methods import get_method
-    from medl2b.train.step import weighted_losses
 
     manifest = load_manifest(data, task="segmentation")
     if not manifest["splits"]["meta"]:

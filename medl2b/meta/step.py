@@ -40,6 +40,7 @@ from torch.autograd import forward_ad as fwad
 from torch.func import functional_call
 
 from medl2b.meta.jvp import lean_tangents
+from medl2b.meta.methods import META_IMPLS
 
 __all__ = ["MetaWeights", "meta_weights", "normalise_weights"]
 
@@ -164,8 +165,8 @@ def meta_weights(
     """
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}")
-    if impl not in ("fast", "fast-lowmem", "reference"):
-        raise ValueError(f"impl must be 'fast', 'fast-lowmem' or 'reference', got {impl!r}")
+    if impl not in META_IMPLS:
+        raise ValueError(f"impl must be one of {', '.join(META_IMPLS)}, got {impl!r}")
     params = _selected_params(model, param_names)
     if impl == "reference":
         if meta_grad is not None:

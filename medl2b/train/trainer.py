@@ -32,31 +32,24 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 
-from medl2b.config import TrainConfig, save_config
+from medl2b.config import TrainConfig, load_config_file, save_config
+from medl2b.device import resolve_device
 from medl2b.errors import InputError, TrainingError, atomic_file
 from medl2b.models import build_model, head_parameter_names
 from medl2b.train import distributed
-from medl2b.train.methods import get_method
+from medl2b.meta.methods import get_method
 from medl2b.train.metaset import ClassBalancedBatches, select_clean
 from medl2b.train.record import SampleRecord
 from medl2b.train.step import StepModule
-from medl2b.train.tasks import build_task
+from medl2b.tasks import build_task
 
-__all__ = ["Trainer", "train", "resolve_device", "METRIC_COLUMNS"]
+__all__ = ["Trainer", "train", "METRIC_COLUMNS"]
 
 log = logging.getLogger("medl2b")
 
 METRIC_COLUMNS = ["epoch", "warmup", "lr", "train_loss", "meta_loss", "alpha_sum", "beta_sum", "alpha_on_wrong",
                   "alpha_on_right", "beta_on_wrong", "beta_on_right", "beta_share_on_wrong", "beta_share_on_right",
                   "skipped_steps", "steps", "val_score", "meta_size", "meta_precision", "meta_base_rate", "time_s"]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device", "cuda was asked for but no CUDA device is available")
-    return torch.device(name)
 
 
 def _seed_everything(seed: int) -> None:
@@ -446,7 +439,5 @@ class Trainer:
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = None) -> dict:
     """Train one run; return the final epoch's metrics row."""
     if resume and cfg.out is not None and (Path(cfg.out) / "config.yaml").exists():
-        from medl2b.config import load_config_file
-
         cfg = load_config_file(Path(cfg.out) / "config.yaml", device=cfg.device)
     return Trainer(cfg, resume=resume, progress=progress).fit()

@@ -210,7 +210,7 @@ class ClassificationTask(Task):
 def _compose(cfg, load_train, clean_meta):
     """The training samples of a method: the (noisy) train split, plus or instead of the clean meta cases."""
     from medl2b.errors import InputError
-    from medl2b.train.methods import get_method
+    from medl2b.meta.methods import get_method
 
     train_on = get_method(cfg.method).train_on
     if train_on == "train":

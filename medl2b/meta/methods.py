@@ -1,6 +1,6 @@
 """The training methods as one weighted loss over two terms.
 
-Every method trains on ``Σ_i α_i ℓ(f(x_i), y_i) + β_i ℓ(f(x_i), ŷ_i)`` (METHOD.md eq. 3)
+Every method trains on ``Σ_i α_i ℓ(f(x_i), y_i) + β_i ℓ(f(x_i), ŷ_i)`` (docs/METHOD.md, eq. 3)
 and differs only in where α and β come from:
 
 ============  ==================================================  ===============
@@ -34,7 +34,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Method", "METHODS", "get_method", "make_loss_terms", "fixed_weights"]
+__all__ = ["META_IMPLS", "META_LOSSES", "META_METHODS", "METHODS", "Method", "NORMALISATIONS", "STEP_METHODS",
+           "fixed_weights", "get_method", "make_loss_terms"]
 
 
 @dataclass(frozen=True)
@@ -59,14 +60,26 @@ METHODS: dict[str, Method] = {
 }
 
 
+#: the methods that take a meta step (derived from the table)
+META_METHODS: tuple[str, ...] = tuple(name for name, m in METHODS.items() if m.uses_meta)
+#: the methods that are a loss on a batch, whatever the training set (the public API's methods)
+STEP_METHODS: tuple[str, ...] = tuple(name for name, m in METHODS.items() if m.train_on == "train")
+#: the clean objectives a meta step can learn the weights for (``dice``: segmentation only)
+META_LOSSES: tuple[str, ...] = ("ce", "dice", "ce+dice")
+#: how a two-term meta method normalises its weights
+NORMALISATIONS: tuple[str, ...] = ("batch", "element")
+#: implementations of the meta gradient (:func:`medl2b.meta.step.meta_weights`)
+META_IMPLS: tuple[str, ...] = ("fast", "fast-lowmem", "reference")
+
+
 def get_method(name: str, *, normalise: str | None = None) -> Method:
     """The method called ``name``. ``normalise`` (``"batch"`` | ``"element"``) overrides how
     ``l2b`` normalises its weights (config key ``meta_normalise``); ``l2b-sum1`` is always
     ``"element"`` and ``l2rw`` (one term) always ``"batch"``, so it is ignored for them."""
     if name not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {name!r}")
-    if normalise not in (None, "batch", "element"):
-        raise ValueError(f"normalise must be batch or element, got {normalise!r}")
+    if normalise is not None and normalise not in NORMALISATIONS:
+        raise ValueError(f"normalise must be one of {', '.join(NORMALISATIONS)}, got {normalise!r}")
     method = METHODS[name]
     if name == "l2b" and normalise is not None:
         method = dataclasses.replace(method, normalise=normalise)
