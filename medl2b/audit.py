@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from medl2b.errors import InputError
+from medl2b.evaluate.metrics import mean_foreground_dice
 
 __all__ = ["audit_run", "percentile_ranks", "ranking_quality"]
 
@@ -69,17 +70,6 @@ def ranking_quality(score: np.ndarray, corrupted: np.ndarray) -> dict:
     top = np.argsort(-np.asarray(score), kind="stable")[:k]
     return {"n": int(len(corrupted)), "n_corrupted": k, "auroc": float(roc_auc_score(corrupted, score)),
             "precision_at_k": float(corrupted[top].mean())}
-
-
-def _mean_fg_dice(a: np.ndarray, b: np.ndarray, num_classes: int) -> float:
-    """Mean over foreground classes present in either map of their Dice; 1.0 when both are empty."""
-    scores = []
-    for c in range(1, num_classes):
-        x, y = a == c, b == c
-        total = int(x.sum()) + int(y.sum())
-        if total:
-            scores.append(2.0 * int((x & y).sum()) / total)
-    return float(np.mean(scores)) if scores else 1.0
 
 
 def _load_record(run: Path) -> dict[str, np.ndarray]:
@@ -169,8 +159,8 @@ def _audit_seg(model, cfg, task, record, out, top, device, figures) -> dict:
                          "slice": int(slices.slice_index[g[0]]) if level == "slices" else "",
                          "index": int(g[0]) if level == "slices" else "",
                          "meta_signal": float(signal),
-                         "disagreement": 1.0 - _mean_fg_dice(pred[g], given[g], k),
-                         "given_vs_clean_dice": _mean_fg_dice(given[g], clean[g], k),
+                         "disagreement": 1.0 - mean_foreground_dice(pred[g], given[g], k, absent="skip"),
+                         "given_vs_clean_dice": mean_foreground_dice(given[g], clean[g], k, absent="skip"),
                          "corrupted": bool((given[g] != clean[g]).any())})
         score = _score(rows)
         tables[level] = rows

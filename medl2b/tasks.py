@@ -16,21 +16,10 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
 from medl2b.data.augment import BatchAugment
+from medl2b.evaluate.metrics import mean_foreground_dice
 from medl2b.inference import predict_dataset, predict_logits, predict_volume
 
-__all__ = ["Task", "SegmentationTask", "ClassificationTask", "build_task", "dice_score", "mean_foreground_dice"]
-
-
-def dice_score(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Dice of two binary arrays; 1.0 when both are empty."""
-    pred, truth = pred.astype(bool), truth.astype(bool)
-    denom = pred.sum() + truth.sum()
-    return 1.0 if denom == 0 else float(2.0 * np.logical_and(pred, truth).sum() / denom)
-
-
-def mean_foreground_dice(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> float:
-    """Mean over the foreground classes ``1..num_classes-1`` of the per-class Dice of two label maps."""
-    return float(np.mean([dice_score(pred == k, truth == k) for k in range(1, num_classes)]))
+__all__ = ["Task", "SegmentationTask", "ClassificationTask", "build_task"]
 
 
 @dataclass

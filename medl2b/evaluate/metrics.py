@@ -2,7 +2,7 @@
 
 Segmentation
     :func:`compute_case_metrics` scores one binary case on its voxel grid, in mm,
-    with MONAI's metric functions (``compute_dice``, ``compute_hausdorff_distance``
+    with MONAI's surface-distance functions (``compute_hausdorff_distance``
     with ``percentile=95``, ``compute_average_surface_distance`` with
     ``symmetric=True``). The voxel spacing is passed per axis, so anisotropic
     grids (PROMISE12: ~0.27 x 0.27 x 2.2 mm) are measured in millimetres.
@@ -65,6 +65,8 @@ import torch
 from monai.metrics import compute_roc_auc
 
 __all__ = [
+    "mask_dice",
+    "mean_foreground_dice",
     "one_vs_rest_auroc",
     "CASE_STATUSES",
     "EmptyPolicy",
@@ -143,6 +145,38 @@ def _as_spacing(spacing: Any, ndim: int) -> np.ndarray:
     return sp
 
 
+def mask_dice(a: Any, b: Any) -> float:
+    """Dice of two binary masks of equal shape (any dimension); 1.0 when both are empty.
+
+    The one Dice of medl2b: validation, noise calibration, the audit and the per-case metrics
+    all use it (MONAI's ``compute_dice`` gives the same number, NaN where both are empty).
+    """
+    a = np.asarray(a) > 0
+    b = np.asarray(b) > 0
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def mean_foreground_dice(pred: Any, truth: Any, classes: Sequence[int] | int, *, absent: str = "one") -> float:
+    """Mean of :func:`mask_dice` over the foreground classes of two label maps.
+
+    Args:
+        pred, truth: integer label maps of equal shape.
+        classes: the foreground class values, or the number of classes ``C`` (= ``1..C-1``).
+        absent: ``"one"``: a class absent from both maps scores 1.0 and counts; ``"skip"``: it
+            does not count (1.0 when no class is present at all).
+    """
+    if absent not in ("one", "skip"):
+        raise ValueError(f"absent must be 'one' or 'skip', got {absent!r}")
+    pred, truth = np.asarray(pred), np.asarray(truth)
+    values = range(1, classes) if isinstance(classes, (int, np.integer)) else classes
+    scores = [mask_dice(pred == c, truth == c) for c in values
+              if absent == "one" or (pred == c).any() or (truth == c).any()]
+    return float(np.mean(scores)) if scores else 1.0
+
+
 def volume_diagonal(shape: Sequence[int], spacing: Sequence[float]) -> float:
     """Length in mm of the diagonal of a voxel grid: ``sqrt(sum((shape * spacing) ** 2))``.
 
@@ -158,7 +192,7 @@ def volume_diagonal(shape: Sequence[int], spacing: Sequence[float]) -> float:
 def _monai_scores(pred: np.ndarray, truth: np.ndarray, spacing: np.ndarray) -> tuple[float, float, float]:
     """Dice, HD95 (mm) and symmetric ASD (mm) from MONAI for two non-empty masks."""
     import torch
-    from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance
+    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
 
     # One foreground channel, shape (B=1, C=1, *spatial); background is not scored.
     p = torch.from_numpy(np.ascontiguousarray(pred, dtype=np.float32))[None, None]
@@ -167,10 +201,9 @@ def _monai_scores(pred: np.ndarray, truth: np.ndarray, spacing: np.ndarray) -> t
     with warnings.catch_warnings():
         # MONAI 1.5-1.6 warn about an internal deprecated argument on every call.
         warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
-        dice = compute_dice(p, t, include_background=True)
         hd95 = compute_hausdorff_distance(p, t, include_background=True, percentile=95, spacing=sp)
         asd = compute_average_surface_distance(p, t, include_background=True, symmetric=True, spacing=sp)
-    return float(dice.reshape(-1)[0]), float(hd95.reshape(-1)[0]), float(asd.reshape(-1)[0])
+    return mask_dice(pred, truth), float(hd95.reshape(-1)[0]), float(asd.reshape(-1)[0])
 
 
 def compute_case_metrics(
