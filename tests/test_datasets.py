@@ -72,22 +72,34 @@ def test_noisy_for_train_clean_elsewhere(promise12_prepared, train_slices):
 
 
 def test_seg_dataset_items(train_slices):
-    plain = SegSliceDataset(train_slices, augment=False)
+    plain = SegSliceDataset(train_slices)
     item = plain[5]
     assert set(item) == {"image", "label", "clean", "index"} and item["index"] == 5
     assert torch.equal(item["image"], train_slices.image[5]) and torch.equal(item["label"], train_slices.label[5])
-    aug = SegSliceDataset(train_slices, augment=True)
+    assert torch.equal(item["clean"], train_slices.clean[5]) and type(item["image"]) is torch.Tensor
+    patches = SegSliceDataset(train_slices, crop=(32, 32), crop_fg=1.0)
     fg = int(torch.nonzero(train_slices.clean.flatten(1).sum(1) > 100)[0])
-    item = aug[fg]
-    assert item["image"].shape == (1, 64, 64) and item["image"].dtype == torch.float32
-    assert item["label"].shape == item["clean"].shape == (64, 64) and item["label"].dtype == torch.int64
+    item = patches[fg]
+    assert item["image"].shape == (1, 32, 32) and item["image"].dtype == torch.float32
+    assert item["label"].shape == item["clean"].shape == (32, 32) and item["label"].dtype == torch.int64
     assert set(item["clean"].unique().tolist()) <= {0, 1} and type(item["image"]) is torch.Tensor
-    batch = next(iter(DataLoader(aug, batch_size=4)))
-    assert batch["image"].shape == (4, 1, 64, 64) and batch["label"].shape == (4, 64, 64)
+    batch = next(iter(DataLoader(patches, batch_size=4)))
+    assert batch["image"].shape == (4, 1, 32, 32) and batch["label"].shape == (4, 32, 32)
+    with pytest.raises(ValueError, match="BatchAugment"):  # items are augmented by batch, on the device
+        SegSliceDataset(train_slices, augment=True)
 
 
-def test_seg_augmentation_is_seeded_by_torch(train_slices):
-    ds = SegSliceDataset(train_slices, augment=True)
+def _patch_offset(patch: torch.Tensor, image: torch.Tensor) -> tuple[int, int]:
+    h, w = patch.shape[-2:]
+    for ox in range(image.shape[-2] - h + 1):
+        for oy in range(image.shape[-1] - w + 1):
+            if torch.equal(image[..., ox:ox + h, oy:oy + w], patch):
+                return ox, oy
+    raise AssertionError("the patch is not a sub-block of its slice")
+
+
+def test_seg_patches_are_seeded_by_torch(train_slices):
+    ds = SegSliceDataset(train_slices, crop=(32, 32), crop_fg=0.5)
     idx = [int(i) for i in torch.nonzero(train_slices.clean.flatten(1).sum(1) > 100).flatten()[:6]]
 
     def draw(seed):
@@ -97,10 +109,11 @@ def test_seg_augmentation_is_seeded_by_torch(train_slices):
     a, b, c = draw(0), draw(0), draw(1)
     assert all(torch.equal(x["image"], y["image"]) and torch.equal(x["label"], y["label"]) for x, y in zip(a, b))
     assert not all(torch.equal(x["image"], y["image"]) for x, y in zip(a, c))
-    # image, label and clean get the same spatial transform: the mask still sits on the darker gland
-    for item in a:
-        inside = item["image"][0][item["clean"] == 1]
-        assert inside.numel() > 0 and inside.mean() < item["image"][0].mean()
+    # image, label and clean are cut at the same place
+    for i, item in zip(idx, a):
+        ox, oy = _patch_offset(item["image"], train_slices.image[i])
+        block = (i, slice(ox, ox + 32), slice(oy, oy + 32))
+        assert torch.equal(item["label"], train_slices.label[block]) and torch.equal(item["clean"], train_slices.clean[block])
 
 
 def test_isic_image_set_and_items(isic_prepared):

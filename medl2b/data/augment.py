@@ -1,8 +1,8 @@
 """Batched segmentation augmentation on the device: one call per batch, not per slice.
 
-The per-slice MONAI chain of :class:`~medl2b.data.datasets.SegSliceDataset` is a large
-share of a CE step on a CPU (numbers in ``BENCHMARKS.md``) and on a GPU it would starve
-the network. :class:`BatchAugment` draws the same family of
+A per-slice MONAI transform chain in the Dataset (how segmentation items were once augmented)
+is a large share of a CE step on a CPU (numbers in ``BENCHMARKS.md``) and on a GPU it would
+starve the network. :class:`BatchAugment` draws the same family of
 transforms for every slice of a batch at once, with torch ops that run wherever the batch
 is (``affine_grid`` + ``grid_sample``), and applies one spatial draw to the image and to
 every label map of a slice:

@@ -2,20 +2,22 @@
 
 Segmentation (PROMISE12, MSD, nnU-Net v2): :func:`load_slices` reads the NIfTI volumes of some cases
 into one :class:`SliceSet` of 2-D axial slices (``volume[:, :, z]``), and
-:class:`SegSliceDataset` serves them, optionally augmented. Classification
-(ISIC 2019): :func:`load_isic` memory-maps ``images.npy`` for one split
-(:class:`ImageSet`) and :class:`IsicDataset` serves it.
+:class:`SegSliceDataset` serves them plain, or as random patches (3-D training on volumes
+larger than the window); segmentation augmentation happens on whole batches on the device
+(:class:`medl2b.data.augment.BatchAugment`). Classification (ISIC 2019): :func:`load_isic`
+memory-maps ``images.npy`` for one split (:class:`ImageSet`) and :class:`IsicDataset` serves
+it, optionally augmented.
 
 Each item carries both the training label (noisy for train cases/images when
 ``label="noisy"``) and the clean one, plus ``index``, the item's position in the
 dataset, so a trainer can keep per-sample state.
 
-Randomness of the augmentations: MONAI's random transforms keep their own
-``numpy.random.RandomState`` that neither ``torch.manual_seed`` nor
+Randomness of the random patches and of the ISIC augmentation: MONAI's random transforms keep
+their own ``numpy.random.RandomState`` that neither ``torch.manual_seed`` nor
 ``monai.utils.set_determinism`` touches. So each ``__getitem__`` draws one integer
 from torch's global generator (``torch.randint``) and re-seeds the transform chain
 with it (``Compose.set_random_state``). Hence ``torch.manual_seed(s)`` alone makes
-the augmentation reproducible with ``num_workers=0``; with workers, torch seeds each
+the draws reproducible with ``num_workers=0``; with workers, torch seeds each
 worker from the loader's base seed (``base_seed + worker_id``), which again follows
 ``torch.manual_seed`` in the main process, so no ``worker_init_fn`` is needed.
 """
@@ -31,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.transforms import Compose, RandCropByPosNegLabeld, RandFlipd, RandRotate90d, RandScaleIntensityd
 from torch.utils.data import Dataset
 
 from medl2b.data.nifti import read_nifti
@@ -227,22 +230,6 @@ def load_volumes(prepared_dir: str | os.PathLike, cases: str | Sequence[str], *,
                     torch.stack(cleans).contiguous(), case=case_ids, slice_index=[-1] * len(case_ids))
 
 
-def _seg_augment():
-    from monai.transforms import (Compose, RandAffined, RandFlipd, RandGaussianNoised, RandScaleIntensityd,
-                                  RandShiftIntensityd)
-
-    keys = ("image", "label", "clean")
-    return Compose([
-        RandFlipd(keys, prob=0.5, spatial_axis=0),
-        RandFlipd(keys, prob=0.5, spatial_axis=1),
-        RandAffined(keys, prob=0.5, rotate_range=(np.pi / 12,), scale_range=(0.1, 0.1),
-                    mode=("bilinear", "nearest", "nearest"), padding_mode="zeros"),
-        RandScaleIntensityd("image", factors=0.1, prob=0.5),
-        RandShiftIntensityd("image", offsets=0.1, prob=0.5),
-        RandGaussianNoised("image", prob=0.3, std=0.05),
-    ])
-
-
 def _plain(x) -> torch.Tensor:
     """A plain ``torch.Tensor`` (MONAI returns ``MetaTensor``, which collates slowly)."""
     return torch.as_tensor(x).as_subclass(torch.Tensor)
@@ -263,42 +250,37 @@ class _Augmented(Dataset):
 
 
 class SegSliceDataset(_Augmented):
-    """2-D slices as a torch Dataset.
+    """2-D slices (or 3-D volumes) as a torch Dataset, served plain or as random patches.
 
     Items: ``{"image": float32 (1, H, W), "label": int64 (H, W), "clean": int64 (H, W),
-    "index": int}`` (3-D volumes: ``(1, X, Y, Z)`` and ``(X, Y, Z)``). With ``augment`` (2-D):
-    random flips, a small rotation/scaling (bilinear for the image, nearest for both masks, same
-    draw for all three), and intensity scale/shift/Gaussian noise on the image. With ``crop``:
+    "index": int}`` (3-D volumes: ``(1, X, Y, Z)`` and ``(X, Y, Z)``). With ``crop``:
     a random patch of that spatial size, centred with probability ``crop_fg`` on a foreground
     voxel of the given label (MONAI ``RandCropByPosNegLabeld``; a sample without foreground gets a
     random patch), the same patch of image, label and clean label. See the module docstring for
-    what seeds the randomness.
+    what seeds the randomness. Items are never augmented here: training augments whole batches
+    on the device with :class:`medl2b.data.augment.BatchAugment`.
 
     Args:
         slices: A :class:`SliceSet`.
-        augment: Apply the random 2-D augmentation.
+        augment: Must be False (kept for the callers that still pass ``augment=False``).
         crop: Patch size, or None for whole items.
         crop_fg: Share of patches centred on foreground.
     """
 
-    def __init__(self, slices: SliceSet, *, augment: bool, crop: Sequence[int] | None = None,
+    def __init__(self, slices: SliceSet, *, augment: bool = False, crop: Sequence[int] | None = None,
                  crop_fg: float = 0.33) -> None:
         if not isinstance(slices, SliceSet):
             raise TypeError(f"slices must be a SliceSet, got {type(slices).__name__}")
-        steps = []
-        if crop is not None:
-            from monai.transforms import RandCropByPosNegLabeld
-
-            steps.append(RandCropByPosNegLabeld(("image", "label", "clean"), label_key="label",
-                                                spatial_size=tuple(int(c) for c in crop), pos=crop_fg,
-                                                neg=1.0 - crop_fg, num_samples=1, allow_smaller=False))
         if augment:
-            steps.append(_seg_augment())
-        from monai.transforms import Compose
-
-        super().__init__(Compose(steps) if steps else None)
+            raise ValueError("SegSliceDataset serves items unaugmented; augment batches with "
+                             "medl2b.data.augment.BatchAugment")
+        crop_step = None
+        if crop is not None:
+            crop_step = RandCropByPosNegLabeld(("image", "label", "clean"), label_key="label",
+                                               spatial_size=tuple(int(c) for c in crop), pos=crop_fg,
+                                               neg=1.0 - crop_fg, num_samples=1, allow_smaller=False)
+        super().__init__(Compose([crop_step]) if crop_step is not None else None)
         self.slices = slices
-        self.augment = bool(augment)
 
     def __len__(self) -> int:
         return len(self.slices)
@@ -374,8 +356,6 @@ def load_isic(prepared_dir: str | os.PathLike, split: str, *, label: str = "nois
 
 
 def _cls_augment():
-    from monai.transforms import Compose, RandFlipd, RandRotate90d, RandScaleIntensityd
-
     return Compose([
         RandFlipd("image", prob=0.5, spatial_axis=0),
         RandFlipd("image", prob=0.5, spatial_axis=1),
