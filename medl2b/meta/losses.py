@@ -55,7 +55,7 @@ def weighted_losses(model, method: Method, x: torch.Tensor, y: torch.Tensor, xm:
 def meta_objective(name: str, target: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """The clean meta loss ``logits -> scalar`` of a meta batch with labels ``target``.
 
-    * ``"ce"``: mean cross-entropy over every element (METHOD.md; the paper's choice).
+    * ``"ce"``: mean cross-entropy over every element (docs/METHOD.md, eq. 5; the paper's choice).
     * ``"dice"``: segmentation only, soft Dice loss over the foreground classes, pooled over
       the whole meta batch (MONAI ``DiceLoss``, ``include_background=False``, ``batch=True``).
       A pixel-mean CE is dominated by background when the structures are small (the

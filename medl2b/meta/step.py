@@ -1,6 +1,6 @@
 """One meta step of L2B (Zhou et al.), in two implementations that give the same weights.
 
-Notation (``../shared/docs/METHOD.md``): per-element training losses ``ℓ_k(θ)``
+Notation (``docs/METHOD.md``, eqs. 3-9): per-element training losses ``ℓ_k(θ)``
 for K terms (k = given label, pseudo-label), each of shape ``S`` (``(B,)`` or
 ``(B, H, W)``); perturbations ``ε_k`` of the same shapes;
 ``L(θ; ε) = Σ_k Σ_i ε_k,i ℓ_k,i(θ)``; a virtual SGD step
