@@ -1,11 +1,10 @@
 """Batched segmentation augmentation on the device: one call per batch, not per slice.
 
-A per-slice MONAI transform chain in the Dataset (how segmentation items were once augmented)
-is a large share of a CE step on a CPU (numbers in ``BENCHMARKS.md``) and on a GPU it would
-starve the network. :class:`BatchAugment` draws the same family of
-transforms for every slice of a batch at once, with torch ops that run wherever the batch
-is (``affine_grid`` + ``grid_sample``), and applies one spatial draw to the image and to
-every label map of a slice:
+A per-slice MONAI transform chain in the Dataset would be a large share of a CE step on a
+CPU (numbers in ``BENCHMARKS.md``) and on a GPU it would starve the network.
+:class:`BatchAugment` draws the same family of transforms for every slice of a batch at
+once, with torch ops that run wherever the batch is (``affine_grid`` + ``grid_sample``),
+and applies one spatial draw to the image and to every label map of a slice:
 
 * flips along each in-plane axis, p = 0.5 each;
 * with p = 0.5, a rotation in ±15° and an independent scaling in ±10 % per axis about the
