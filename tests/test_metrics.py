@@ -10,7 +10,6 @@ from scipy.spatial.distance import cdist
 
 from medl2b.evaluate.metrics import (
     EmptyPolicy,
-    SegmentationMetrics,
     classification_metrics,
     compute_case_metrics,
     compute_multiclass_case_metrics,
@@ -178,21 +177,6 @@ def test_bad_arguments_are_named():
         compute_case_metrics(m * 0.5, m, ANISO)
     with pytest.raises(ValueError, match="empty_policy"):
         compute_case_metrics(m, m, ANISO, empty_policy="zero")
-
-
-def test_segmentation_metrics_accumulates_and_resets():
-    truth = _cube()
-    metric = SegmentationMetrics()
-    metric(truth, truth, ANISO, case="same")
-    metric(np.zeros_like(truth), truth, ANISO, case="miss")
-    with pytest.raises(ValueError, match="already"):
-        metric(truth, truth, ANISO, case="same")
-    assert [r["case"] for r in metric.per_case] == ["same", "miss"]
-    s = metric.aggregate()
-    assert s["n"] == 2 and s["n_failed"] == 1 and s["empty_policy"] == "worst"
-    assert s["mean"]["dice"] == pytest.approx(0.5)
-    metric.reset()
-    assert metric.per_case == []
 
 
 # --- segmentation: several foreground classes -----------------------------------------------------

@@ -62,7 +62,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.metrics import compute_roc_auc
+from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance, compute_roc_auc
 
 __all__ = [
     "mask_dice",
@@ -72,7 +72,6 @@ __all__ = [
     "EmptyPolicy",
     "FAILED_STATUSES",
     "SEG_KEYS",
-    "SegmentationMetrics",
     "classification_metrics",
     "compute_case_metrics",
     "compute_multiclass_case_metrics",
@@ -191,9 +190,6 @@ def volume_diagonal(shape: Sequence[int], spacing: Sequence[float]) -> float:
 
 def _monai_scores(pred: np.ndarray, truth: np.ndarray, spacing: np.ndarray) -> tuple[float, float, float]:
     """Dice, HD95 (mm) and symmetric ASD (mm) from MONAI for two non-empty masks."""
-    import torch
-    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
-
     # One foreground channel, shape (B=1, C=1, *spatial); background is not scored.
     p = torch.from_numpy(np.ascontiguousarray(pred, dtype=np.float32))[None, None]
     t = torch.from_numpy(np.ascontiguousarray(truth, dtype=np.float32))[None, None]
@@ -448,52 +444,6 @@ def summarize_cases(per_case: Sequence[Mapping[str, Any]], *, keys: Sequence[str
         "n_nan": n_nan,
         "status_counts": status_counts,
     }
-
-
-class SegmentationMetrics:
-    """Accumulate :func:`compute_case_metrics` over cases, MONAI style.
-
-    Example::
-
-        metric = SegmentationMetrics(empty_policy="worst")
-        for case in cases:
-            metric(pred, truth, spacing, case=case.name)
-        summary = metric.aggregate()   # summarize_cases(...) + "empty_policy"
-        rows = metric.per_case         # for write_seg_report
-        metric.reset()
-    """
-
-    def __init__(self, *, empty_policy: str | EmptyPolicy = EmptyPolicy.WORST) -> None:
-        self.empty_policy = _empty_policy(empty_policy)
-        self._cases: list[dict[str, Any]] = []
-
-    def __call__(self, pred: Any, truth: Any, spacing: Sequence[float] | float, *, case: str | None = None) -> dict:
-        """Score one case (see :func:`compute_case_metrics`), store it and return its row.
-
-        The row is ``{"case", "dice", "hd95", "asd", "status"}``; ``case`` defaults to
-        ``"case_NNN"`` by arrival order and must be unique.
-        """
-        name = f"case_{len(self._cases):03d}" if case is None else str(case)
-        if any(row["case"] == name for row in self._cases):
-            raise ValueError(f"case {name!r} was already scored; case names must be unique")
-        row = {"case": name, **compute_case_metrics(pred, truth, spacing, empty_policy=self.empty_policy)}
-        self._cases.append(row)
-        return dict(row)
-
-    @property
-    def per_case(self) -> list[dict[str, Any]]:
-        """Copies of the stored rows, in arrival order."""
-        return [dict(row) for row in self._cases]
-
-    def aggregate(self) -> dict[str, Any]:
-        """:func:`summarize_cases` of the stored rows, plus ``"empty_policy"``."""
-        summary = summarize_cases(self._cases)
-        summary["empty_policy"] = self.empty_policy.value
-        return summary
-
-    def reset(self) -> None:
-        """Forget every stored case."""
-        self._cases.clear()
 
 
 def _as_labels(y: Any, name: str) -> np.ndarray:
