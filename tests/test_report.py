@@ -303,15 +303,14 @@ def _volume():
     return image, clean
 
 
-def test_overlay_and_noise_figures(tmp_path):
-    from medl2b.evaluate.figures import plot_case_overlays, plot_noise_examples
+def test_overlay_figures(tmp_path):
+    from medl2b.evaluate.figures import plot_case_overlays
 
     image, clean = _volume()
     pred = np.roll(clean, 2, axis=0)
     noisy = np.roll(clean, -1, axis=1)
     p = plot_case_overlays(image, clean, pred, tmp_path / "overlay.png", noisy=noisy, n_slices=3, title="Case00")
     assert p == tmp_path / "overlay.png" and _is_png(p)
-    assert _is_png(plot_noise_examples(image, clean, noisy, tmp_path / "noise.png", n_slices=2))
     empty = np.zeros_like(clean)  # no foreground anywhere: slices are spread over the volume
     assert _is_png(plot_case_overlays(image, empty, empty, tmp_path / "empty.png"))
     with pytest.raises(ValueError, match="pred"):

@@ -5,7 +5,6 @@ Agg canvas (no pyplot, no global backend switch, no display needed), writes the
 PNG atomically and returns its path.
 
 - :func:`plot_case_overlays`: axial slices of a case with clean / noisy / predicted contours.
-- :func:`plot_noise_examples`: noisy vs clean masks of a prepared case.
 - :func:`plot_weight_maps`: image, label noise, pseudo-label and the α / β maps per
   sample, as in the L2B paper's Figures 2 and 5 (β is high where the pseudo-label
   corrects a wrong noisy label).
@@ -27,6 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from medl2b.errors import InputError, atomic_file
 
@@ -35,7 +38,6 @@ __all__ = [
     "plot_case_overlays",
     "plot_confusion",
     "plot_learning_curves",
-    "plot_noise_examples",
     "plot_weight_maps",
 ]
 
@@ -46,9 +48,6 @@ _MAX_WEIGHT_ROWS = 6
 # --- plumbing ---------------------------------------------------------------------------------------
 
 def _new_figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
     return fig
@@ -110,8 +109,6 @@ def _overlay_slices(
     title: str | None,
 ) -> Path:
     """Axial slices of ``image`` (X, Y, Z) with one contour per (mask, colour, label) layer."""
-    from matplotlib.lines import Line2D
-
     fg = np.zeros(image.shape[2], dtype=np.bool_)
     for m in select:
         fg |= m.any(axis=(0, 1))
@@ -188,37 +185,6 @@ def plot_case_overlays(
         layers.append((m["noisy"], _NOISY, "noisy"))
     layers.append((m["pred"], _PRED, "prediction"))
     return _overlay_slices(img, layers, path, select=[m["clean"], m["pred"]], n_slices=n_slices, title=title)
-
-
-def plot_noise_examples(
-    image: Any,
-    clean: Any,
-    noisy: Any,
-    path: str | os.PathLike,
-    *,
-    n_slices: int = 4,
-) -> Path:
-    """Axial slices of a prepared case: noisy (yellow) vs clean (green) mask contours.
-
-    The title gives the 3-D Dice between the noisy and the clean mask.
-
-    Args:
-        image: intensities, shape (X, Y, Z).
-        clean: clean mask, shape (X, Y, Z).
-        noisy: noisy mask, shape (X, Y, Z).
-        path: the PNG to write.
-        n_slices: how many slices to show, spread over those with foreground.
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
-    """
-    n_slices = _check_n_slices(n_slices)
-    img, m = _volume_inputs(image, {"clean": clean, "noisy": noisy})
-    denom = int(m["clean"].sum() + m["noisy"].sum())
-    dice = 2 * int((m["clean"] & m["noisy"]).sum()) / denom if denom else 1.0
-    layers = [(m["clean"], _CLEAN, "clean"), (m["noisy"], _NOISY, "noisy")]
-    return _overlay_slices(img, layers, path, select=[m["clean"], m["noisy"]], n_slices=n_slices,
-                           title=f"noisy vs clean mask (3-D Dice {dice:.3f})")
 
 
 # --- α / β weight maps ------------------------------------------------------------------------------
@@ -409,8 +375,6 @@ def plot_learning_curves(metrics_csv: str | os.PathLike, path: str | os.PathLike
     Raises:
         InputError: if ``metrics_csv`` is missing or has no header.
     """
-    from matplotlib.ticker import MaxNLocator
-
     cols = _read_numeric_csv(Path(metrics_csv))
     n_rows = len(next(iter(cols.values()))) if cols else 0
     x = cols["epoch"] if "epoch" in cols and np.isfinite(cols["epoch"]).all() else np.arange(n_rows, dtype=float)
