@@ -16,9 +16,10 @@ and 2-D slices are ``volume[:, :, z]``.
 from __future__ import annotations
 
 import numpy as np
+import SimpleITK as sitk
 from scipy import ndimage
 
-from medl2b.data.nifti import Geometry
+from medl2b.data.nifti import Geometry, affine_from_geometry
 
 __all__ = ["PERCENTILES", "geometry_of", "normalise_intensity", "prepare_volume", "prepared_geometry",
            "image_from_xyz", "prediction_to_raw", "resample", "to_original_grid", "to_xyz"]
@@ -63,8 +64,6 @@ def prepared_geometry(original: dict | Geometry, size: int) -> Geometry:
 
 
 def resample(image, geo: Geometry, *, linear: bool):
-    import SimpleITK as sitk
-
     return sitk.Resample(image, list(geo.size), sitk.Transform(),
                          sitk.sitkLinear if linear else sitk.sitkNearestNeighbor,
                          list(geo.origin), list(geo.spacing), list(geo.direction), 0.0,
@@ -72,8 +71,6 @@ def resample(image, geo: Geometry, *, linear: bool):
 
 
 def to_xyz(image) -> np.ndarray:
-    import SimpleITK as sitk
-
     return np.ascontiguousarray(np.transpose(sitk.GetArrayFromImage(image), (2, 1, 0)))
 
 
@@ -90,8 +87,6 @@ def to_original_grid(array_xyz: np.ndarray, prepared: dict, original: dict) -> n
     Returns:
         Array of shape ``original["size"]`` (X, Y, Z), same dtype as the input (bool -> uint8).
     """
-    import SimpleITK as sitk
-
     arr = np.asarray(array_xyz)
     src, dst = Geometry.from_dict(prepared), Geometry.from_dict(original)
     if tuple(arr.shape) != tuple(src.size):
@@ -109,8 +104,6 @@ def to_original_grid(array_xyz: np.ndarray, prepared: dict, original: dict) -> n
 
 def image_from_xyz(array_xyz: np.ndarray, geo: Geometry):
     """A ``SimpleITK.Image`` from an ``(x, y, z)`` array and its ITK geometry."""
-    import SimpleITK as sitk
-
     img = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(array_xyz, (2, 1, 0))))
     img.SetSpacing([float(v) for v in geo.spacing])
     img.SetOrigin([float(v) for v in geo.origin])
@@ -130,8 +123,6 @@ def prepare_volume(channels, mask, size: int) -> tuple[list[np.ndarray], np.ndar
         ``(images, mask, geometry, intensity)``: one float32 ``(x, y, z)`` array per channel,
         the uint8 label map, the prepared geometry and one intensity record per channel.
     """
-    import SimpleITK as sitk
-
     channels = channels if isinstance(channels, (list, tuple)) else [channels]
     geo = geometry_of(channels[0])
     target = prepared_geometry(geo, size)
@@ -168,7 +159,5 @@ def prediction_to_raw(pred_xyz: np.ndarray, manifest: dict, case: str) -> tuple[
     if "affine" in original:
         affine = np.asarray(original["affine"], dtype=float)
     else:
-        from medl2b.data.nifti import affine_from_geometry
-
         affine = affine_from_geometry(original["spacing"], original["origin"], original["direction"])
     return lut[raw], affine

@@ -21,7 +21,6 @@ least one meta image per class where possible. Symmetric label noise
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
@@ -29,10 +28,12 @@ import os
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageOps
 
 from medl2b.data.splits import load_split
 from medl2b.errors import InputError, atomic_dir
 from medl2b.noise.labels import symmetric_noise
+from medl2b.progress import progress_bar
 
 __all__ = ["CLASSES", "grouped_stratified_split", "load_square_image", "prepare_isic2019", "read_ground_truth"]
 
@@ -180,8 +181,6 @@ def load_square_image(path: str | os.PathLike, size: int) -> np.ndarray:
     Returns:
         uint8 array (size, size, 3), RGB.
     """
-    from PIL import Image, ImageOps
-
     path = Path(path)
     try:
         with Image.open(path) as im:
@@ -359,17 +358,7 @@ def prepare_isic2019(raw: str | os.PathLike, out: str | os.PathLike, *, size: in
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
         store = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
-        with contextlib.ExitStack() as stack:
-            advance = lambda: None  # noqa: E731
-            if progress:
-                from rich.console import Console
-                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-                bar = stack.enter_context(Progress(TextColumn("ISIC 2019"), BarColumn(), MofNCompleteColumn(),
-                                                   TimeElapsedColumn(), console=Console(stderr=True),
-                                                   transient=True))
-                task = bar.add_task("images", total=n)
-                advance = lambda: bar.update(task, advance=1)  # noqa: E731
+        with progress_bar(progress, n, "ISIC 2019") as advance:
             for i, path in enumerate(files):
                 store[i] = load_square_image(path, size)
                 advance()

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from medl2b.errors import InputError, atomic_file
@@ -64,8 +65,6 @@ def write_nifti(array: np.ndarray, path: str | os.PathLike, *, spacing=None, ori
                 affine=None) -> Path:
     """Write ``array`` (x, y, z) to ``path`` (.nii.gz) atomically, with the given ITK geometry
     (``spacing``, ``origin``, ``direction``) or a 4x4 RAS ``affine`` (e.g. a raw file's own)."""
-    import nibabel as nib
-
     path = Path(path)
     if affine is None:
         affine = affine_from_geometry(spacing, origin, direction)
@@ -83,8 +82,6 @@ def read_nifti(path: str | os.PathLike, *, dtype=None) -> tuple[np.ndarray, Geom
 
     Raises :class:`InputError` naming the file if it is missing or unreadable.
     """
-    import nibabel as nib
-
     path = Path(path)
     if not path.exists():
         raise InputError(path, "file not found")

@@ -21,6 +21,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
+from PIL import Image, ImageDraw
 from scipy import ndimage, special
 
 __all__ = ["ISIC_CLASSES", "synth_isic2019", "synth_promise12"]
@@ -239,8 +241,6 @@ def _promise_case(index: int, seed: int, grid_scale: float) -> dict:
 
 
 def _write_mha(array_xyz: np.ndarray, path: Path, *, spacing, origin, direction, compressed: bool) -> None:
-    import SimpleITK as sitk
-
     img = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(array_xyz, (2, 1, 0))))
     img.SetSpacing(tuple(float(s) for s in spacing))
     img.SetOrigin(tuple(float(o) for o in origin))
@@ -441,8 +441,6 @@ def _render_lesion(recipe: dict, rng: np.random.Generator, width: int, height: i
 
 def _draw_hairs(pil_img, rng: np.random.Generator) -> None:
     """Draw a few dark, gently curved hairs in place."""
-    from PIL import ImageDraw
-
     w, h = pil_img.size
     n = int(rng.choice([0, 0, 1, 2, 4, 8, 14]))
     draw = ImageDraw.Draw(pil_img)
@@ -487,8 +485,6 @@ def synth_isic2019(out: str | os.PathLike, *, n_images: int = 400, seed: int = 0
     Returns:
         ``out`` as a Path.
     """
-    from PIL import Image
-
     if n_images < 8:
         raise ValueError(f"n_images must be >= 8, got {n_images}")
     if seed < 0:
