@@ -12,13 +12,22 @@ smoke test, not evidence; another CPU takes another float path and moves it).
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import shutil
 import time
+from importlib import resources
 from pathlib import Path
 
+from medl2b.config import load_config
+from medl2b.data.msd import prepare_msd
+from medl2b.data.phantoms import synth_promise12
+from medl2b.data.promise12 import prepare_promise12
 from medl2b.errors import InputError
+from medl2b.evaluate.report import compare_runs
+from medl2b.evaluate.run import evaluate_run
+from medl2b.train.trainer import train
 
 __all__ = ["run_demo"]
 
@@ -41,13 +50,6 @@ def run_demo(out: str | Path, *, data: str = "hippocampus", cases: int | None = 
     """
     if data not in ("hippocampus", "phantoms"):
         raise InputError("--data", f"must be hippocampus or phantoms, got {data!r}")
-    from medl2b.config import load_config
-    from medl2b.data.msd import prepare_msd
-    from medl2b.data.phantoms import synth_promise12
-    from medl2b.data.promise12 import prepare_promise12
-    from medl2b.evaluate.report import compare_runs
-    from medl2b.evaluate.run import evaluate_run
-    from medl2b.train.trainer import train
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -105,8 +107,6 @@ def run_demo(out: str | Path, *, data: str = "hippocampus", cases: int | None = 
 
 def _bundled_subset(dst: Path, cases: int | None) -> Path:
     """Copy the bundled cases (the first ``cases`` of them, default all) with a matching dataset.json."""
-    from importlib import resources
-
     src = Path(str(resources.files("medl2b") / DEMO_DATA))
     meta = json.loads((src / "dataset.json").read_text())
     meta["training"] = meta["training"][:cases] if cases else meta["training"]
@@ -123,8 +123,6 @@ def _bundled_subset(dst: Path, cases: int | None) -> Path:
 
 def _benchmark_line() -> str:
     """The multi-seed benchmark the one-seed demo must be read against."""
-    from importlib import resources
-
     path = resources.files("medl2b") / BENCHMARK_SUMMARY
     try:
         bench = json.loads(path.read_text())
@@ -137,7 +135,5 @@ def _benchmark_line() -> str:
 
 
 def _history(run: Path) -> list[dict]:
-    import csv
-
     with open(run / "metrics.csv") as fh:
         return [{"val_score": float(r["val_score"] or "nan")} for r in csv.DictReader(fh)]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import torch
+from monai.inferers import sliding_window_inference
 from torch import nn
+from torch.utils.data import DataLoader
 
 __all__ = ["predict_logits", "predict_dataset", "predict_volume", "flip_averaged_probs"]
 
@@ -36,8 +38,6 @@ def predict_volume(model: nn.Module, volume: torch.Tensor, roi_size, *, device: 
     """Logits ``(1, K, X, Y, Z)`` of a 3-D network on a whole volume ``(1, C, X, Y, Z)`` of any size:
     MONAI's sliding-window inference, windows of ``roi_size`` (the training shape; a smaller volume
     is padded, and cropped back), ``overlap``, Gaussian blending. On the CPU."""
-    from monai.inferers import sliding_window_inference
-
     was_training = model.training
     model.eval()
     try:
@@ -57,8 +57,6 @@ def predict_dataset(model: nn.Module, dataset, *, batch_size: int = 32, device: 
     Streams the dataset in batches, so only the logits are held in memory (a 20k-image
     ISIC split would not fit as one tensor of images).
     """
-    from torch.utils.data import DataLoader
-
     logits, labels, cleans = [], [], []
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     was_training = model.training

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 
 import torch
+from monai.networks.nets import BasicUNetPlusPlus, ResNet
+from monai.networks.nets.resnet import get_inplanes
 from torch import nn
 
 from medl2b.errors import InputError
@@ -33,8 +35,6 @@ class SegmentationNet(nn.Module):
     def __init__(self, *, in_channels: int = 1, num_classes: int = 2, features=(32, 32, 64, 128, 256, 32),
                  spatial_dims: int = 2):
         super().__init__()
-        from monai.networks.nets import BasicUNetPlusPlus
-
         if len(features) != 6:
             raise ValueError(f"features must have 6 entries, got {len(features)}")
         self.spatial_dims = int(spatial_dims)
@@ -65,9 +65,6 @@ def build_resnet50(*, num_classes: int = 8, width: float = 1.0, pretrained: str 
         pretrained: a local ImageNet state dict with torchvision keys; loaded strictly
             before the head is replaced. Only valid with ``width == 1``.
     """
-    from monai.networks.nets import ResNet
-    from monai.networks.nets.resnet import get_inplanes
-
     model = ResNet(block="bottleneck", layers=[3, 4, 6, 3], block_inplanes=get_inplanes(), spatial_dims=2,
                    n_input_channels=3, conv1_t_size=7, conv1_t_stride=2, widen_factor=width,
                    num_classes=1000 if pretrained else num_classes, bias_downsample=False)

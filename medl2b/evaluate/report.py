@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from medl2b.errors import InputError, atomic_file
 from medl2b.evaluate.metrics import SEG_KEYS, EmptyPolicy, summarize_cases
@@ -501,8 +502,6 @@ def _run_info(run: Path, summary: Mapping[str, Any]) -> dict[str, Any]:
     cfg: Mapping[str, Any] = {}
     cfg_path = run / "config.yaml"
     if cfg_path.is_file():
-        import yaml
-
         try:
             loaded = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as e:
