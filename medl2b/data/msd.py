@@ -24,7 +24,9 @@ Preparation of a case:
    and flips of the axes, no resampling, nibabel's ``as_closest_canonical``), then the
    chosen ``slice_axis`` (axial = S, coronal = A, sagittal = R) is put last. Every case
    is thus sliced along the same anatomical axis whatever its stored orientation.
-3. **Grid and intensity** as for PROMISE12 (:mod:`medl2b.data.grid`): each channel is
+   ``slice_axis=None`` keeps the stored voxel order and slices along the third stored axis
+   (as nnU-Net does; PROMISE12 uses it).
+3. **Grid and intensity** (:mod:`medl2b.data.grid`): each channel is
    clipped to its 0.5..99.5th percentiles and z-scored, then resampled to ``size ×
    size`` in-plane over the same field of view; label maps by nearest neighbour.
 4. **Labels** are stored as consecutive indices ``0..K-1`` in the order of the declared
@@ -42,6 +44,9 @@ Output (``out``), nnU-Net-like::
     labelsTr/CASE.nii.gz            uint8 clean label map (indices)
     labelsNoisy/CASE.nii.gz         uint8 noisy label map (train cases only)
     dataset.json                    manifest (task "segmentation")
+
+PROMISE12 comes through here as well: :mod:`medl2b.data.promise12` converts its MetaImage
+release to an nnU-Net v2 raw folder and calls :func:`prepare_msd` on it.
 """
 
 from __future__ import annotations
@@ -58,12 +63,12 @@ from medl2b.data.grid import PERCENTILES, image_from_xyz, prediction_to_raw, pre
 from medl2b.data.nifti import Geometry, affine_from_geometry, geometry_from_affine, write_nifti
 from medl2b.data.splits import split_cases
 from medl2b.errors import InputError, atomic_dir
-from medl2b.noise.masks import (DEFAULT_CONFIG, calibrate_strength, corrupt_volumes, per_class_dice,
-                                 pick_noisy_cases)
+from medl2b.noise.masks import (DEFAULT_CONFIG, MaskNoiseConfig, calibrate_strength, corrupt_volumes,
+                                 per_class_dice, pick_noisy_cases)
 from medl2b.progress import progress_bar
 
-__all__ = ["AFFINE_TOL", "SLICE_AXES", "MsdCase", "MsdDataset", "find_msd_dataset", "prediction_to_raw",
-           "prepare_msd", "read_msd_case"]
+__all__ = ["AFFINE_TOL", "SLICE_AXES", "MsdCase", "MsdDataset", "check_prepare_args", "find_msd_dataset",
+           "prediction_to_raw", "prepare_msd", "read_msd_case"]
 
 #: Largest difference allowed between two affines of one case (mm and direction cosines).
 AFFINE_TOL = 1e-3
@@ -279,8 +284,8 @@ def _orient(array: np.ndarray, affine: np.ndarray, slice_axis: str) -> tuple[np.
     return np.ascontiguousarray(data), new
 
 
-def read_msd_case(ds: MsdDataset, case: MsdCase, *, slice_axis: str = "axial") -> dict:
-    """Read and check one case.
+def read_msd_case(ds: MsdDataset, case: MsdCase, *, slice_axis: str | None = "axial") -> dict:
+    """Read and check one case (``slice_axis=None``: keep the stored orientation).
 
     Returns:
         ``{"channels": [float32 (x, y, z) arrays in the oriented frame], "label": uint8 index map,
@@ -330,8 +335,11 @@ def read_msd_case(ds: MsdDataset, case: MsdCase, *, slice_axis: str = "axial") -
     for c in range(stack.shape[-1]):
         if not np.all(np.isfinite(stack[..., c])):
             raise InputError(case.images[min(c, len(case.images) - 1)], "holds NaN or infinite intensities")
-    oriented, affine = _orient(stack, label_affine, slice_axis)
-    oriented_label, _ = _orient(index_map, label_affine, slice_axis)
+    if slice_axis is None:
+        oriented, affine, oriented_label = stack, label_affine, index_map
+    else:
+        oriented, affine = _orient(stack, label_affine, slice_axis)
+        oriented_label, _ = _orient(index_map, label_affine, slice_axis)
     geo = geometry_from_affine(affine, oriented.shape[:3])
     return {"channels": [oriented[..., c] for c in range(oriented.shape[-1])], "label": oriented_label,
             "geometry": geo, "raw_affine": label_affine, "raw_shape": tuple(int(s) for s in label.shape)}
@@ -345,10 +353,31 @@ def _default_size(sizes: list[tuple[int, int]]) -> int:
     return int(max(32, 16 * int(np.ceil(side / 16.0))))
 
 
+def check_prepare_args(*, size: int | None, noise_dice: float, noisy_fraction: float, meta_cases: int,
+                       test_cases: int, seed: int, slice_axis: str | None, min_size: int = MIN_SIZE) -> None:
+    """The argument checks of :func:`prepare_msd`, for callers that want them before slow work of their own."""
+    if size is not None and size < min_size:
+        why = " (UNet++ halves the slices four times)" if min_size == MIN_SIZE else ""
+        raise InputError("--size", f"must be at least {min_size}{why}, got {size}")
+    if not 0.0 <= noise_dice or not np.isfinite(noise_dice):
+        raise ValueError(f"noise_dice must be a finite number >= 0, got {noise_dice}")
+    if not 0.0 < noisy_fraction <= 1.0:
+        raise InputError("--noisy-fraction", f"must be in (0, 1], got {noisy_fraction}")
+    if meta_cases < 0 or test_cases < 0:
+        raise ValueError(f"meta_cases and test_cases must be >= 0, got {meta_cases}, {test_cases}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if slice_axis is not None and slice_axis not in SLICE_AXES:
+        raise InputError("--slice-axis", f"must be one of {', '.join(SLICE_AXES)}, got {slice_axis!r}")
+
+
 def prepare_msd(raw: str | os.PathLike, out: str | os.PathLike, *, size: int | None = None,
                 noise_dice: float = 0.6, meta_cases: int = 3, test_cases: int = 10,
-                split_file: str | os.PathLike | None = None, seed: int = 0, slice_axis: str = "axial",
-                noisy_fraction: float = 1.0, overwrite: bool = False, progress: bool = True) -> dict:
+                split_file: str | os.PathLike | None = None, seed: int = 0, slice_axis: str | None = "axial",
+                noisy_fraction: float = 1.0, overwrite: bool = False, progress: bool = True,
+                splits: tuple[dict[str, list[str]], str] | None = None,
+                noise_config: MaskNoiseConfig = MSD_NOISE_CONFIG, min_size: int = MIN_SIZE,
+                geometry: dict[str, Geometry] | None = None, extra: dict | None = None) -> dict:
     """Convert an MSD v1 or nnU-Net v2 raw dataset into a prepared dataset (see the module docstring).
 
     Args:
@@ -362,28 +391,39 @@ def prepare_msd(raw: str | os.PathLike, out: str | os.PathLike, *, size: int | N
         test_cases: Held-out evaluation cases of a seeded split.
         split_file: JSON ``{"train", "meta", "test"[, "unused"]}`` to use instead.
         seed: Seed of the split draw and of the noise.
-        slice_axis: ``axial``, ``coronal`` or ``sagittal``: the anatomical axis 2-D slices are cut along.
+        slice_axis: ``axial``, ``coronal`` or ``sagittal``: the anatomical axis 2-D slices are cut along;
+            ``None``: no reorientation, slices along the third stored axis.
         noisy_fraction: Corrupt only this fraction of the train cases (a seeded draw; the rest keep
             their clean masks as the given ones), so that "which cases are wrong" has an answer
             (``medl2b audit``). ``noise_dice`` is then met on the corrupted cases.
         overwrite: Replace an existing prepared dataset in ``out``.
         progress: Show a rich progress bar on stderr.
+        splits: ``(splits, source)`` already decided by the caller (as
+            :func:`medl2b.data.splits.split_cases` returns them), instead of ``split_file`` or the
+            seeded draw; cases under ``unused`` need not be in ``raw``.
+        noise_config: Shape of the mask noise (default: :data:`MSD_NOISE_CONFIG`).
+        min_size: Smallest ``size`` accepted.
+        geometry: Case id -> its ITK geometry at full precision, used instead of the one read from
+            the file (a NIfTI header holds float32), for a caller that converted the files from a
+            more precise format; needs ``slice_axis=None`` and must agree with the file's affine.
+        extra: Manifest keys to set or replace; its ``"cases"`` maps case id -> keys of that case.
 
     Returns:
         The manifest, as written to ``out/dataset.json``.
     """
-    if size is not None and size < MIN_SIZE:
-        raise InputError("--size", f"must be at least {MIN_SIZE} (UNet++ halves the slices four times), got {size}")
-    if not 0.0 <= noise_dice or not np.isfinite(noise_dice):
-        raise ValueError(f"noise_dice must be a finite number >= 0, got {noise_dice}")
-    if not 0.0 < noisy_fraction <= 1.0:
-        raise InputError("--noisy-fraction", f"must be in (0, 1], got {noisy_fraction}")
-    if slice_axis not in SLICE_AXES:
-        raise InputError("--slice-axis", f"must be one of {', '.join(SLICE_AXES)}, got {slice_axis!r}")
+    check_prepare_args(size=size, noise_dice=noise_dice, noisy_fraction=noisy_fraction, meta_cases=meta_cases,
+                       test_cases=test_cases, seed=seed, slice_axis=slice_axis, min_size=min_size)
+    if geometry is not None and slice_axis is not None:
+        raise ValueError("geometry is the stored one: it needs slice_axis=None")
     ds = find_msd_dataset(raw)
     by_id = {c.case_id: c for c in ds.cases}
-    splits, split_source = split_cases(list(by_id), meta_cases=meta_cases, test_cases=test_cases,
-                                       split_file=split_file, seed=seed, raw=ds.root)
+    if splits is None:
+        splits, split_source = split_cases(list(by_id), meta_cases=meta_cases, test_cases=test_cases,
+                                           split_file=split_file, seed=seed, raw=ds.root)
+    else:
+        splits, split_source = splits
+        if {c for key, cases in splits.items() if key != "unused" for c in cases} != set(by_id):
+            raise ValueError("splits must list exactly the cases found (other than the unused ones)")
     split_of = {case: key for key, cases in splits.items() for case in cases}
     used = [c for c in ds.cases if split_of[c.case_id] != "unused"]
     classes = list(range(1, len(ds.labels)))
@@ -398,6 +438,9 @@ def prepare_msd(raw: str | os.PathLike, out: str | os.PathLike, *, size: int | N
             loaded = {}
             for case in used:  # read and check everything before the (slower) resampling
                 loaded[case.case_id] = read_msd_case(ds, case, slice_axis=slice_axis)
+                if geometry is not None:
+                    loaded[case.case_id]["geometry"] = _given_geometry(geometry[case.case_id], loaded[case.case_id],
+                                                                       case)
                 advance(f"{ds.name} reading {case.case_id}")
             if size is None:
                 size = _default_size([v["geometry"].size[:2] for v in loaded.values()])
@@ -428,7 +471,8 @@ def prepare_msd(raw: str | os.PathLike, out: str | os.PathLike, *, size: int | N
                 advance(f"{ds.name} {case.case_id}")
 
             advance(f"{ds.name} noise calibration")
-            noise = _noise(tmp, entries, train_masks, noise_dice, seed, classes, class_names, noisy_fraction)
+            noise = _noise(tmp, entries, train_masks, noise_dice, seed, classes, class_names, noisy_fraction,
+                           noise_config)
 
         manifest = {
             "name": ds.name, "task": "segmentation", "format_version": 1, "source_layout": ds.layout,
@@ -436,19 +480,34 @@ def prepare_msd(raw: str | os.PathLike, out: str | os.PathLike, *, size: int | N
             "labels": {name: i for i, name in enumerate(ds.labels.values())},
             "label_values": {str(i): int(v) for i, v in enumerate(ds.labels)},
             "file_ending": ".nii.gz", "size": int(size), "slice_axis": slice_axis, "seed": int(seed),
-            "orientation": "closest RAS+, slice axis last (see medl2b.data.msd)",
+            "orientation": "as stored (no reorientation)" if slice_axis is None
+            else "closest RAS+, slice axis last (see medl2b.data.msd)",
             "splits": splits, "split_source": split_source,
             "intensity_normalisation": {"method": "per channel: clip to percentiles, then z-score",
                                         "percentiles": list(PERCENTILES)},
             "licence": ds.licence, "reference": ds.reference,
             "cases": entries, "noise": noise,
         }
+        extra = dict(extra or {})
+        for case_id, keys in extra.pop("cases", {}).items():
+            if case_id in entries:
+                entries[case_id].update(keys)
+        manifest.update(extra)
         (tmp / "dataset.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
+def _given_geometry(geo: Geometry, item: dict, case: MsdCase) -> Geometry:
+    """A caller's full-precision geometry of a case, checked against the one read from its file."""
+    affine = affine_from_geometry(geo.spacing, geo.origin, geo.direction)
+    if tuple(geo.size) != tuple(item["geometry"].size) or not np.allclose(affine, item["raw_affine"],
+                                                                          atol=AFFINE_TOL, rtol=0):
+        raise ValueError(f"the geometry given for {case.case_id} is not that of {case.label}")
+    return geo
+
+
 def _noise(tmp: Path, entries: dict, train_masks: dict, noise_dice: float, seed: int, classes: list[int],
-           class_names: list[str], noisy_fraction: float = 1.0) -> dict:
+           class_names: list[str], noisy_fraction: float = 1.0, config: MaskNoiseConfig = MSD_NOISE_CONFIG) -> dict:
     """Calibrate, write the noisy train label maps, and return the manifest's ``noise`` record."""
     names = sorted(train_masks)
     pairs = [train_masks[n] for n in names]
@@ -457,8 +516,8 @@ def _noise(tmp: Path, entries: dict, train_masks: dict, noise_dice: float, seed:
     strength = 0.0
     noisy_of = {}
     if chosen and noise_dice < 1:
-        strength, _, _ = calibrate_strength(chosen, noise_dice, seed=seed, config=MSD_NOISE_CONFIG, classes=classes)
-        done = corrupt_volumes(chosen, strength=strength, seed=seed, config=MSD_NOISE_CONFIG, classes=classes)
+        strength, _, _ = calibrate_strength(chosen, noise_dice, seed=seed, config=config, classes=classes)
+        done = corrupt_volumes(chosen, strength=strength, seed=seed, config=config, classes=classes)
         noisy_of = dict(zip([n for n in names if n in corrupt], done))
     noisy = [noisy_of[n] if n in noisy_of else m.copy() for n, (m, _) in zip(names, pairs)]
     per_case, per_case_class = {}, {}
@@ -480,7 +539,7 @@ def _noise(tmp: Path, entries: dict, train_masks: dict, noise_dice: float, seed:
             "noisy_fraction": float(noisy_fraction), "noisy_cases": sorted(corrupt),
             "achieved_per_class_dice": per_class_mean, "per_case_dice": per_case,
             "per_case_class_dice": per_case_class,
-            "params": {"strength": float(strength), **MSD_NOISE_CONFIG.to_dict(),
+            "params": {"strength": float(strength), **config.to_dict(),
                        "classes": "each foreground class corrupted on its own; contested voxels go to the class "
                                   "with the highest per-slice priority",
                        "streams": "numpy.random.default_rng([seed, i]) for the i-th train case in sorted order"},

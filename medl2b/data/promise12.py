@@ -1,36 +1,28 @@
-"""PROMISE12 (prostate MR): raw MetaImage release -> prepared nnU-Net-like dataset.
+"""PROMISE12 (prostate MR): raw MetaImage release -> nnU-Net v2 raw -> prepared dataset.
 
 Input: the ``TrainingData_Part1..3`` folders (any depth below ``raw``), holding
 ``CaseNN.mhd`` (+ ``.raw`` or ``.zraw``) and ``CaseNN_segmentation.mhd``. Grids,
 pixel types, origins and directions differ between centres; all of them are read
 from the headers and kept.
 
-Output (``out``)::
+1. :func:`convert_to_nnunet` reads and checks the cases with SimpleITK (a truncated
+   ``.raw``, a corrupt ``.zraw``, a missing mask, a mask of another size: an
+   :class:`~medl2b.errors.InputError` naming the file) and writes them, as nnU-Net's own
+   conversion scripts do, to a temporary nnU-Net v2 raw folder: ``imagesTr/CaseNN_0000.nii.gz``
+   (as stored), ``labelsTr/CaseNN.nii.gz`` (uint8 0/1: any non-zero mask value is prostate),
+   ``dataset.json`` (channel ``T2``; ``background`` 0, ``prostate`` 1).
+2. :func:`medl2b.data.msd.prepare_msd` prepares that folder like any segmentation release
+   (intensity, ``size × size`` grid over the same field of view, noise calibration, manifest,
+   atomic writing: see there), with the PROMISE12 choices: the stored orientation (slices
+   along the third stored axis), the raw headers' full-precision geometry, the binary mask
+   noise of :data:`medl2b.noise.masks.DEFAULT_CONFIG`, task ``prostate-seg``, and the split:
+   the packaged one (``medl2b/splits/promise12.json``) when the cases are exactly the 50
+   public ones ``Case00..Case49`` and the default counts (10 test, 3 meta) are asked for,
+   a given ``split_file``, or else a seeded draw.
 
-    imagesTr/CaseNN_0000.nii.gz    float32 image, normalised (see below)
-    labelsTr/CaseNN.nii.gz         uint8 clean mask 0/1
-    labelsNoisy/CaseNN.nii.gz      uint8 noisy mask 0/1 (train split only)
-    dataset.json                   manifest: splits, geometry, noise
-
-Preparation of a case:
-
-1. **Intensity**: clip to the case's 0.5th..99.5th percentiles, then z-score with
-   the mean and standard deviation of the clipped volume (float32).
-2. **Grid**: each axial slice is resampled to ``size × size`` over the *same
-   physical field of view* (the outer edges of the edge pixels stay put): the
-   in-plane spacing becomes ``spacing * N / size``, the slices are unchanged and
-   the origin moves by half the difference of the spacings along the direction
-   axes. The image is smoothed with a Gaussian of ``(N / size - 1) / 2`` pixels
-   in-plane before downsampling (anti-aliasing) and resampled linearly; masks use
-   nearest neighbour. Direction is kept, so the NIfTI files overlay the raw case
-   (NIfTI RAS = LPS with x and y negated, see :mod:`medl2b.data.nifti`).
-   :func:`to_original_grid` maps a prepared-grid mask back onto the raw grid.
-3. **Split** by case: the packaged split (``medl2b/splits/promise12.json``) when the
-   cases are exactly the 50 public ones ``Case00..Case49`` and the default counts
-   (10 test, 3 meta) are asked for, a given ``split_file``, or else a seeded draw.
-4. **Noise** on the train cases only: :func:`medl2b.noise.masks.calibrate_strength`
-   finds the strength whose mean 3-D Dice (noisy vs clean, per case) meets
-   ``noise_dice``; the achieved per-case Dice is written to the manifest.
+A case's ``original`` in the manifest is its raw ``.mhd`` geometry (with ``pixel_type``),
+``source`` names the raw files; :func:`to_original_grid` maps a prepared-grid mask back
+onto the raw grid (the NIfTI files overlay the raw case, see :mod:`medl2b.data.nifti`).
 """
 
 from __future__ import annotations
@@ -38,21 +30,23 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from medl2b.data.grid import (PERCENTILES, geometry_of, normalise_intensity, prepare_volume, prepared_geometry,
-                              to_original_grid)
-from medl2b.data.nifti import write_nifti
+from medl2b.data.grid import geometry_of, normalise_intensity, prepared_geometry, to_original_grid
+from medl2b.data.msd import check_prepare_args, prepare_msd
+from medl2b.data.nifti import Geometry
 from medl2b.data.splits import split_cases as _split_cases
-from medl2b.errors import InputError, atomic_dir
+from medl2b.errors import InputError
+from medl2b.noise.masks import DEFAULT_CONFIG
 from medl2b.progress import progress_bar
-from medl2b.noise.masks import DEFAULT_CONFIG, calibrate_strength, corrupt_volumes, mask_dice, pick_noisy_cases
 
 __all__ = [
+    "convert_to_nnunet",
     "find_cases",
     "normalise_intensity",
     "prepare_promise12",
@@ -249,6 +243,49 @@ def split_cases(cases: Sequence[str], *, meta_cases: int = 3, test_cases: int = 
                         raw=raw, packaged=("promise12", frozenset(PUBLIC_CASES), (3, 10)))
 
 
+# --------------------------------------------------------------------------- nnU-Net v2 raw
+
+def convert_to_nnunet(raw: str | os.PathLike, target: str | os.PathLike, *, cases: Collection[str] | None = None,
+                      progress: bool = False) -> dict[str, dict]:
+    """Write the PROMISE12 cases below ``raw`` as an nnU-Net v2 raw dataset in ``target``
+    (image as stored: pixel type, spacing, origin, direction; mask uint8 0/1 on its grid).
+
+    Args:
+        raw: Folder holding ``CaseNN.mhd`` and ``CaseNN_segmentation.mhd`` at any depth.
+        target: Folder to write into (created; should be empty).
+        cases: Convert only these case ids (default: all found).
+        progress: Show a rich progress bar on stderr.
+
+    Returns:
+        Per case id, what the NIfTI files do not say: ``{"original": raw geometry and
+        ``pixel_type``, "source": {"image", "mask"} paths relative to raw}``.
+
+    Raises:
+        InputError: naming the file, for every problem :func:`find_cases` and :func:`read_case` report.
+    """
+    import SimpleITK as sitk
+
+    raw, target = Path(raw), Path(target)
+    found = [c for c in find_cases(raw) if cases is None or c[0] in cases]
+    for sub in ("imagesTr", "labelsTr"):
+        (target / sub).mkdir(parents=True, exist_ok=True)
+    records: dict[str, dict] = {}
+    with progress_bar(progress, len(found), "PROMISE12 to nnU-Net v2") as advance:
+        for case, image_path, mask_path in found:
+            image, mask = read_case(image_path, mask_path)
+            sitk.WriteImage(image, str(target / "imagesTr" / f"{case}_0000.nii.gz"))
+            sitk.WriteImage(mask, str(target / "labelsTr" / f"{case}.nii.gz"))
+            original = geometry_of(image).to_dict()
+            original["pixel_type"] = image.GetPixelIDTypeAsString()
+            records[case] = {"original": original, "source": {"image": image_path.relative_to(raw).as_posix(),
+                                                              "mask": mask_path.relative_to(raw).as_posix()}}
+            advance(f"PROMISE12 to nnU-Net v2: {case}")
+    dataset = {"name": "PROMISE12", "channel_names": {"0": "T2"}, "labels": {"background": 0, "prostate": 1},
+               "numTraining": len(found), "file_ending": ".nii.gz"}
+    (target / "dataset.json").write_text(json.dumps(dataset, indent=2) + "\n")
+    return records
+
+
 # --------------------------------------------------------------------------- main
 
 def prepare_promise12(raw: str | os.PathLike, out: str | os.PathLike, *, size: int = 144, noise_dice: float = 0.6,
@@ -260,7 +297,7 @@ def prepare_promise12(raw: str | os.PathLike, out: str | os.PathLike, *, size: i
     Args:
         raw: Folder holding ``CaseNN.mhd`` and ``CaseNN_segmentation.mhd`` at any depth.
         out: Prepared dataset folder; written atomically (nothing half-written stays).
-        size: In-plane size of the prepared slices.
+        size: In-plane size of the prepared slices (at least 8).
         noise_dice: Target mean 3-D Dice of noisy vs clean train masks; ``>= 1`` = no noise.
         meta_cases: Clean meta cases (drawn from the non-test cases).
         test_cases: Held-out evaluation cases.
@@ -269,98 +306,28 @@ def prepare_promise12(raw: str | os.PathLike, out: str | os.PathLike, *, size: i
         noisy_fraction: Corrupt only this fraction of the train cases (seeded; the rest keep their
             clean masks), for ``medl2b audit``; ``noise_dice`` is then met on the corrupted ones.
         overwrite: Replace an existing prepared dataset in ``out``.
-        progress: Show a rich progress bar on stderr.
+        progress: Show rich progress bars on stderr.
 
     Returns:
         The manifest, as written to ``out/dataset.json``.
     """
-    if size < 8:
-        raise ValueError(f"size must be >= 8, got {size}")
-    if not 0.0 <= noise_dice or not np.isfinite(noise_dice):
-        raise ValueError(f"noise_dice must be a finite number >= 0, got {noise_dice}")
-    if not 0.0 < noisy_fraction <= 1.0:
-        raise InputError("--noisy-fraction", f"must be in (0, 1], got {noisy_fraction}")
-    if meta_cases < 0 or test_cases < 0:
-        raise ValueError(f"meta_cases and test_cases must be >= 0, got {meta_cases}, {test_cases}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    raw = Path(raw)
+    check_prepare_args(size=size, noise_dice=noise_dice, noisy_fraction=noisy_fraction, meta_cases=meta_cases,
+                       test_cases=test_cases, seed=seed, slice_axis=None, min_size=8)
+    raw, out = Path(raw), Path(out)
     found = find_cases(raw)
-    for _case, image_path, mask_path in found:
+    for _case, image_path, mask_path in found:  # every file, unused cases too, before any slow work
         _check_pixel_data(image_path)
         _check_pixel_data(mask_path)
-    ids = [case for case, _, _ in found]
-    splits, split_source = split_cases(ids, meta_cases=meta_cases, test_cases=test_cases,
+    splits, split_source = split_cases([case for case, _, _ in found], meta_cases=meta_cases, test_cases=test_cases,
                                        split_file=split_file, seed=seed, raw=raw)
-    split_of = {case: key for key, cases in splits.items() for case in cases}
-
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        for sub in ("imagesTr", "labelsTr", "labelsNoisy"):
-            (tmp / sub).mkdir()
-        entries: dict[str, dict] = {}
-        train_masks: dict[str, tuple[np.ndarray, tuple[float, ...]]] = {}
-        with progress_bar(progress, len(found) + 1, "PROMISE12") as advance:
-            for case, image_path, mask_path in found:
-                if split_of[case] == "unused":
-                    advance(f"PROMISE12 {case} (unused)")
-                    continue
-                image, mask = read_case(image_path, mask_path)
-                (img_xyz,), mask_xyz, geo, (intensity,) = prepare_volume(image, mask, size)
-                kw = {"spacing": geo.spacing, "origin": geo.origin, "direction": geo.direction}
-                write_nifti(img_xyz, tmp / "imagesTr" / f"{case}_0000.nii.gz", **kw)
-                write_nifti(mask_xyz, tmp / "labelsTr" / f"{case}.nii.gz", **kw)
-                original = geometry_of(image).to_dict()
-                original["pixel_type"] = image.GetPixelIDTypeAsString()
-                entries[case] = {
-                    "image": f"imagesTr/{case}_0000.nii.gz", "label": f"labelsTr/{case}.nii.gz",
-                    "noisy_label": None, "split": split_of[case], "original": original,
-                    "prepared": geo.to_dict(), "noise_dice": None, "intensity": intensity,
-                    "source": {"image": image_path.relative_to(raw).as_posix(),
-                               "mask": mask_path.relative_to(raw).as_posix()},
-                }
-                if split_of[case] == "train":
-                    train_masks[case] = (mask_xyz, geo.spacing)
-                del image, mask, img_xyz
-                advance(f"PROMISE12 {case}")
-
-            advance("PROMISE12 noise calibration")
-            names = sorted(train_masks)
-            pairs = [train_masks[name] for name in names]
-            corrupt = pick_noisy_cases(names, noisy_fraction, seed)
-            chosen = [train_masks[n] for n in names if n in corrupt]
-            strength, noisy_of = 0.0, {}
-            if chosen and noise_dice < 1:
-                strength, _, _ = calibrate_strength(chosen, noise_dice, seed=seed)
-                noisy_of = dict(zip([n for n in names if n in corrupt],
-                                    corrupt_volumes(chosen, strength=strength, seed=seed)))
-            noisy = [noisy_of[n] if n in noisy_of else m.copy() for n, (m, _) in zip(names, pairs)]
-            per_case = {}
-            for name, noisy_xyz, (clean_xyz, _sp) in zip(names, noisy, pairs):
-                geo = entries[name]["prepared"]
-                write_nifti(noisy_xyz, tmp / "labelsNoisy" / f"{name}.nii.gz", spacing=geo["spacing"],
-                            origin=geo["origin"], direction=geo["direction"])
-                per_case[name] = round(mask_dice(noisy_xyz, clean_xyz), 6)
-                entries[name]["noisy_label"] = f"labelsNoisy/{name}.nii.gz"
-                entries[name]["noise_dice"] = per_case[name]
-
-        manifest = {
-            "name": "PROMISE12", "task": "prostate-seg", "format_version": 1,
-            "channel_names": {"0": "T2"}, "labels": {"background": 0, "prostate": 1}, "file_ending": ".nii.gz",
-            "size": int(size), "seed": int(seed),
-            "splits": splits, "split_source": split_source,
-            "intensity_normalisation": {"method": "clip to percentiles, then z-score",
-                                        "percentiles": list(PERCENTILES)},
-            "cases": entries,
-            "noise": {
-                "target_dice": float(noise_dice),
-                "achieved_mean_dice": round(float(np.mean([per_case[n] for n in sorted(corrupt)] or
-                                                          list(per_case.values()) or [1.0])), 6),
-                "noisy_fraction": float(noisy_fraction), "noisy_cases": sorted(corrupt),
-                "per_case_dice": per_case,
-                "params": {"strength": float(strength), **DEFAULT_CONFIG.to_dict(),
-                           "streams": "numpy.random.default_rng([seed, i]) for the i-th train case in sorted order"},
-                "seed": int(seed),
-            },
-        }
-        (tmp / "dataset.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+    if (out / "dataset.json").exists() and not overwrite:  # prepare_msd would say so only after the conversion
+        raise InputError(out, "already holds a prepared dataset (dataset.json); pass --overwrite to replace it")
+    used = {case for key, cases in splits.items() if key != "unused" for case in cases}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.nnunet-raw-", dir=out.parent) as tmp:
+        records = convert_to_nnunet(raw, tmp, cases=used, progress=progress)
+        return prepare_msd(tmp, out, size=size, noise_dice=noise_dice, seed=seed, slice_axis=None,
+                           noisy_fraction=noisy_fraction, overwrite=overwrite, progress=progress,
+                           splits=(splits, split_source), noise_config=DEFAULT_CONFIG, min_size=8,
+                           geometry={case: Geometry.from_dict(r["original"]) for case, r in records.items()},
+                           extra={"task": "prostate-seg", "source_layout": "promise12", "cases": records})
