@@ -38,6 +38,9 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
+# The one Dice of medl2b (mask_dice is re-exported here for the preparation code and medl2b.noise).
+from medl2b.evaluate.metrics import mask_dice, mean_foreground_dice
+
 __all__ = [
     "pick_noisy_cases",
     "MaskNoiseConfig",
@@ -284,7 +287,7 @@ def label_dice(noisy: np.ndarray, clean: np.ndarray, classes: Sequence[int] | No
     """Mean over the foreground ``classes`` of the per-class 3-D Dice (binary :func:`mask_dice` if None)."""
     if classes is None:
         return mask_dice(noisy, clean)
-    return float(np.mean(per_class_dice(noisy, clean, classes)))
+    return mean_foreground_dice(noisy, clean, classes)
 
 
 def per_class_dice(noisy: np.ndarray, clean: np.ndarray, classes: Sequence[int]) -> list[float]:
@@ -316,16 +319,6 @@ def corrupt_volumes(masks: Sequence[tuple[np.ndarray, Sequence[float]]], *, stre
         raise ValueError(f"seed must be >= 0, got {seed}")
     return [corrupt_volume(m, sp, strength=strength, rng=_case_rng(seed, i), config=config, classes=classes)
             for i, (m, sp) in enumerate(masks)]
-
-
-def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
-    """3-D Dice of two binary masks of equal shape; 1.0 when both are empty."""
-    a = np.asarray(a) > 0
-    b = np.asarray(b) > 0
-    if a.shape != b.shape:
-        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
 def calibrate_strength(masks: Sequence[tuple[np.ndarray, Sequence[float]]], target_dice: float, *, seed: int,
