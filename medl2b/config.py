@@ -1,6 +1,6 @@
 """Run configuration: YAML in ``configs/`` validated into one dataclass.
 
-A task file (``configs/prostate-seg.yaml``) holds the paper's defaults at the top
+A task file (``configs/segmentation.yaml``) holds the paper's defaults at the top
 level and named profiles under ``profiles:`` (``cpu`` is a small profile that
 finishes in minutes on a 2-core machine). Precedence, lowest first: dataclass
 defaults < task YAML < profile < ``--config`` file < command-line flags.
@@ -25,10 +25,15 @@ from medl2b.errors import InputError, atomic_file
 from medl2b.meta.methods import META_IMPLS, META_LOSSES, META_METHODS, NORMALISATIONS
 from medl2b.meta.methods import METHODS as METHOD_TABLE
 
-__all__ = ["TASKS", "SEG_TASKS", "METHODS", "TrainConfig", "load_config", "load_config_file", "save_config", "task_config_path"]
+__all__ = ["TASKS", "SEG_TASKS", "TASK_ALIASES", "METHODS", "TrainConfig", "load_config", "load_config_file", "save_config", "task_config_path"]
 
 TASKS = ("segmentation", "prostate-seg", "skin-lesion-cls")
 SEG_TASKS = ("segmentation", "prostate-seg")
+#: Task names that read another task's YAML. ``prostate-seg`` (PROMISE12, the name users know) is
+#: ``segmentation``; ``cfg.task`` keeps the name given, so its datasets and run folders still match.
+TASK_ALIASES = {"prostate-seg": "segmentation"}
+#: Profiles of an alias that have another name in the YAML it reads.
+ALIAS_PROFILES = {"prostate-seg": {"cpu": "prostate-cpu"}}
 METHODS = tuple(METHOD_TABLE)  # every list of allowed values comes from the method table
 
 
@@ -160,7 +165,7 @@ def task_config_path(task: str) -> Path:
     """The packaged YAML of a task (``configs/`` at the repo top level links to the same files)."""
     if task not in TASKS:
         raise InputError("--task", f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    return Path(str(resources.files("medl2b") / "configs" / f"{task}.yaml"))
+    return Path(str(resources.files("medl2b") / "configs" / f"{TASK_ALIASES.get(task, task)}.yaml"))
 
 
 def _read_yaml(path: Path) -> dict:
@@ -221,7 +226,7 @@ def load_config(task: str, *, profile: str | None = None, config_file: str | os.
     """Resolve a run configuration.
 
     Args:
-        task: ``prostate-seg`` or ``skin-lesion-cls``.
+        task: ``segmentation`` (``prostate-seg`` is an alias, see :data:`TASK_ALIASES`) or ``skin-lesion-cls``.
         profile: a profile name from the task YAML (e.g. ``cpu``).
         config_file: an extra YAML file of keys, applied after the profile.
         overrides: keys from command-line flags, applied last (``None`` values are skipped).
@@ -229,6 +234,7 @@ def load_config(task: str, *, profile: str | None = None, config_file: str | os.
     path = task_config_path(task)
     base = _read_yaml(path)
     profiles = base.pop("profiles", {}) or {}
+    profile = ALIAS_PROFILES.get(task, {}).get(profile, profile)
     values: dict[str, Any] = {}
     _apply(values, base, str(path))
     if profile is not None:
