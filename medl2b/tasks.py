@@ -1,37 +1,74 @@
-"""What differs between segmentation and classification, behind one small interface.
+"""A Task per data modality: everything that differs between them, behind one interface.
 
-A task loads the prepared dataset into the training, meta and validation sets,
-scores the model on the clean validation cases, gives per-sample losses for the
-online meta set, and says which elements of a batch are truly noisy (known on
-phantoms and on synthesised noise). The trainer never branches on the task.
+===========================  ======================  ===================  ========================
+                             :class:`SliceTask`      :class:`VolumeTask`  :class:`ClassificationTask`
+===========================  ======================  ===================  ========================
+training sample              a 2-D slice             a 3-D volume/patch   an image
+prediction of a case         slice by slice          sliding windows      one forward per image
+validation score             mean fg 3-D Dice        mean fg 3-D Dice     accuracy
+evaluation unit              case (per class)        case (per class)     image
+audit units                  cases and slices        cases                images
+===========================  ======================  ===================  ========================
+
+A task is built from a run's config (:func:`build_task`). ``training=True`` loads the
+training, meta and validation sets (the trainer and the audit need them); without it the
+task only predicts and evaluates. The trainer, :mod:`medl2b.evaluate.run` and
+:mod:`medl2b.audit` ask the task and never branch on the modality.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rich.progress import track
 from torch.utils.data import Dataset, Subset
 
 from medl2b.data.augment import BatchAugment
-from medl2b.evaluate.metrics import mean_foreground_dice
+from medl2b.data.datasets import (IsicDataset, SegSliceDataset, SliceSet, load_isic, load_manifest, load_slices,
+                                  load_volumes, train_window)
+from medl2b.data.grid import prediction_to_raw
+from medl2b.data.nifti import read_nifti, write_nifti
+from medl2b.errors import InputError
+from medl2b.evaluate import figures as fig
+from medl2b.evaluate.dice import mean_foreground_dice
+from medl2b.evaluate.metrics import (classification_metrics, compute_case_metrics, compute_multiclass_case_metrics,
+                                     one_vs_rest_auroc)
+from medl2b.evaluate.ranking import cell, ranking_table_quality, score_rows
+from medl2b.evaluate.report import _write_csv, write_cls_report, write_seg_report
 from medl2b.inference import predict_dataset, predict_logits, predict_volume
+from medl2b.meta import get_method, weighted_losses
 
-__all__ = ["Task", "SegmentationTask", "ClassificationTask", "build_task"]
+__all__ = ["ClassificationTask", "SliceTask", "Task", "VolumeTask", "build_task", "split_items"]
 
 
-@dataclass
 class Task:
-    """Datasets and scoring of one task (see subclasses)."""
+    """One data modality: loading, training sets, prediction, evaluation and audit units.
 
-    train_set: Dataset          # augmented, labels = given (noisy) labels
-    train_plain: Dataset        # the same samples, no augmentation (for the online meta set)
-    meta_set: Dataset | None    # trusted clean meta samples (augmented), None in gmm mode
-    num_classes: int
-    score_name: str
-    in_channels: int = 1
+    After :meth:`setup_training`: ``train_set`` (labels = given labels; augmented on the device
+    by :meth:`augment_batch`), ``train_plain`` (the same samples, plain), ``meta_set`` (trusted
+    clean meta samples, or None).
+    """
+
+    score_name: str = "val_score"
+    train_set: Dataset
+    train_plain: Dataset
+    meta_set: Dataset | None = None
+
+    def __init__(self, cfg, manifest: dict) -> None:
+        self.cfg = cfg
+        self.data = Path(cfg.data)
+        self.manifest = manifest
+        self.batch_size = cfg.batch_size
+        self.num_classes = 0
+        self.in_channels = 1
+
+    # ------------------------------------------------------------- training
+    def setup_training(self, *, use_meta_cases: bool) -> None:
+        raise NotImplementedError
 
     def input_transform(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -66,37 +103,53 @@ class Task:
         """Per training sample: is its given label (nearly) right?"""
         raise NotImplementedError
 
+    # ------------------------------------------------------ evaluate, audit
+    def evaluate(self, model, split: str, out: Path, device, *, checkpoint: str, figures: bool, progress: bool,
+                 extra: dict, run: Path) -> dict:
+        """Predict ``split``, score it, write the report (and figures) into ``out``; return the summary."""
+        raise NotImplementedError
 
-class SegmentationTask(Task):
-    """2-D slices of any prepared segmentation dataset (any channels and classes); validation =
+    def audit(self, model, signal: np.ndarray, has_meta: bool, out: Path, device, *, top: int,
+              figures: bool) -> dict:
+        """Rank the training annotations (``signal``: the per-sample meta or loss signal); write the
+        rankings into ``out``; return the summary's task part."""
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------- segmentation
+class SliceTask(Task):
+    """Segmentation on 2-D slices of any prepared dataset (any channels and classes); validation =
     mean over the meta cases of the mean foreground-class 3-D Dice."""
 
-    def __init__(self, cfg, *, use_meta_cases: bool):
-        from medl2b.data.datasets import SegSliceDataset, load_manifest, load_slices, load_volumes
+    score_name = "val_dice"
+    audit_units = ("cases", "slices")
 
-        manifest = load_manifest(cfg.data, task=cfg.task)
-        splits = manifest["splits"]
-        # 2-D: every slice is a sample; 3-D: every (padded) volume is one
-        load = load_volumes if cfg.spatial_dims == 3 else load_slices
-        self.val_slices = load(cfg.data, splits["meta"], label="clean") if splits["meta"] else None
-        train = _compose(cfg, lambda: load(cfg.data, splits["train"], label=cfg.label_source), self.val_slices)
+    def __init__(self, cfg, manifest: dict) -> None:
+        super().__init__(cfg, manifest)
+        self.num_classes = len(manifest["labels"])
+        self.in_channels = len(manifest.get("channel_names") or {"0": ""})
+        self.window: tuple[int, int, int] | None = None  # volumes trained on patches: the patch size
+        self._augment = BatchAugment() if cfg.augment else None  # 2-D or 3-D by the batch's shape
+
+    def _load(self, cases, *, label: str) -> SliceSet:
+        return load_slices(self.data, cases, label=label)
+
+    def _check_train(self, train: SliceSet) -> None:
+        if len(train) and min(train.image.shape[-2:]) < 32:
+            raise InputError(self.data, f"slices of {list(train.image.shape[-2:])} px are too small for UNet++ "
+                                        "(four halvings); prepare the dataset with --size 32 or more")
+
+    def _crops(self, train: SliceSet) -> tuple[dict, dict]:
+        """Keyword arguments of the training and meta datasets' random crops (none: whole slices)."""
+        return {}, {}
+
+    def setup_training(self, *, use_meta_cases: bool) -> None:
+        cfg, splits = self.cfg, self.manifest["splits"]
+        self.val_slices = self._load(splits["meta"], label="clean") if splits["meta"] else None
+        train = _compose(cfg, lambda: self._load(splits["train"], label=cfg.label_source), self.val_slices)
         self.train_slices = train
-        if len(train) and cfg.spatial_dims == 2 and min(train.image.shape[-2:]) < 32:
-            from medl2b.errors import InputError
-
-            raise InputError(cfg.data, f"slices of {list(train.image.shape[-2:])} px are too small for UNet++ "
-                                       "(four halvings); prepare the dataset with --size 32 or more")
-        # 3-D: volumes larger than patch_size on some axis are trained on random patches (the window)
-        self.window = None
-        train_crop, meta_crop = {}, {}
-        if cfg.spatial_dims == 3:
-            from medl2b.data.datasets import train_window
-
-            window = train_window(cfg.data, cfg.patch_size)
-            if len(train) and window != tuple(train.image.shape[2:]):
-                self.window = window
-                train_crop = {"crop": self.window, "crop_fg": cfg.patch_fg}
-                meta_crop = {"crop": self.window, "crop_fg": 1.0 if cfg.meta_foreground else cfg.patch_fg}
+        self._check_train(train)
+        train_crop, meta_crop = self._crops(train)
         # items are served plain; BatchAugment transforms whole batches on the device (augment_batch)
         meta = (SegSliceDataset(self.val_slices, augment=False, **meta_crop)
                 if (use_meta_cases and self.val_slices) else None)
@@ -106,12 +159,9 @@ class SegmentationTask(Task):
             has_fg = np.flatnonzero(self.val_slices.clean.flatten(1).sum(1).numpy() > 0)
             if len(has_fg):
                 meta = Subset(meta, has_fg.tolist())
-        super().__init__(train_set=SegSliceDataset(train, augment=False, **train_crop),
-                         train_plain=SegSliceDataset(train, augment=False), meta_set=meta,
-                         num_classes=len(manifest["labels"]), score_name="val_dice",
-                         in_channels=len(manifest.get("channel_names") or {"0": ""}))
-        self.batch_size = cfg.batch_size
-        self._augment = BatchAugment() if cfg.augment else None  # 2-D or 3-D by the batch's shape
+        self.train_set = SegSliceDataset(train, augment=False, **train_crop)
+        self.train_plain = SegSliceDataset(train, augment=False)
+        self.meta_set = meta
 
     def augment_batch(self, batch: dict) -> dict:
         if self._augment is None:
@@ -133,7 +183,7 @@ class SegmentationTask(Task):
         return F.cross_entropy(logits, self.train_slices.label, reduction="none").flatten(1).mean(1).numpy()
 
     def _logits(self, model, images: torch.Tensor, device, batch_size: int) -> torch.Tensor:
-        """Logits of whole slices or volumes; volumes trained on patches: sliding windows of the patch size."""
+        """Logits of whole training samples (slices, or volumes; volumes trained on patches: sliding windows)."""
         if self.window is None:
             return predict_logits(model, images, batch_size=batch_size, device=device)
         return torch.cat([predict_volume(model, images[i:i + 1], self.window, device=device)
@@ -143,8 +193,7 @@ class SegmentationTask(Task):
         """Slices whose given mask has foreground.
 
         Empty slices have almost no loss, so a mixture fitted on every slice puts them in
-        the clean component, and a meta set of empty slices teaches only background
-        (measured on phantoms at noise Dice 0.6: test Dice 0.014, the network collapses).
+        the clean component, and a meta set of empty slices teaches only background.
         """
         has_fg = np.flatnonzero(self.train_slices.label.flatten(1).sum(1).numpy() > 0)
         return has_fg if len(has_fg) >= 4 else np.arange(len(self.train_plain))
@@ -155,33 +204,264 @@ class SegmentationTask(Task):
         return np.array([mean_foreground_dice(lab[i], clean[i], self.num_classes) >= 0.9
                          for i in range(lab.shape[0])])
 
+    # ------------------------------------------------------------ prediction
+    def predict_case(self, model, case: str, shape, device) -> tuple[np.ndarray, np.ndarray]:
+        """Prediction and clean label map of a prepared case, ``(X, Y, Z)`` uint8 on the prepared grid."""
+        slices = load_slices(self.data, [case], label="clean")
+        pred2d = predict_logits(model, slices.image, batch_size=self.batch_size, device=device).argmax(1).numpy()
+        pred = np.zeros(shape, dtype=np.uint8)
+        clean = np.zeros(shape, dtype=np.uint8)
+        for i, z in enumerate(slices.slice_index):
+            pred[:, :, z] = pred2d[i]
+            clean[:, :, z] = slices.clean[i].numpy()
+        return pred, clean
 
+    def evaluate(self, model, split, out, device, *, checkpoint, figures, progress, extra, run) -> dict:
+        manifest = self.manifest
+        cases = split_items(manifest, split)
+        names = sorted(manifest["labels"], key=lambda n: manifest["labels"][n])
+        classes = {manifest["labels"][n]: n for n in names[1:]}  # foreground index -> name
+        per_case, volumes = [], {}
+        for case in (track(cases, description="predicting") if progress else cases):
+            info = manifest["cases"][case]
+            image, _ = read_nifti(self.data / info["image"])
+            pred, clean = self.predict_case(model, case, image.shape, device)
+            spacing = info["prepared"]["spacing"]
+            if len(classes) == 1:  # binary: the plain view
+                row = {"case": case, **compute_case_metrics(pred > 0, clean > 0, spacing)}
+            else:  # per class, and their mean over the foreground classes
+                row = {"case": case, **compute_multiclass_case_metrics(pred, clean, spacing, classes=classes)}
+            per_case.append(row)
+            raw_pred, affine = prediction_to_raw(pred, manifest, case)
+            write_nifti(raw_pred, out / "predictions" / f"{case}.nii.gz", affine=affine)
+            volumes[case] = (image, clean, pred, info.get("noisy_label"))
+        summary = write_seg_report(out, per_case=per_case, split=split, checkpoint=checkpoint,
+                                   empty_policy="worst",
+                                   extra={**extra, "metric_grid": "prepared grid, prepared spacing (mm)"})
+        if figures:
+            self._figures(model, run, out, volumes, device)
+        return summary
+
+    def _figures(self, model, run: Path, out: Path, volumes: dict, device) -> None:
+        for case, (image, clean, pred, noisy_path) in list(volumes.items())[:4]:
+            noisy = read_nifti(self.data / noisy_path)[0] if noisy_path else None
+            fig.plot_case_overlays(image, clean, pred, out / "figures" / f"overlay_{case}.png", noisy=noisy,
+                                   title=f"{case}: clean (green), prediction (red)")
+        if (run / "metrics.csv").exists():
+            fig.plot_learning_curves(run / "metrics.csv", out / "figures" / "learning_curves.png")
+        if self.cfg.uses_meta:
+            ex = self.weight_map_examples(model, device)
+            if ex is not None:
+                fig.plot_weight_maps(out / "figures" / "weight_maps.png", **ex)
+
+    # -------------------------------------------------------------- weights
+    def _weight_inputs(self, n: int, indices):
+        """Training samples (the ``n`` most wrongly labelled, or ``indices``) and clean meta samples
+        with foreground, for one meta step; None without meta cases."""
+        splits = self.manifest["splits"]
+        if not splits["meta"]:
+            return None
+        train = self._load(splits["train"], label="noisy")
+        meta = self._load(splits["meta"], label="clean")
+        if indices is None:
+            wrong = (train.label != train.clean).flatten(1).sum(1)
+            idx = torch.argsort(wrong, descending=True)[:n]
+        else:
+            idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        fg = meta.clean.flatten(1).sum(1) > 0
+        midx = torch.nonzero(fg).flatten()[: max(n, 4)]
+        if len(midx) == 0:
+            midx = torch.arange(min(len(meta.clean), 4))
+        return train, meta, idx, midx
+
+    def _weights(self, model, device, train, meta, idx, midx):
+        """α and β (scaled by the element count, so 0.5 = uniform) and the pseudo-label of one meta step."""
+        cfg = self.cfg
+        method = get_method(cfg.method, normalise=cfg.meta_normalise)
+        net = copy.deepcopy(model).train()
+        x, y = train.image[idx].to(device), train.label[idx].to(device)
+        weights, _, _ = weighted_losses(net, method, x, y, meta.image[midx].to(device), meta.clean[midx].to(device),
+                                        meta_loss=cfg.meta_loss, lr=cfg.lr)
+        count = weights[0].numel()
+        alpha = (weights[0] * count).cpu().numpy()
+        beta = (weights[1] * count).cpu().numpy() if len(weights) > 1 else np.zeros_like(alpha)
+        with torch.no_grad():
+            pseudo = net.eval()(x).argmax(1).cpu().numpy()
+        return alpha, beta, pseudo
+
+    def weight_map_examples(self, model, device, *, n: int = 4, indices=None) -> dict | None:
+        """α and β maps on training slices, for :func:`medl2b.evaluate.figures.plot_weight_maps`.
+
+        Picks the training slices where the noisy mask disagrees most with the clean one (or
+        the training slices ``indices``, e.g. an audit's suspects) and takes one meta step with
+        the given model against a batch of clean meta slices: arrays ``(n, H, W)``.
+        """
+        inputs = self._weight_inputs(n, indices)
+        if inputs is None:
+            return None
+        train, meta, idx, midx = inputs
+        alpha, beta, pseudo = self._weights(model, device, train, meta, idx, midx)
+        return {"images": _upright(train.image[idx, 0]), "noisy": _upright(train.label[idx]),
+                "clean": _upright(train.clean[idx]), "pseudo": _upright(pseudo), "alpha": _upright(alpha),
+                "beta": _upright(beta),
+                "titles": [f"{train.case[i]} z={train.slice_index[i]}" for i in idx.tolist()]}
+
+    # ---------------------------------------------------------------- audit
+    def audit(self, model, signal, has_meta, out, device, *, top, figures) -> dict:
+        slices = self.train_slices
+        k = self.num_classes
+        pred = predict_logits(model, slices.image, batch_size=self.batch_size, device=device).argmax(1).numpy()
+        given, clean = slices.label.numpy(), slices.clean.numpy()
+        pixels = int(np.prod(given.shape[1:]))
+        cases = np.asarray(slices.case)
+        groups = {"cases": [np.flatnonzero(cases == c) for c in dict.fromkeys(slices.case)],
+                  "slices": [np.array([i]) for i in range(len(cases))]}
+        tables, quality = {}, {}
+        for level in self.audit_units:
+            rows = []
+            for g in groups[level]:
+                region = int(((given[g] > 0) | (pred[g] > 0)).sum())
+                # the preference summed over the unit's pixels, as a fraction of its structure
+                value = (np.nansum(signal[g]) * pixels / max(region, 1) if has_meta else float(np.nanmean(signal[g])))
+                if has_meta and np.isnan(signal[g]).all():
+                    value = float("nan")
+                rows.append({"case": str(cases[g[0]]),
+                             "slice": int(slices.slice_index[g[0]]) if level == "slices" else "",
+                             "index": int(g[0]) if level == "slices" else "",
+                             "meta_signal": float(value),
+                             "disagreement": 1.0 - mean_foreground_dice(pred[g], given[g], k, absent="skip"),
+                             "given_vs_clean_dice": mean_foreground_dice(given[g], clean[g], k, absent="skip"),
+                             "corrupted": bool((given[g] != clean[g]).any())})
+            score = score_rows(rows)
+            tables[level] = rows
+            quality[level] = ranking_table_quality(rows, score)
+        header = ["rank", "case", "slice", "score", "meta_signal", "disagreement", "given_vs_clean_dice", "corrupted"]
+        for level, name in (("cases", "ranking.csv"), ("slices", "ranking_slices.csv")):
+            if level not in tables:
+                continue
+            rows = sorted(tables[level], key=lambda r: -r["score"])
+            _write_csv(out / name, header if level == "slices" else [h for h in header if h != "slice"],
+                       [[i + 1, r["case"], *([r["slice"]] if level == "slices" else []), f"{r['score']:.6f}",
+                         cell(r["meta_signal"]), f"{r['disagreement']:.6f}", f"{r['given_vs_clean_dice']:.6f}",
+                         int(r["corrupted"])] for i, r in enumerate(rows)])
+        suspects = [r["case"] for r in sorted(tables["cases"], key=lambda r: -r["score"])[:top]]
+        if figures:
+            self._audit_figure(model, tables, suspects, out, device)
+        return {"task": "segmentation", "top": suspects, "quality": quality,
+                "known_truth": bool((given != clean).any())}
+
+    def _audit_figure(self, model, tables: dict, suspects: list[str], out: Path, device) -> None:
+        """The most suspect slice of each top case: image, given vs clean, pseudo-label, α, β."""
+        best = {}
+        for r in tables["slices"]:
+            if r["case"] in suspects and (r["case"] not in best or r["score"] > best[r["case"]]["score"]):
+                best[r["case"]] = r
+        idx = [best[c]["index"] for c in suspects if c in best]
+        ex = self.weight_map_examples(model, torch.device(device), indices=idx) if idx else None
+        if ex is not None:
+            ex["titles"] = [f"#{i + 1} {best[c]['case']} z={best[c]['slice']}" for i, c in enumerate(suspects)
+                            if c in best]
+            fig.plot_weight_maps(out / "figures" / "suspects.png", **ex)
+
+
+class VolumeTask(SliceTask):
+    """Segmentation on whole 3-D volumes (zero-padded), or on random patches of the training window
+    with foreground oversampling when the volumes are larger; prediction by sliding windows."""
+
+    audit_units = ("cases",)  # a volume is one training sample: the case is the only unit
+
+    def _load(self, cases, *, label: str) -> SliceSet:
+        return load_volumes(self.data, cases, label=label)
+
+    def _check_train(self, train: SliceSet) -> None:
+        return None
+
+    def _crops(self, train: SliceSet) -> tuple[dict, dict]:
+        window = train_window(self.data, self.cfg.patch_size)
+        if not len(train) or window == tuple(train.image.shape[2:]):
+            return {}, {}
+        self.window = window
+        fg = 1.0 if self.cfg.meta_foreground else self.cfg.patch_fg
+        return {"crop": window, "crop_fg": self.cfg.patch_fg}, {"crop": window, "crop_fg": fg}
+
+    def predict_case(self, model, case, shape, device):
+        slices = load_slices(self.data, [case], label="clean")
+        volume = slices.image.permute(1, 2, 3, 0)[None]  # (Z, C, X, Y) -> (1, C, X, Y, Z)
+        roi = train_window(self.data, self.cfg.patch_size)
+        pred = predict_volume(model, volume, roi, device=device).argmax(1)[0].numpy().astype(np.uint8)
+        return pred, slices.clean.permute(1, 2, 0).numpy().astype(np.uint8)
+
+    def weight_map_examples(self, model, device, *, n: int = 4, indices=None) -> dict | None:
+        """The training volume with the most wrong voxels (or ``indices[0]``), as its axial, coronal
+        and sagittal slices through the clean structure's centre."""
+        inputs = self._weight_inputs(1, indices)
+        if inputs is None:
+            return None
+        train, meta, idx, midx = inputs
+        alpha, beta, pseudo = self._weights(model, device, train, meta, idx, midx)
+        clean_vol = train.clean[idx[0]].numpy()
+        centre = ([int(round(c.mean())) for c in np.nonzero(clean_vol)] if clean_vol.any()
+                  else [s // 2 for s in clean_vol.shape])
+        side = max(clean_vol.shape)
+        views = {k: _three_views(np.asarray(v)[0], centre, side) for k, v in (
+            ("images", train.image[idx, 0]), ("noisy", train.label[idx]), ("clean", train.clean[idx]),
+            ("pseudo", pseudo), ("alpha", alpha), ("beta", beta))}
+        titles = [f"{train.case[int(idx[0])]} {name}" for name in
+                  (f"axial z={centre[2]}", f"coronal y={centre[1]}", f"sagittal x={centre[0]}")]
+        return {**{k: _upright(v) for k, v in views.items()}, "titles": titles}
+
+    def _audit_figure(self, model, tables, suspects, out, device) -> None:
+        return None  # the slice figure needs slices; 3-D runs rank cases only
+
+
+def _upright(a) -> np.ndarray:
+    """Slices are (x, y); show them as the volume overlays do, rows = y."""
+    return np.ascontiguousarray(np.asarray(a).transpose(0, 2, 1))
+
+
+def _three_views(volume: np.ndarray, centre, side: int) -> np.ndarray:
+    """Axial (x, y), coronal (x, z) and sagittal (y, z) slices of ``volume`` (X, Y, Z) through ``centre``,
+    zero-padded to ``side × side``: ``(3, side, side)``."""
+    cx, cy, cz = centre
+    out = np.zeros((3, side, side), dtype=volume.dtype)
+    for i, view in enumerate((volume[:, :, cz], volume[:, cy, :], volume[cx, :, :])):
+        out[i, :view.shape[0], :view.shape[1]] = view
+    return out
+
+
+# -------------------------------------------------------------- classification
 class ClassificationTask(Task):
     """ISIC 2019-style: per-image labels, validation = accuracy on the clean meta split."""
 
-    def __init__(self, cfg, *, use_meta_cases: bool):
-        from medl2b.data.datasets import IsicDataset, load_isic, load_manifest
+    score_name = "val_acc"
 
-        manifest = load_manifest(cfg.data, task="skin-lesion-cls")
-        self.val_images = load_isic(cfg.data, "meta")
-        train = _compose(cfg, lambda: load_isic(cfg.data, "train", label=cfg.label_source), self.val_images)
-        self.train_images = train
-        meta = IsicDataset(self.val_images, augment=cfg.augment) if use_meta_cases else None
-        super().__init__(train_set=IsicDataset(train, augment=cfg.augment), train_plain=IsicDataset(train, augment=False),
-                         meta_set=meta, num_classes=len(manifest["classes"]), score_name="val_acc")
+    def __init__(self, cfg, manifest: dict) -> None:
+        super().__init__(cfg, manifest)
+        self.num_classes = len(manifest["classes"])
+        self.in_channels = 3
         self.size = cfg.image_size or int(manifest["size"])
-        self.batch_size = cfg.batch_size
+
+    def setup_training(self, *, use_meta_cases: bool) -> None:
+        cfg = self.cfg
+        self.val_images = load_isic(self.data, "meta")
+        train = _compose(cfg, lambda: load_isic(self.data, "train", label=cfg.label_source), self.val_images)
+        self.train_images = train
+        self.meta_set = IsicDataset(self.val_images, augment=cfg.augment) if use_meta_cases else None
+        self.train_set = IsicDataset(train, augment=cfg.augment)
+        self.train_plain = IsicDataset(train, augment=False)
 
     def input_transform(self, x: torch.Tensor) -> torch.Tensor:
+        """The run's image size (the prepared images may be larger)."""
         if x.shape[-1] == self.size and x.shape[-2] == self.size:
             return x
         return F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
 
-    def validate(self, model, device) -> float:
-        from medl2b.data.datasets import IsicDataset
+    def _predict(self, model, dataset, device):
+        return predict_dataset(model, dataset, batch_size=self.batch_size, device=device,
+                               transform=self.input_transform)
 
-        logits, _, clean = predict_dataset(model, IsicDataset(self.val_images, augment=False),
-                                           batch_size=self.batch_size, device=device, transform=self.input_transform)
+    def validate(self, model, device) -> float:
+        logits, _, clean = self._predict(model, IsicDataset(self.val_images, augment=False), device)
         return float((logits.argmax(1) == clean).float().mean())
 
     def meta_classes(self) -> np.ndarray | None:
@@ -195,12 +475,62 @@ class ClassificationTask(Task):
     def _clean_mask(self) -> np.ndarray:
         return np.asarray(self.train_images.label) == np.asarray(self.train_images.clean)
 
+    def evaluate(self, model, split, out, device, *, checkpoint, figures, progress, extra, run) -> dict:
+        split_items(self.manifest, split)
+        logits, _, clean = self._predict(model, IsicDataset(load_isic(self.data, split), augment=False), device)
+        pred, y = logits.argmax(1).numpy(), clean.numpy()
+        classes = self.manifest["classes"]
+        metrics = classification_metrics(y, pred, n_classes=len(classes), class_names=classes)
+        auroc = one_vs_rest_auroc(torch.softmax(logits, 1).numpy(), y, n_classes=len(classes))
+        summary = write_cls_report(out, metrics=metrics, split=split, checkpoint=checkpoint,
+                                   class_names=classes, extra={**extra, **auroc})
+        if figures:
+            fig.plot_confusion(np.asarray(metrics["confusion"]), classes, out / "confusion_matrix.png")
+            if (run / "metrics.csv").exists():
+                fig.plot_learning_curves(run / "metrics.csv", out / "figures" / "learning_curves.png")
+        return summary
+
+    def audit(self, model, signal, has_meta, out, device, *, top, figures) -> dict:
+        images = self.train_images
+        logits, given, clean = self._predict(model, self.train_plain, device)
+        prob = F.softmax(logits.float(), 1)
+        p_given = prob.gather(1, given[:, None])[:, 0].numpy()
+        names = [e["image"] for e in self.manifest["images"]]
+        classes = images.classes
+        rows = [{"image": names[int(images.index[i])], "given": classes[int(given[i])],
+                 "predicted": classes[int(prob[i].argmax())], "meta_signal": float(signal[i]),
+                 "disagreement": float(1.0 - p_given[i]), "corrupted": bool(given[i] != clean[i]),
+                 "clean": classes[int(clean[i])], "i": i} for i in range(len(images))]
+        score = score_rows(rows)
+        truth = np.array([r["corrupted"] for r in rows])
+        ordered = sorted(rows, key=lambda r: -r["score"])
+        _write_csv(out / "ranking.csv", ["rank", "image", "score", "meta_signal", "disagreement", "given",
+                                         "predicted", "clean", "corrupted"],
+                   [[i + 1, r["image"], f"{r['score']:.6f}", cell(r["meta_signal"]), f"{r['disagreement']:.6f}",
+                     r["given"], r["predicted"], r["clean"], int(r["corrupted"])] for i, r in enumerate(ordered)])
+        if figures:
+            shown = ordered[:top]
+            pics = np.stack([np.asarray(images.images[int(images.index[r["i"]])]) for r in shown])
+            fig.plot_suspect_images(out / "figures" / "suspects.png", pics,
+                                    [f"#{j + 1} {r['image']}\ngiven {r['given']}, model {r['predicted']}"
+                                     for j, r in enumerate(shown)])
+        return {"task": "classification", "top": [r["image"] for r in ordered[:top]],
+                "quality": {"images": ranking_table_quality(rows, score)}, "known_truth": bool(truth.any())}
+
+
+# ---------------------------------------------------------------- helpers
+def split_items(manifest: dict, split: str) -> list:
+    """The cases (or image indices) of a split; an :class:`InputError` for an unknown or empty one."""
+    if split not in manifest["splits"]:
+        raise InputError("--split", f"unknown split {split!r}; the dataset has {', '.join(manifest['splits'])}")
+    items = manifest["splits"][split]
+    if not items:
+        raise InputError("--split", f"split {split!r} is empty in this dataset")
+    return items
+
 
 def _compose(cfg, load_train, clean_meta):
     """The training samples of a method: the (noisy) train split, plus or instead of the clean meta cases."""
-    from medl2b.errors import InputError
-    from medl2b.meta.methods import get_method
-
     train_on = get_method(cfg.method).train_on
     if train_on == "train":
         return load_train()
@@ -209,7 +539,13 @@ def _compose(cfg, load_train, clean_meta):
     return clean_meta if train_on == "meta" else load_train().concat(clean_meta)
 
 
-def build_task(cfg) -> Task:
-    """The task object of a config; the trusted meta cases are used unless ``meta_set == 'gmm'``."""
-    cls = SegmentationTask if cfg.is_segmentation else ClassificationTask
-    return cls(cfg, use_meta_cases=cfg.uses_meta and cfg.meta_set == "clean")
+def build_task(cfg, *, training: bool = True) -> Task:
+    """The task object of a config. ``training``: also load the training sets (the trusted meta
+    cases are used unless ``meta_set == 'gmm'`` or the method takes no meta step)."""
+    if cfg.is_segmentation:
+        task: Task = (VolumeTask if cfg.spatial_dims == 3 else SliceTask)(cfg, load_manifest(cfg.data, task=cfg.task))
+    else:
+        task = ClassificationTask(cfg, load_manifest(cfg.data, task="skin-lesion-cls"))
+    if training:
+        task.setup_training(use_meta_cases=cfg.uses_meta and cfg.meta_set == "clean")
+    return task
