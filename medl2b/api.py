@@ -14,6 +14,9 @@ one virtual SGD step of that loss lowers the clean meta loss most.
 * :func:`l2b_step`: one call per training batch, returns an :class:`L2BStep` with the scalar
   ``loss`` to back-propagate and the weights ``alpha``, ``beta``.
 * :class:`L2B`: the same, with the options held once (``L2B(method="l2b").step(model, ...)``).
+  ``L2B()`` is the paper's step (weights normalised over the batch, CE meta loss);
+  ``L2B.for_segmentation()`` and ``L2B.for_classification()`` are the options ``medl2b train``
+  ships for each task (read from the same task YAML), which is what BENCHMARKS.md measures.
 * :func:`monai_iteration`: an ``iteration_update`` for ``monai.engines.SupervisedTrainer``
   that draws one meta batch per iteration from an iterable you give and takes the L2B step.
 
@@ -29,10 +32,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from monai.engines.utils import IterationEvents
+from monai.utils.enums import CommonKeys as Keys
 from torch import nn
 
+from medl2b.config import load_config
 from medl2b.meta.losses import weighted_losses
 from medl2b.meta.methods import META_IMPLS, META_LOSSES, NORMALISATIONS, STEP_METHODS, get_method
+from medl2b.models import head_parameter_names
 
 __all__ = ["L2B", "L2BStep", "l2b_step", "monai_iteration"]
 
@@ -129,13 +136,34 @@ class L2B:
         if not 0.0 <= self.bootstrap_beta <= 1.0:
             raise ValueError(f"bootstrap_beta must be in [0, 1], got {self.bootstrap_beta}")
 
+    @classmethod
+    def for_task(cls, task: str, **overrides: Any) -> "L2B":
+        """The options ``medl2b train --task TASK`` ships with (read from the same task YAML), then
+        ``overrides``: ``L2B.for_task("segmentation")`` learns α_i + β_i = 1 per pixel for a
+        CE + Dice meta loss, ``L2B.for_task("skin-lesion-cls")`` per-sample weights normalised over
+        the batch for a CE meta loss."""
+        cfg = load_config(task)
+        options = {"method": cfg.method if cfg.method in API_METHODS else "l2b", "meta_loss": cfg.meta_loss,
+                   "impl": cfg.meta_impl, "scope": cfg.meta_scope, "bootstrap_beta": cfg.bootstrap_beta,
+                   "normalise": cfg.meta_normalise if get_method(cfg.method).n_terms == 2 and
+                   get_method(cfg.method).uses_meta else None}
+        return cls(**{**options, **overrides})
+
+    @classmethod
+    def for_segmentation(cls, **overrides: Any) -> "L2B":
+        """:meth:`for_task` of ``segmentation`` (pixel- or voxel-wise α/β, the CLI's defaults)."""
+        return cls.for_task("segmentation", **overrides)
+
+    @classmethod
+    def for_classification(cls, **overrides: Any) -> "L2B":
+        """:meth:`for_task` of ``skin-lesion-cls`` (per-sample α/β, the CLI's defaults)."""
+        return cls.for_task("skin-lesion-cls", **overrides)
+
     def param_names(self, model: nn.Module) -> list[str] | None:
         """The parameter names of the virtual step for ``model`` (``None`` = all trainable)."""
         if self.scope == "all":
             return None
         if self.scope == "last":
-            from medl2b.models import head_parameter_names
-
             try:
                 return head_parameter_names(model)
             except ValueError as exc:
@@ -258,8 +286,6 @@ def monai_iteration(meta_data: Iterable, l2b: L2B | None = None, *, warmup_epoch
             raise ValueError("meta_data gave no batch (empty, or a one-shot iterator that is used up)") from None
 
     def update(engine, batchdata) -> dict:
-        from monai.engines.utils import IterationEvents
-        from monai.utils.enums import CommonKeys as Keys
 
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")

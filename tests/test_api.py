@@ -254,3 +254,19 @@ def test_supervised_trainer_meta_data_is_restarted_and_a_used_up_iterator_is_nam
     one_shot = iter(DataLoader(_items(1, 2), batch_size=2))
     with pytest.raises(ValueError, match="meta_data gave no batch"):
         _trainer(TinySeg(), _items(0, 8), monai_iteration(one_shot), epochs=1).run()
+
+
+def test_task_defaults_match_the_cli():
+    """L2B.for_segmentation / for_classification hold the options `medl2b train` ships for the task."""
+    from medl2b.config import load_config
+
+    for task, make in (("segmentation", L2B.for_segmentation), ("skin-lesion-cls", L2B.for_classification)):
+        cfg = load_config(task)
+        opts = make()
+        assert (opts.method, opts.meta_loss, opts.impl, opts.scope) == (cfg.method, cfg.meta_loss, cfg.meta_impl,
+                                                                          cfg.meta_scope)
+        assert opts.normalise == cfg.meta_normalise
+    assert L2B.for_segmentation().normalise == "element" and L2B.for_segmentation().meta_loss == "ce+dice"
+    assert L2B.for_classification(meta_loss="ce", impl="reference").impl == "reference"
+    with pytest.raises(ValueError):
+        L2B.for_segmentation(method="meta-only")
