@@ -511,7 +511,7 @@ def check_pipeline(report: Report, device, sizes: dict, unet: dict) -> None:
     image, label = _seg_batch(n, size, torch.device("cpu"))
     slices = SliceSet(image=image, label=label, clean=label.clone(), case=[f"c{i // 8}" for i in range(n)],
                       slice_index=[i % 8 for i in range(n)])
-    loader = DataLoader(SegSliceDataset(slices, augment=False), batch_size=batch, shuffle=True, drop_last=True,
+    loader = DataLoader(SegSliceDataset(slices), batch_size=batch, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(0), num_workers=0)  # as the trainer's defaults
     augment = BatchAugment()
 

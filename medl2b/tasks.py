@@ -151,7 +151,7 @@ class SliceTask(Task):
         self._check_train(train)
         train_crop, meta_crop = self._crops(train)
         # items are served plain; BatchAugment transforms whole batches on the device (augment_batch)
-        meta = (SegSliceDataset(self.val_slices, augment=False, **meta_crop)
+        meta = (SegSliceDataset(self.val_slices, **meta_crop)
                 if (use_meta_cases and self.val_slices) else None)
         if meta is not None and cfg.meta_foreground:
             # A meta batch of background-only slices rewards predicting background everywhere; draw meta
@@ -159,8 +159,8 @@ class SliceTask(Task):
             has_fg = np.flatnonzero(self.val_slices.clean.flatten(1).sum(1).numpy() > 0)
             if len(has_fg):
                 meta = Subset(meta, has_fg.tolist())
-        self.train_set = SegSliceDataset(train, augment=False, **train_crop)
-        self.train_plain = SegSliceDataset(train, augment=False)
+        self.train_set = SegSliceDataset(train, **train_crop)
+        self.train_plain = SegSliceDataset(train)
         self.meta_set = meta
 
     def augment_batch(self, batch: dict) -> dict:

@@ -102,14 +102,14 @@ def test_patches_cut_image_and_labels_together_and_oversample_foreground(hippo3d
     torch.manual_seed(0)
     offsets = set()
     for draw in range(4):
-        item = SegSliceDataset(vols, augment=False, crop=window, crop_fg=0.33)[draw]
+        item = SegSliceDataset(vols, crop=window, crop_fg=0.33)[draw]
         assert item["image"].shape == (1, *window) and item["label"].shape == window
         ox, oy, oz = _offset_of(item["image"], vols.image[item["index"]])
         block = (item["index"], slice(ox, ox + 32), slice(oy, oy + 32), slice(oz, oz + 16))
         assert torch.equal(item["label"], vols.label[block]) and torch.equal(item["clean"], vols.clean[block])
         offsets.add(oz)
     # small patches: centred on a foreground voxel they always hold foreground, uniform ones not always
-    with_fg = {fg: sum(int(SegSliceDataset(vols, augment=False, crop=(6, 6, 6), crop_fg=fg)[i % 4]["label"].any())
+    with_fg = {fg: sum(int(SegSliceDataset(vols, crop=(6, 6, 6), crop_fg=fg)[i % 4]["label"].any())
                        for i in range(16)) for fg in (1.0, 0.0)}
     assert with_fg[1.0] == 16 and with_fg[0.0] < 12
     assert len(offsets) > 1             # random positions

@@ -85,7 +85,7 @@ def test_seg_dataset_items(train_slices):
     assert set(item["clean"].unique().tolist()) <= {0, 1} and type(item["image"]) is torch.Tensor
     batch = next(iter(DataLoader(patches, batch_size=4)))
     assert batch["image"].shape == (4, 1, 32, 32) and batch["label"].shape == (4, 32, 32)
-    with pytest.raises(ValueError, match="BatchAugment"):  # items are augmented by batch, on the device
+    with pytest.raises(TypeError):  # items are never augmented here: BatchAugment augments batches on the device
         SegSliceDataset(train_slices, augment=True)
 
 

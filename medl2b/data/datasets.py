@@ -262,18 +262,14 @@ class SegSliceDataset(_Augmented):
 
     Args:
         slices: A :class:`SliceSet`.
-        augment: Must be False (kept for the callers that still pass ``augment=False``).
         crop: Patch size, or None for whole items.
         crop_fg: Share of patches centred on foreground.
     """
 
-    def __init__(self, slices: SliceSet, *, augment: bool = False, crop: Sequence[int] | None = None,
+    def __init__(self, slices: SliceSet, *, crop: Sequence[int] | None = None,
                  crop_fg: float = 0.33) -> None:
         if not isinstance(slices, SliceSet):
             raise TypeError(f"slices must be a SliceSet, got {type(slices).__name__}")
-        if augment:
-            raise ValueError("SegSliceDataset serves items unaugmented; augment batches with "
-                             "medl2b.data.augment.BatchAugment")
         crop_step = None
         if crop is not None:
             crop_step = RandCropByPosNegLabeld(("image", "label", "clean"), label_key="label",
