@@ -22,7 +22,7 @@ from scipy import ndimage
 from medl2b.data.nifti import Geometry, affine_from_geometry
 
 __all__ = ["PERCENTILES", "geometry_of", "normalise_intensity", "prepare_volume", "prepared_geometry",
-           "image_from_xyz", "prediction_to_raw", "resample", "to_original_grid", "to_xyz"]
+           "image_from_xyz", "prediction_to_raw", "raw_label_values", "resample", "to_original_grid", "to_xyz"]
 
 PERCENTILES = (0.5, 99.5)
 
@@ -74,7 +74,7 @@ def to_xyz(image) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(sitk.GetArrayFromImage(image), (2, 1, 0)))
 
 
-def to_original_grid(array_xyz: np.ndarray, prepared: dict, original: dict) -> np.ndarray:
+def to_original_grid(array_xyz: np.ndarray, prepared: dict, original: dict, *, linear: bool = False) -> np.ndarray:
     """Resample a prepared-grid label volume back onto the raw case's grid (nearest neighbour).
 
     Use it to write predictions that overlay the raw ``CaseNN.mhd`` in 3D Slicer.
@@ -83,6 +83,8 @@ def to_original_grid(array_xyz: np.ndarray, prepared: dict, original: dict) -> n
         array_xyz: Labels on the prepared grid, shape ``prepared["size"]`` = (X', Y', Z).
         prepared: ``dataset.json`` ``cases[id]["prepared"]`` (size, spacing, origin, direction).
         original: ``dataset.json`` ``cases[id]["original"]``.
+        linear: Linear interpolation instead (a float map, e.g. a class probability; 0 outside the
+            prepared grid); the result is float32.
 
     Returns:
         Array of shape ``original["size"]`` (X, Y, Z), same dtype as the input (bool -> uint8).
@@ -93,12 +95,14 @@ def to_original_grid(array_xyz: np.ndarray, prepared: dict, original: dict) -> n
         raise ValueError(f"array_xyz has shape {arr.shape}, but the prepared grid is {list(src.size)}")
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
+    if linear:
+        arr = arr.astype(np.float32, copy=False)
     img = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(arr, (2, 1, 0))))
     img.SetSpacing(src.spacing)
     img.SetOrigin(src.origin)
     img.SetDirection(src.direction)
-    out = sitk.Resample(img, list(dst.size), sitk.Transform(), sitk.sitkNearestNeighbor, list(dst.origin),
-                        list(dst.spacing), list(dst.direction), 0, img.GetPixelID())
+    out = sitk.Resample(img, list(dst.size), sitk.Transform(), sitk.sitkLinear if linear else sitk.sitkNearestNeighbor,
+                        list(dst.origin), list(dst.spacing), list(dst.direction), 0, img.GetPixelID())
     return to_xyz(out).astype(arr.dtype, copy=False)
 
 
@@ -111,17 +115,19 @@ def image_from_xyz(array_xyz: np.ndarray, geo: Geometry):
     return img
 
 
-def prepare_volume(channels, mask, size: int) -> tuple[list[np.ndarray], np.ndarray, Geometry, list[dict]]:
+def prepare_volume(channels, mask, size: int) -> tuple[list[np.ndarray], np.ndarray | None, Geometry, list[dict]]:
     """Normalise and resample one case onto its prepared grid (see :func:`prepared_geometry`).
 
     Args:
         channels: ``SimpleITK.Image`` (one channel) or a list of them on one grid.
-        mask: ``SimpleITK.Image`` label map (uint8 values) on the same grid.
+        mask: ``SimpleITK.Image`` label map (uint8 values) on the same grid, or None (an image
+            to predict).
         size: In-plane size of the prepared grid.
 
     Returns:
         ``(images, mask, geometry, intensity)``: one float32 ``(x, y, z)`` array per channel,
-        the uint8 label map, the prepared geometry and one intensity record per channel.
+        the uint8 label map (None without ``mask``), the prepared geometry and one intensity
+        record per channel.
     """
     channels = channels if isinstance(channels, (list, tuple)) else [channels]
     geo = geometry_of(channels[0])
@@ -136,7 +142,7 @@ def prepare_volume(channels, mask, size: int) -> tuple[list[np.ndarray], np.ndar
         smooth.CopyInformation(image)
         images.append(to_xyz(resample(smooth, target, linear=True)).astype(np.float32))
         intensity.append(stats)
-    mask_xyz = to_xyz(resample(mask, target, linear=False)).astype(np.uint8)
+    mask_xyz = None if mask is None else to_xyz(resample(mask, target, linear=False)).astype(np.uint8)
     return images, mask_xyz, target, intensity
 
 
@@ -150,14 +156,17 @@ def prediction_to_raw(pred_xyz: np.ndarray, manifest: dict, case: str) -> tuple[
     """
     info = manifest["cases"][case]
     original = info["original"]
-    values = manifest.get("label_values")
-    lut = np.arange(256, dtype=np.uint8)
-    if values:
-        for index, value in values.items():
-            lut[int(index)] = int(value)
     raw = to_original_grid(np.asarray(pred_xyz, dtype=np.uint8), info["prepared"], original)
     if "affine" in original:
         affine = np.asarray(original["affine"], dtype=float)
     else:
         affine = affine_from_geometry(original["spacing"], original["origin"], original["direction"])
-    return lut[raw], affine
+    return raw_label_values(raw, manifest), affine
+
+
+def raw_label_values(indices: np.ndarray, manifest: dict) -> np.ndarray:
+    """Label indices ``0..K-1`` -> the raw dataset's label values (the manifest's ``label_values``), uint8."""
+    lut = np.arange(256, dtype=np.uint8)
+    for index, value in (manifest.get("label_values") or {}).items():
+        lut[int(index)] = int(value)
+    return lut[np.asarray(indices, dtype=np.uint8)]

@@ -47,6 +47,10 @@ Output (``out``), nnU-Net-like::
 
 PROMISE12 comes through here as well: :mod:`medl2b.data.promise12` converts its MetaImage
 release to an nnU-Net v2 raw folder and calls :func:`prepare_msd` on it.
+
+Steps 2 and 3 of a case are :func:`orient_case` and :func:`to_prepared_grid`; ``medl2b predict``
+runs the same two on a new image (:func:`read_image`, :func:`preprocess_image`) with the
+settings the manifest records (``slice_axis``, ``size``, ``intensity_normalisation``).
 """
 
 from __future__ import annotations
@@ -67,8 +71,9 @@ from medl2b.noise.masks import (DEFAULT_CONFIG, MaskNoiseConfig, calibrate_stren
                                  per_class_dice, pick_noisy_cases)
 from medl2b.progress import progress_bar
 
-__all__ = ["AFFINE_TOL", "SLICE_AXES", "MsdCase", "MsdDataset", "check_prepare_args", "find_msd_dataset",
-           "prediction_to_raw", "prepare_msd", "read_msd_case"]
+__all__ = ["AFFINE_TOL", "IMAGE_ENDINGS", "SLICE_AXES", "MsdCase", "MsdDataset", "check_prepare_args",
+           "find_msd_dataset", "load_file", "orient_case", "prediction_to_raw", "prepare_msd", "preprocess_image",
+           "read_image", "read_labels", "read_msd_case", "sitk_array", "stack_channels", "to_prepared_grid"]
 
 #: Largest difference allowed between two affines of one case (mm and direction cosines).
 AFFINE_TOL = 1e-3
@@ -160,6 +165,22 @@ def find_msd_dataset(raw: str | os.PathLike) -> MsdDataset:
         raise InputError(root, "folder not found")
     path = root / "dataset.json"
     meta = _read_json(path)
+    nnunet = "channel_names" in meta or "file_ending" in meta
+    labels = read_labels(meta, path)
+    if nnunet:
+        ds = _find_nnunet(root, path, meta, labels)
+    else:
+        ds = _find_msd(root, path, meta, labels)
+    if not ds.cases:
+        raise InputError(path, "lists no labelled training cases")
+    ds.licence = meta.get("licence") or meta.get("license")
+    ds.reference = meta.get("reference")
+    return ds
+
+
+def read_labels(meta: dict, path: Path) -> dict[int, str]:
+    """The ``labels`` of an MSD v1 (value -> name) or nnU-Net v2 (name -> value) ``dataset.json``, checked:
+    raw value -> name, background (0) included, sorted by value."""
     labels_raw = meta.get("labels")
     if not isinstance(labels_raw, dict) or not labels_raw:
         raise InputError(path, "'labels' must be a non-empty object")
@@ -179,16 +200,7 @@ def find_msd_dataset(raw: str | os.PathLike) -> MsdDataset:
         raise InputError(path, "'labels' must declare the background value 0")
     if len(labels) < 2:
         raise InputError(path, "'labels' declares no foreground class")
-    labels = dict(sorted(labels.items()))
-    if nnunet:
-        ds = _find_nnunet(root, path, meta, labels)
-    else:
-        ds = _find_msd(root, path, meta, labels)
-    if not ds.cases:
-        raise InputError(path, "lists no labelled training cases")
-    ds.licence = meta.get("licence") or meta.get("license")
-    ds.reference = meta.get("reference")
-    return ds
+    return dict(sorted(labels.items()))
 
 
 def _find_msd(root: Path, path: Path, meta: dict, labels: dict[int, str]) -> MsdDataset:
@@ -244,7 +256,7 @@ def _strip_ending(name: str, ending: str) -> str:
 
 # --------------------------------------------------------------------------- reading one case
 
-def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def load_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Array (x, y, z[, c]) and 4x4 RAS affine of one file; any failure names the file."""
     if path.name.endswith(_NIFTI):
         import nibabel as nib
@@ -262,6 +274,17 @@ def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except RuntimeError as exc:
         reason = " ".join(str(exc).split()).split("ITK ERROR:", 1)[-1].strip()
         raise InputError(path, f"cannot read image ({reason[:200]})") from None
+    return sitk_array(img, path)
+
+
+def sitk_array(img, where) -> tuple[np.ndarray, np.ndarray]:
+    """Array (x, y, z[, c]) and 4x4 RAS affine of a ``SimpleITK.Image`` (a 2-D one as one slice)."""
+    import SimpleITK as sitk
+
+    if img.GetDimension() == 2:  # one slice: a 3-D grid of depth 1 (spacing 1, direction extended)
+        img = sitk.JoinSeries(img)
+    if img.GetDimension() != 3:
+        raise InputError(where, f"expected a 2-D or 3-D image, got {img.GetDimension()} dimensions")
     arr = sitk.GetArrayFromImage(img)
     arr = np.transpose(arr, tuple(range(arr.ndim - 1, -1, -1))) if img.GetNumberOfComponentsPerPixel() == 1 \
         else np.transpose(arr, (2, 1, 0, 3))
@@ -294,7 +317,7 @@ def read_msd_case(ds: MsdDataset, case: MsdCase, *, slice_axis: str | None = "ax
     Raises:
         InputError: naming the file, for every check listed in the module docstring.
     """
-    label, label_affine = _load(case.label)
+    label, label_affine = load_file(case.label)
     if label.ndim == 4 and label.shape[3] == 1:
         label = label[..., 0]
     if label.ndim != 3:
@@ -302,7 +325,7 @@ def read_msd_case(ds: MsdDataset, case: MsdCase, *, slice_axis: str | None = "ax
     n_ch = len(ds.channel_names)
     channels: list[np.ndarray] = []
     for path in case.images:
-        data, affine = _load(path)
+        data, affine = load_file(path)
         if data.ndim == 4 and data.shape[3] == 1:
             data = data[..., 0]
         if data.ndim not in (3, 4):
@@ -335,14 +358,110 @@ def read_msd_case(ds: MsdDataset, case: MsdCase, *, slice_axis: str | None = "ax
     for c in range(stack.shape[-1]):
         if not np.all(np.isfinite(stack[..., c])):
             raise InputError(case.images[min(c, len(case.images) - 1)], "holds NaN or infinite intensities")
-    if slice_axis is None:
-        oriented, affine, oriented_label = stack, label_affine, index_map
-    else:
-        oriented, affine = _orient(stack, label_affine, slice_axis)
-        oriented_label, _ = _orient(index_map, label_affine, slice_axis)
-    geo = geometry_from_affine(affine, oriented.shape[:3])
+    oriented, geo = orient_case(stack, label_affine, slice_axis)
+    oriented_label = index_map if slice_axis is None else _orient(index_map, label_affine, slice_axis)[0]
     return {"channels": [oriented[..., c] for c in range(oriented.shape[-1])], "label": oriented_label,
             "geometry": geo, "raw_affine": label_affine, "raw_shape": tuple(int(s) for s in label.shape)}
+
+
+# --------------------------------------------------------------------------- one case's preprocessing
+# prepare_msd and prediction on new images (medl2b.predict) both go through these two steps, so a model
+# sees at prediction exactly what it was trained on.
+
+def orient_case(stack: np.ndarray, affine: np.ndarray, slice_axis: str | None) -> tuple[np.ndarray, Geometry]:
+    """Step 2 of the module docstring: channels ``(x, y, z, c)`` stored with the 4x4 RAS ``affine`` ->
+    the oriented array (closest RAS+, ``slice_axis`` last; ``None``: as stored) and its ITK geometry."""
+    if slice_axis is None:
+        oriented, oriented_affine = stack, affine
+    else:
+        oriented, oriented_affine = _orient(stack, affine, slice_axis)
+    return oriented, geometry_from_affine(oriented_affine, oriented.shape[:3])
+
+
+def to_prepared_grid(channels, geo: Geometry, size: int, *, label: np.ndarray | None = None):
+    """Step 3 of the module docstring: oriented ``(x, y, z)`` channel arrays (and label map) on ``geo`` ->
+    the prepared grid (:func:`medl2b.data.grid.prepare_volume`): ``(images, mask or None, geometry, intensity)``."""
+    images = [image_from_xyz(c, geo) for c in channels]
+    mask = None if label is None else image_from_xyz(label.astype(np.uint8), geo)
+    return prepare_volume(images, mask, size)
+
+
+#: File endings of the raw images :func:`read_image` reads (NIfTI with nibabel, the rest with SimpleITK).
+IMAGE_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+
+
+def read_image(paths, n_channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read a raw image to predict: one file per channel (nnU-Net ``CASE_0000``, ``CASE_0001``, ...) or one
+    file (3-D, or 4-D with the channels last as in MSD v1), in any stored orientation; see :func:`stack_channels`."""
+    paths = [Path(p) for p in paths]
+    return stack_channels([(*load_file(p), p) for p in paths], n_channels)
+
+
+def stack_channels(parts, n_channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """The channels of one image, checked, from ``(array (x, y[, z[, c]]), 4x4 RAS affine, where)`` parts
+    (one per channel file, or one holding every channel on its last axis).
+
+    Returns:
+        ``(float32 (x, y, z, c) array, the first part's affine)``. A 2-D image comes back as one slice
+        ``(x, y, 1, c)``.
+
+    Raises:
+        InputError: naming ``where``: not 2-D/3-D/4-D, channel files on different grids, a channel count
+            other than ``n_channels``, NaN or infinite intensities.
+    """
+    arrays, first_affine, first_shape, first = [], None, None, parts[0][2]
+    for data, affine, where in parts:
+        data = np.asanyarray(data)
+        if data.ndim == 2:
+            data = data[:, :, None]
+        if data.ndim == 4 and data.shape[3] == 1:
+            data = data[..., 0]
+        if data.ndim not in (3, 4) or (data.ndim == 4 and len(parts) > 1):
+            raise InputError(where, f"expected a {'3-D' if len(parts) > 1 else '2-D, 3-D or 4-D'} image, "
+                                    f"got shape {tuple(data.shape)}")
+        if not (np.issubdtype(data.dtype, np.number) or data.dtype == bool):
+            raise InputError(where, f"holds {data.dtype} values, not intensities")
+        if first_affine is None:
+            first_affine, first_shape = np.asarray(affine, dtype=float), tuple(data.shape[:3])
+        elif tuple(data.shape[:3]) != first_shape:
+            raise InputError(where, f"shape {list(data.shape[:3])} differs from {list(first_shape)} of "
+                                    f"{getattr(first, 'name', first)}")
+        elif not np.allclose(affine, first_affine, atol=AFFINE_TOL, rtol=0):
+            diff = float(np.abs(np.asarray(affine) - first_affine).max())
+            raise InputError(where, f"affine differs from that of {getattr(first, 'name', first)} by up to "
+                                    f"{diff:.4g} (tolerance {AFFINE_TOL})")
+        arrays += [data[..., c] for c in range(data.shape[3])] if data.ndim == 4 else [data]
+    if len(arrays) != n_channels:
+        found = f"{len(parts)} channel files" if len(parts) > 1 else f"{len(arrays)} channel(s)"
+        raise InputError(first, f"has {found}, but the model takes {n_channels} channel(s): give CASE_0000, "
+                                "CASE_0001, ... files or one 4-D file with the channels last")
+    stack = np.stack([np.asarray(c, dtype=np.float32) for c in arrays], axis=-1)
+    for c in range(stack.shape[-1]):
+        if not np.all(np.isfinite(stack[..., c])):
+            raise InputError(parts[min(c, len(parts) - 1)][2], "holds NaN or infinite intensities")
+    return stack, first_affine
+
+
+def preprocess_image(stack: np.ndarray, affine: np.ndarray, manifest: dict) -> dict:
+    """A raw image ``(x, y, z, c)`` -> the prepared grid of a prepared dataset, as :func:`prepare_msd` did for
+    its cases, with the manifest's own settings (``slice_axis``, ``size``, intensity percentiles).
+
+    Returns:
+        ``{"image": float32 (c, X, Y, Z) on the prepared grid, "prepared": its Geometry, "oriented": Geometry
+        of the oriented raw grid, "raw": Geometry of the stored raw grid}``.
+    """
+    if "slice_axis" not in manifest or "size" not in manifest:
+        raise InputError("dataset.json", "was prepared by an older medl2b (no slice_axis/size recorded); "
+                                         "prepare the dataset again")
+    norm = manifest.get("intensity_normalisation") or {}
+    if [float(v) for v in norm.get("percentiles", ())] != [float(v) for v in PERCENTILES]:
+        raise InputError("dataset.json", f"records intensity normalisation {norm!r}, which this medl2b does "
+                                         f"not implement (percentiles {list(PERCENTILES)})")
+    oriented, geo = orient_case(stack, affine, manifest["slice_axis"])
+    channels = [oriented[..., c] for c in range(oriented.shape[-1])]
+    images, _, target, _ = to_prepared_grid(channels, geo, int(manifest["size"]))
+    return {"image": np.stack(images), "prepared": target, "oriented": geo,
+            "raw": geometry_from_affine(affine, stack.shape[:3])}
 
 
 # --------------------------------------------------------------------------- main
@@ -447,9 +566,7 @@ def prepare_msd(raw: str | os.PathLike, out: str | os.PathLike, *, size: int | N
             for case in used:
                 item = loaded.pop(case.case_id)
                 geo = item["geometry"]
-                channels = [image_from_xyz(c, geo) for c in item["channels"]]
-                mask = image_from_xyz(item["label"].astype(np.uint8), geo)
-                images, mask_xyz, target, intensity = prepare_volume(channels, mask, size)
+                images, mask_xyz, target, intensity = to_prepared_grid(item["channels"], geo, size, label=item["label"])
                 kw = {"spacing": target.spacing, "origin": target.origin, "direction": target.direction}
                 names = []
                 for c, img in enumerate(images):
