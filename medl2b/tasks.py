@@ -28,8 +28,8 @@ from rich.progress import track
 from torch.utils.data import Dataset, Subset
 
 from medl2b.data.augment import BatchAugment
-from medl2b.data.datasets import (IsicDataset, SegSliceDataset, SliceSet, load_isic, load_manifest, load_slices,
-                                  load_volumes, train_window)
+from medl2b.data.datasets import (ImageSet, IsicDataset, SegSliceDataset, SliceSet, load_isic, load_manifest,
+                                  load_slices, load_volumes, train_window)
 from medl2b.data.grid import prediction_to_raw
 from medl2b.data.nifti import read_nifti, write_nifti
 from medl2b.errors import InputError
@@ -205,15 +205,27 @@ class SliceTask(Task):
                          for i in range(lab.shape[0])])
 
     # ------------------------------------------------------------ prediction
+    flip_dims = (2, 3)  # test-time flips of predict_image: the in-plane axes of a (Z, C, X, Y) slice batch
+
+    def predict_image(self, model, image: torch.Tensor, device, *, tta: bool = False) -> torch.Tensor:
+        """Logits ``(K, X, Y, Z)`` of a preprocessed image ``(C, X, Y, Z)`` on the prepared grid (a prepared
+        case, or a new image through :func:`medl2b.data.msd.preprocess_image`), slice by slice.
+
+        ``tta``: the log of the softmax averaged over the identity and one flip per axis of :attr:`flip_dims`
+        (flipped back), so that ``argmax`` and ``softmax`` apply as to plain logits.
+        """
+        batch = image.permute(3, 0, 1, 2).contiguous()  # (C, X, Y, Z) -> (Z, C, X, Y)
+        run = lambda x: predict_logits(model, x, batch_size=self.batch_size, device=device)  # noqa: E731
+        return _tta(run, batch, self.flip_dims if tta else ()).permute(1, 2, 3, 0)
+
     def predict_case(self, model, case: str, shape, device) -> tuple[np.ndarray, np.ndarray]:
         """Prediction and clean label map of a prepared case, ``(X, Y, Z)`` uint8 on the prepared grid."""
         slices = load_slices(self.data, [case], label="clean")
-        pred2d = predict_logits(model, slices.image, batch_size=self.batch_size, device=device).argmax(1).numpy()
         pred = np.zeros(shape, dtype=np.uint8)
         clean = np.zeros(shape, dtype=np.uint8)
-        for i, z in enumerate(slices.slice_index):
-            pred[:, :, z] = pred2d[i]
-            clean[:, :, z] = slices.clean[i].numpy()
+        z = list(slices.slice_index)
+        pred[:, :, z] = self.predict_image(model, slices.image.permute(1, 2, 3, 0), device).argmax(0).numpy()
+        clean[:, :, z] = slices.clean.permute(1, 2, 0).numpy()
         return pred, clean
 
     def evaluate(self, model, split, out, device, *, checkpoint, figures, progress, extra, run) -> dict:
@@ -384,12 +396,19 @@ class VolumeTask(SliceTask):
         fg = 1.0 if self.cfg.meta_foreground else self.cfg.patch_fg
         return {"crop": window, "crop_fg": self.cfg.patch_fg}, {"crop": window, "crop_fg": fg}
 
+    flip_dims = (2, 3, 4)  # the three spatial axes of a (1, C, X, Y, Z) volume
+
+    def predict_image(self, model, image: torch.Tensor, device, *, tta: bool = False) -> torch.Tensor:
+        """Logits ``(K, X, Y, Z)`` of a preprocessed image ``(C, X, Y, Z)`` by sliding windows of the training
+        window (see :meth:`SliceTask.predict_image` for ``tta``)."""
+        roi = train_window(self.data, self.cfg.patch_size)
+        run = lambda x: predict_volume(model, x, roi, device=device)  # noqa: E731
+        return _tta(run, image[None], self.flip_dims if tta else ())[0]
+
     def predict_case(self, model, case, shape, device):
         slices = load_slices(self.data, [case], label="clean")
-        volume = slices.image.permute(1, 2, 3, 0)[None]  # (Z, C, X, Y) -> (1, C, X, Y, Z)
-        roi = train_window(self.data, self.cfg.patch_size)
-        pred = predict_volume(model, volume, roi, device=device).argmax(1)[0].numpy().astype(np.uint8)
-        return pred, slices.clean.permute(1, 2, 0).numpy().astype(np.uint8)
+        pred = self.predict_image(model, slices.image.permute(1, 2, 3, 0), device)  # (Z, C, X, Y) -> (C, X, Y, Z)
+        return pred.argmax(0).numpy().astype(np.uint8), slices.clean.permute(1, 2, 0).numpy().astype(np.uint8)
 
     def weight_map_examples(self, model, device, *, n: int = 4, indices=None) -> dict | None:
         """The training volume with the most wrong voxels (or ``indices[0]``), as its axial, coronal
@@ -412,6 +431,17 @@ class VolumeTask(SliceTask):
 
     def _audit_figure(self, model, tables, suspects, out, device) -> None:
         return None  # the slice figure needs slices; 3-D runs rank cases only
+
+
+def _tta(run, x: torch.Tensor, flip_dims) -> torch.Tensor:
+    """``run(x)``, or with flips: the log of the softmax of ``run`` averaged over ``x`` and its flips along each
+    of ``flip_dims`` (each flipped back); class axis 1."""
+    if not flip_dims:
+        return run(x)
+    probs = run(x).softmax(1)
+    for d in flip_dims:
+        probs += run(x.flip(d)).softmax(1).flip(d)
+    return (probs / (len(flip_dims) + 1)).log()
 
 
 def _upright(a) -> np.ndarray:
@@ -459,6 +489,14 @@ class ClassificationTask(Task):
     def _predict(self, model, dataset, device):
         return predict_dataset(model, dataset, batch_size=self.batch_size, device=device,
                                transform=self.input_transform)
+
+    def predict_images(self, model, pixels: np.ndarray, device) -> torch.Tensor:
+        """Logits ``(N, K)`` of RGB images ``(N, S, S, 3)`` uint8 at the prepared size (new images through
+        :func:`medl2b.data.isic2019.load_square_image`), normalised as the prepared ones are."""
+        n = len(pixels)
+        images = ImageSet(images=pixels, index=np.arange(n), label=np.zeros(n, dtype=np.int64),
+                          clean=np.zeros(n, dtype=np.int64), classes=list(self.manifest["classes"]))
+        return self._predict(model, IsicDataset(images, augment=False), device)[0]
 
     def validate(self, model, device) -> float:
         logits, _, clean = self._predict(model, IsicDataset(self.val_images, augment=False), device)

@@ -35,7 +35,8 @@ from medl2b.errors import InputError, atomic_dir
 from medl2b.noise.labels import symmetric_noise
 from medl2b.progress import progress_bar
 
-__all__ = ["CLASSES", "grouped_stratified_split", "load_square_image", "prepare_isic2019", "read_ground_truth"]
+__all__ = ["CLASSES", "grouped_stratified_split", "load_square_image", "prepare_isic2019", "read_ground_truth",
+           "square_image"]
 
 CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC")
 GT_NAME = "ISIC_2019_Training_GroundTruth.csv"
@@ -187,15 +188,20 @@ def load_square_image(path: str | os.PathLike, size: int) -> np.ndarray:
             w, h = im.size
             scale = size / min(w, h)
             im.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
-            im = ImageOps.exif_transpose(im).convert("RGB")
-            w, h = im.size
-            scale = size / min(w, h)
-            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-            im = im.resize((nw, nh), Image.BICUBIC)
-            left, top = (nw - size) // 2, (nh - size) // 2
-            return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+            return square_image(im, size)
     except (OSError, ValueError, SyntaxError) as exc:
         raise InputError(path, f"cannot read image ({exc})") from None
+
+
+def square_image(im: Image.Image, size: int) -> np.ndarray:
+    """The resize and centre crop of :func:`load_square_image`, on an open ``PIL.Image``: uint8 (size, size, 3)."""
+    im = ImageOps.exif_transpose(im).convert("RGB")
+    w, h = im.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    im = im.resize((nw, nh), Image.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
 def _apportion(total: int, weights: np.ndarray) -> np.ndarray:
