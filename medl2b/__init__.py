@@ -1,7 +1,7 @@
 """medl2b: Learning to Bootstrap for noisy medical labels.
 
-The public library API is exactly the names in ``__all__`` (defined in :mod:`medl2b.api`,
-importable from here), versioned by :data:`API_VERSION`:
+The public library API is exactly the names in ``__all__`` (defined in :mod:`medl2b.api`, and
+``load_run`` in :mod:`medl2b.predict`; importable from here), versioned by :data:`API_VERSION`:
 
 * ``l2b_step(model, x, y, x_meta, y_meta, *, lr, method="l2b", meta_loss="ce", impl="fast",
   scope="all", normalise=None, warm=False) -> L2BStep``: the α/β weights and the weighted loss
@@ -12,6 +12,11 @@ importable from here), versioned by :data:`API_VERSION`:
   losses), ``losses``, ``meta_loss``, ``skipped``.
 * ``monai_iteration(meta_data, l2b=None, *, warmup_epochs=0, lr=None)``: an ``iteration_update``
   for ``monai.engines.SupervisedTrainer``.
+* ``load_run(run, *, checkpoint="best", device="auto", data=None) -> Predictor`` (since 1.1, defined in
+  :mod:`medl2b.predict`): a trained run folder; ``.predict(image_or_path, *, affine=None, tta=False,
+  probabilities=False)`` returns a ``Segmentation`` (``mask`` on the input's grid with the dataset's label
+  values, ``affine``, ``classes``, ``label_values``, ``probabilities``) or a ``Classification``
+  (``label``, ``probabilities``), with the training's own preprocessing.
 
 Everything else (``medl2b.meta``, ``medl2b.train``, ``medl2b.models``, ``medl2b.data``, ...) is
 internal: used by the ``medl2b`` command line, free to change without notice. Within one major
@@ -22,14 +27,19 @@ meaning.
 """
 
 __version__ = "0.1.0"
-API_VERSION = "1.0"
+API_VERSION = "1.1"
 
-__all__ = ["API_VERSION", "L2B", "L2BStep", "l2b_step", "monai_iteration"]
+__all__ = ["API_VERSION", "L2B", "L2BStep", "l2b_step", "load_run", "monai_iteration"]
 
-_API_NAMES = frozenset(("L2B", "L2BStep", "l2b_step", "monai_iteration"))
+_API_NAMES = frozenset(("L2B", "L2BStep", "l2b_step", "load_run", "monai_iteration"))
+_PREDICT_NAMES = frozenset(("load_run",))
 
 
 def __getattr__(name: str):
+    if name in _PREDICT_NAMES:
+        from medl2b import predict
+
+        return getattr(predict, name)
     if name in _API_NAMES:
         from medl2b import api
 

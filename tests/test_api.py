@@ -17,7 +17,7 @@ from medl2b.meta.losses import weighted_losses
 from tiny_nets import TinyCls, TinySeg
 
 # Removing or renaming a public name is a breaking change: it needs a new major API_VERSION.
-PUBLIC = ["API_VERSION", "L2B", "L2BStep", "l2b_step", "monai_iteration"]
+PUBLIC = ["API_VERSION", "L2B", "L2BStep", "l2b_step", "load_run", "monai_iteration"]
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +50,7 @@ def model_and_data(task, seed=0):
 
 def test_exported_names_are_pinned_and_versioned():
     assert medl2b.__all__ == PUBLIC
-    assert medl2b.API_VERSION == "1.0"
+    assert medl2b.API_VERSION == "1.1"  # 1.1 added load_run
     for name in PUBLIC:
         assert getattr(medl2b, name) is not None
         assert name in dir(medl2b)
