@@ -255,6 +255,38 @@ def eval_cmd(
         typer.echo(compare_runs(runs, compare_out))
 
 
+@app.command("predict")
+@_user_errors
+def predict_cmd(
+    run: Path = typer.Argument(..., help="A trained run folder."),
+    inputs: Path = typer.Argument(..., help="An image file or a folder of them: NIfTI, MetaImage, NRRD (channels as "
+                                            "CASE_0000, CASE_0001, ... or one 4-D file); JPEG/PNG for classification."),
+    output: Path = typer.Argument(..., help="Folder for the masks (or predictions.csv)."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best | latest."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    tta: bool = typer.Option(False, "--tta", help="Segmentation: average over flips of each spatial axis."),
+    save_probabilities: bool = typer.Option(False, "--save-probabilities",
+                                            help="Segmentation: also write CASE.npz, per-class probabilities on the "
+                                                 "input's grid."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (kept otherwise)."),
+    fmt: str = typer.Option("same", "--format", help="Mask format: same (as the input) | nii.gz | nii | mha | nrrd."),
+    data: Optional[Path] = typer.Option(None, "--data", help="The run's prepared dataset, if it moved "
+                                                            "(default: the one config.yaml names)."),
+) -> None:
+    """Apply a trained run to new raw images with the training's own preprocessing: one mask per case on the
+    input's grid with the dataset's label values, or predictions.csv for classification."""
+    from medl2b.predict import predict_files
+
+    result = predict_files(run, inputs, output, checkpoint=checkpoint, device=device, tta=tta,
+                           save_probabilities=save_probabilities, overwrite=overwrite, fmt=fmt, data=data,
+                           progress=sys.stderr.isatty(), echo=lambda line: typer.echo(line, err=True))
+    skipped = f"; skipped {result['skipped']} other file(s)" if result["skipped"] else ""
+    typer.echo(f"predicted {result['cases']} of {result['cases'] + len(result['failed'])} case(s) into {output} "
+               f"({result['seconds_per_case']:.2f} s per case){skipped}")
+    if result["failed"]:  # each one reported above, one line naming its file
+        raise typer.Exit(2)
+
+
 @app.command("audit")
 @_user_errors
 def audit_cmd(
