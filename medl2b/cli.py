@@ -229,18 +229,44 @@ def _task_of(data: Optional[Path], out: Path, resume: bool) -> str:
 @app.command("eval")
 @_user_errors
 def eval_cmd(
-    runs: List[Path] = typer.Argument(..., help="One or more run folders."),
+    runs: Optional[List[Path]] = typer.Argument(None, help="One or more run folders (or --pred and --ref)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared dataset (default: the run's own)."),
     split: str = typer.Option("test", "--split", help="train | meta | test."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best | latest."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Write PNG figures."),
     compare_out: Optional[Path] = typer.Option(None, "--compare-out", help="With several runs: write the table here."),
+    pred: Optional[Path] = typer.Option(None, "--pred", help="Instead of runs: a folder of predicted label maps "
+                                                             "(NIfTI, MetaImage, NRRD) to score against --ref."),
+    ref: Optional[Path] = typer.Option(None, "--ref", help="With --pred: the reference label maps, same case names."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="With --pred: a dataset.json naming the label "
+                                                                 "values (default: the values in the references)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="With --pred: report folder (default: the --pred folder)."),
 ) -> None:
-    """Per-case Dice/HD95/ASD (mm) or accuracy/balanced accuracy; NIfTI predictions; figures; RUN/eval/."""
+    """Per-case Dice/HD95/ASD (mm) or accuracy/balanced accuracy; NIfTI predictions; figures; RUN/eval/.
+
+    With --pred FOLDER --ref FOLDER: per-case and per-class Dice/HD95/ASD of any prediction folder against
+    reference masks (spacing from the references): summary.json, metrics.csv, report.md.
+    """
+    from medl2b.errors import InputError
     from medl2b.evaluate.report import compare_runs
     from medl2b.evaluate.run import evaluate_run
 
+    if pred is not None or ref is not None:
+        if pred is None or ref is None:
+            raise InputError("--pred" if pred is None else "--ref", "--pred and --ref go together")
+        if runs:
+            raise InputError(str(runs[0]), "give either run folders or --pred and --ref, not both")
+        from medl2b.evaluate.folder import evaluate_folder
+
+        summary = evaluate_folder(pred, ref, labels=labels, out=out, progress=sys.stderr.isatty())
+        mean = summary["mean"]
+        where = (out or pred) / "report.md"
+        typer.echo(f"{pred}: {summary['n_cases']} cases, Dice {mean['dice']:.4f}  HD95 {mean['hd95']:.2f} mm  "
+                   f"ASD {mean['asd']:.2f} mm  ({summary['n_failed']} failed) -> {where}")
+        return
+    if not runs:
+        raise InputError("RUNS", "give one or more run folders, or --pred FOLDER --ref FOLDER")
     for run in runs:
         summary = evaluate_run(run, data=data, split=split, checkpoint=checkpoint, device=device, figures=figures,
                                progress=sys.stdout.isatty())

@@ -326,12 +326,20 @@ def _seg_markdown(s: Mapping[str, Any]) -> str:
           _num(r["hd95"]), _num(r["asd"]), r["status"]]
          for r in s["per_case"]],
     )
-    lines = [
-        f"# Segmentation evaluation: split `{s['split']}`",
-        "",
-        f"Checkpoint: `{s['checkpoint']}`",
-        "",
-    ]
+    if "pred" in s and "ref" in s:  # a prediction folder (medl2b eval --pred --ref)
+        lines = [
+            "# Segmentation evaluation of a prediction folder",
+            "",
+            f"Predictions: `{s['pred']}`; references: `{s['ref']}` (metrics on the reference grid, in mm)",
+            "",
+        ]
+    else:
+        lines = [
+            f"# Segmentation evaluation: split `{s['split']}`",
+            "",
+            f"Checkpoint: `{s['checkpoint']}`",
+            "",
+        ]
     if several:
         lines += [
             (f"Foreground classes: {', '.join(classes)}. A case's Dice, HD95 and ASD are the means over its "
