@@ -76,6 +76,10 @@ def isic_prepared(tmp_path_factory, isic_raw) -> Path:
 
 BUNDLED_HIPPOCAMPUS = Path(__file__).resolve().parent.parent / "medl2b" / "demo_data" / "hippocampus"
 
+# Real data shared between projects: ``../shared/data`` next to the repository root. Tests that use it
+# skip when a data set is missing there; they never write to it.
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
 
 @pytest.fixture(scope="session")
 def bundled_hippocampus():

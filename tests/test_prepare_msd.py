@@ -1,9 +1,9 @@
 """``medl2b prepare msd``: MSD v1 and nnU-Net v2 raw datasets -> prepared segmentation datasets.
 
 Real data: a few cases of the Medical Segmentation Decathlon Task04_Hippocampus (CC-BY-SA 4.0),
-copied once per session into pytest's tmp folder (``/work/shared`` is never touched). Everything
-else (multi-channel nnU-Net v2, 4-D MSD v1, storage orientations) is synthetic, written here with
-nibabel.
+copied once per session from ``../shared/data`` (next to the repository root, never written to) into
+pytest's tmp folder; skipped when it is missing. Everything else (multi-channel nnU-Net v2, 4-D MSD v1,
+storage orientations) is synthetic, written here with nibabel.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from medl2b.cli import app
 from medl2b.data.grid import prediction_to_raw
 from medl2b.data.msd import prepare_msd
 from medl2b.noise.masks import mask_dice, per_class_dice
+from conftest import SHARED_DATA
 
-HIPPOCAMPUS = Path("/work/shared/data/Task04_Hippocampus")
+HIPPOCAMPUS = SHARED_DATA / "Task04_Hippocampus"
 N_REAL = 10                                  # real cases copied for the session
 HIPPO_LABELS = {"background": 0, "Anterior": 1, "Posterior": 2}
 
