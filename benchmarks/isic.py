@@ -150,7 +150,7 @@ def tables(rows: list[dict]) -> str:
     out = [("### ISIC 2019 (real HAM10000 dermoscopy, 1,600 lesion-grouped test images; ResNet-50 × 0.25 from "
             "scratch at 32 px, the `cpu` profile; mean ± std over seeds)"), "",
            ("| noise | method | seeds | accuracy (%) | balanced accuracy (%) | macro AUROC (%) | "
-            + " | ".join(f"recall {c}" for c in CLASSES) + " | best val acc (%) | train time (s), min / median |"),
+            + " | ".join(f"recall {c}" for c in CLASSES) + " | best val score (%) | train time (s), min / median |"),
            "|---|---|---|---|---|---|" + "---|" * len(CLASSES) + "---|---|"]
     for level in levels:
         for method in ORDER:

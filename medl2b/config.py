@@ -68,6 +68,8 @@ class TrainConfig:
     gmm_threshold: float = 0.5          # P(clean) above which a sample joins the online meta set
     meta_foreground: bool = True        # segmentation: meta batches only from slices with foreground
     meta_balance: bool = False          # classification: class-balanced meta batches (every class in every batch)
+    val_metric: str = "accuracy"        # classification: accuracy | balanced_accuracy on the clean meta split
+                                        # (chooses checkpoint_best and the score-gated warm-up)
     meta_loss: str = "ce"               # ce | dice | ce+dice (dice: segmentation only; see medl2b.meta.losses.meta_objective)
     meta_normalise: str = "batch"       # l2b: batch (Σα + Σβ = 1 over the batch) | element (α_i + β_i = 1)
     # model
@@ -126,6 +128,10 @@ class TrainConfig:
             raise InputError(where, f"gmm_threshold must be in (0, 1), got {self.gmm_threshold}")
         if self.meta_loss != "ce" and not self.is_segmentation:
             raise InputError(where, f"meta_loss {self.meta_loss} needs a segmentation task; use ce for {self.task}")
+        if self.val_metric not in ("accuracy", "balanced_accuracy"):
+            raise InputError(where, f"val_metric must be accuracy or balanced_accuracy, got {self.val_metric!r}")
+        if self.val_metric != "accuracy" and self.is_segmentation:
+            raise InputError(where, "val_metric applies to classification; segmentation validates on Dice")
         if self.meta_balance and self.is_segmentation:
             raise InputError(where, "meta_balance applies to classification; segmentation uses meta_foreground")
         if self.meta_set == "gmm" and not self.uses_meta:

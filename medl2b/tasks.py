@@ -461,12 +461,12 @@ def _three_views(volume: np.ndarray, centre, side: int) -> np.ndarray:
 
 # -------------------------------------------------------------- classification
 class ClassificationTask(Task):
-    """ISIC 2019-style: per-image labels, validation = accuracy on the clean meta split."""
-
-    score_name = "val_acc"
+    """ISIC 2019-style: per-image labels; validation = accuracy or balanced accuracy (config
+    ``val_metric``) on the clean meta split."""
 
     def __init__(self, cfg, manifest: dict) -> None:
         super().__init__(cfg, manifest)
+        self.score_name = "val_bacc" if cfg.val_metric == "balanced_accuracy" else "val_acc"
         self.num_classes = len(manifest["classes"])
         self.in_channels = 3
         self.size = cfg.image_size or int(manifest["size"])
@@ -500,7 +500,8 @@ class ClassificationTask(Task):
 
     def validate(self, model, device) -> float:
         logits, _, clean = self._predict(model, IsicDataset(self.val_images, augment=False), device)
-        return float((logits.argmax(1) == clean).float().mean())
+        metrics = classification_metrics(clean.numpy(), logits.argmax(1).numpy(), n_classes=self.num_classes)
+        return float(metrics[self.cfg.val_metric])
 
     def meta_classes(self) -> np.ndarray | None:
         return None if self.meta_set is None else np.asarray(self.val_images.clean)
