@@ -1,11 +1,12 @@
 # The README's two commands, `make demo` and `make test`, do all the set-up on first use.
+# `make test` is the fast suite (CI runs it); `make test-all` adds the slow end-to-end tests.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.medl2b-installed
 # torch is pinned to the CPU wheel that lies on disk here, so no CUDA build is pulled.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install test demo clean bench
+.PHONY: install test test-all demo clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -17,6 +18,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)

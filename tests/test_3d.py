@@ -58,6 +58,7 @@ def test_3d_augmentation_moves_image_and_labels_together():
     assert together < 0.05 and apart > 3 * together
 
 
+@pytest.mark.slow
 def test_3d_l2b_trains_on_volumes_and_evaluates_with_sliding_windows(hippo3d, tmp_path):
     run = tmp_path / "run3d"
     cfg = load_config("segmentation", profile="cpu-3d", overrides={    # the profile sets spatial_dims 3
@@ -115,6 +116,7 @@ def test_patches_cut_image_and_labels_together_and_oversample_foreground(hippo3d
     assert len(offsets) > 1             # random positions
 
 
+@pytest.mark.slow
 def test_3d_training_on_patches_is_reproducible_and_evaluates_with_sliding_windows(hippo3d, tmp_path):
     def fit(out):
         cfg = load_config("segmentation", profile="cpu", overrides={

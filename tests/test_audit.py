@@ -89,6 +89,7 @@ def test_noisy_fraction_corrupts_only_the_drawn_cases(half_noisy):
     assert bad.exit_code != 0 and "--noisy-fraction" in bad.output and "Traceback" not in bad.output
 
 
+@pytest.mark.slow
 def test_audit_ranks_the_cases_of_a_segmentation_run(half_noisy, tmp_path):
     run = tmp_path / "run"
     train(load_config("segmentation", profile="cpu", overrides={"data": str(half_noisy), "out": str(run), **TINY}),
@@ -137,6 +138,7 @@ def test_audit_ranks_the_images_of_a_classification_run(isic_prepared, tmp_path)
     assert any(r["meta_signal"] for r in rows) and any(not r["meta_signal"] for r in rows)  # 2 steps saw 16 images
 
 
+@pytest.mark.slow
 def test_audit_errors_are_one_line(tmp_path, half_noisy):
     result = runner.invoke(app, ["audit", str(tmp_path)])
     assert result.exit_code != 0 and "no config.yaml" in result.output and "Traceback" not in result.output

@@ -10,6 +10,8 @@ import sys
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # two processes each training: tens of seconds a test (`make test-all`)
+
 
 @pytest.mark.parametrize("method", ["l2b", "bootstrap"])
 def test_torchrun_two_processes(method, promise12_prepared, tmp_path):

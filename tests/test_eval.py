@@ -97,6 +97,7 @@ def test_eval_errors_are_one_line(tmp_path):
     assert result.exit_code == 2 and "medl2b eval" in result.output
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_at_toy_size(tmp_path):
     out = tmp_path / "demo"
     # the default demo: bundled real hippocampus cases (a few of them at toy size)

@@ -108,7 +108,7 @@ def test_unreached_warmup_score_hands_over_at_the_cap(promise12_prepared, tmp_pa
     assert "epoch 3: warm-up over" in (run / "train.log").read_text()
 
 
-@pytest.mark.parametrize("task", ["seg", "cls"])
+@pytest.mark.parametrize("task", [pytest.param("seg", marks=pytest.mark.slow), "cls"])
 def test_killed_and_resumed_run_matches_uninterrupted(task, promise12_prepared, isic_prepared, tmp_path):
     def cfg(out):
         if task == "seg":
@@ -225,7 +225,7 @@ def test_pretrained_weights_load_strictly_and_bad_files_are_named(tmp_path):
         build_resnet50(num_classes=8, pretrained=tmp_path / "missing.pth")
 
 
-@pytest.mark.parametrize("task", ["seg", "cls"])
+@pytest.mark.parametrize("task", [pytest.param("seg", marks=pytest.mark.slow), "cls"])
 def test_clean_case_baselines_train_on_the_right_samples(task, promise12_prepared, isic_prepared, tmp_path):
     """ce+clean = noisy train split + clean meta split; meta-only = the clean meta split alone."""
     sizes = {}
@@ -256,6 +256,7 @@ def test_meta_batches_come_from_foreground_slices(promise12_prepared, tmp_path):
     assert len(everything) > len(meta)  # the phantom meta cases also hold empty slices
 
 
+@pytest.mark.slow
 def test_same_command_twice_gives_identical_metrics(promise12_prepared, tmp_path):
     """Reproducibility on one machine: two 3-epoch l2b runs, same seed, same metrics.csv (but the time)."""
     tables = []
@@ -267,6 +268,7 @@ def test_same_command_twice_gives_identical_metrics(promise12_prepared, tmp_path
     assert tables[0][-1]["meta_loss"] != ""
 
 
+@pytest.mark.slow
 def test_segmentation_l2b_normalises_per_pixel_by_default(promise12_prepared, tmp_path):
     """The segmentation default ``meta_normalise: element`` makes ``l2b`` the very computation of
     ``l2b-sum1`` (identical metrics); ``batch`` is another one. Classification keeps ``batch``."""
@@ -285,6 +287,7 @@ def test_segmentation_l2b_normalises_per_pixel_by_default(promise12_prepared, tm
         load_config("segmentation", overrides={"meta_normalise": "pixel"})
 
 
+@pytest.mark.slow
 def test_meta_every_fetches_a_meta_batch_only_when_it_refreshes(promise12_prepared, tmp_path):
     """meta_every=2 with 4 steps an epoch: 2 meta batches an epoch (refresh on steps 1 and 3), the
     same weights as meta_every=1 on the first step, and a different run afterwards."""
