@@ -12,13 +12,15 @@ temporary sibling path, then renamed (:func:`atomic_dir`, :func:`atomic_file`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["InputError", "TrainingError", "atomic_dir", "atomic_file"]
+__all__ = ["InputError", "TrainingError", "DiskFullError", "RunInterrupted", "atomic_dir", "atomic_file",
+           "no_space", "umask_mode"]
 
 
 class InputError(Exception):
@@ -32,6 +34,37 @@ class InputError(Exception):
 
 class TrainingError(Exception):
     """A run that cannot continue (NaN loss, ...). Shown as one line, exit code 3."""
+
+
+class DiskFullError(TrainingError):
+    """No space left on the device while writing an output (ENOSPC). Shown as one line, exit code 3."""
+
+
+class RunInterrupted(Exception):
+    """Training stopped on SIGINT/SIGTERM at a step boundary; ``checkpoint`` holds the state to resume
+    from. The CLI prints the resume command and exits with 128 + ``signum`` (130 / 143)."""
+
+    def __init__(self, signum: int, checkpoint: str | os.PathLike, where: str):
+        self.signum = signum
+        self.checkpoint = str(checkpoint)
+        self.where = where
+        super().__init__(f"interrupted by signal {signum}; {where}")
+
+
+def no_space(exc: BaseException) -> bool:
+    """Whether ``exc`` is (or wraps) a full disk or quota (ENOSPC, EDQUOT)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def umask_mode(mode: int = 0o666) -> int:
+    """``mode`` less the process umask: the mode ``open()`` would give a new file (0644 under umask 022)."""
+    old = os.umask(0)
+    os.umask(old)
+    return mode & ~old
 
 
 @contextlib.contextmanager
@@ -52,6 +85,7 @@ def atomic_dir(out: str | os.PathLike, *, overwrite: bool = False, marker: str =
             raise InputError(out, "exists and is not empty; choose an empty or new folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes 0700; the result follows the umask like any folder
     try:
         yield tmp
     except BaseException:
@@ -68,7 +102,11 @@ def atomic_dir(out: str | os.PathLike, *, overwrite: bool = False, marker: str =
 
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success, atomically replace ``path`` with it."""
+    """Yield a temporary path beside ``path``; on success, atomically replace ``path`` with it.
+
+    The file gets the mode a plain ``open()`` would give (0644 under umask 022), not mkstemp's 0600.
+    A full disk while writing ends in :class:`DiskFullError` naming ``path``; ``path`` is untouched.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent, suffix="".join(path.suffixes))
@@ -76,7 +114,10 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
-    except BaseException:
+        os.chmod(tmp, umask_mode())
+        os.replace(tmp, path)
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if no_space(exc):
+            raise DiskFullError(f"no space left on device writing {path}") from None
         raise
-    os.replace(tmp, path)
