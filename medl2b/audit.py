@@ -43,6 +43,7 @@ from medl2b.errors import InputError
 from medl2b.evaluate.ranking import percentile_ranks, ranking_quality
 from medl2b.evaluate.report import _write_json, _write_text
 from medl2b.evaluate.run import load_run
+from medl2b.runlock import run_lock
 from medl2b.tasks import build_task
 
 __all__ = ["audit_run", "percentile_ranks", "ranking_quality"]
@@ -71,28 +72,29 @@ def audit_run(run: str | Path, *, data: str | Path | None = None, out: str | Pat
     Returns the summary (also ``summary.json``): the ranking quality where the truth is known.
     """
     run = Path(run)
-    model, cfg = load_run(run, checkpoint="latest", device=device)
-    if data is not None:
-        cfg.data = str(data)
-    if cfg.data is None or not Path(cfg.data).exists():
-        raise InputError(cfg.data or "--data", "the run's prepared dataset is not there; pass --data")
-    if top < 1:
-        raise InputError("--top", f"must be >= 1, got {top}")
-    record = _load_record(run)
-    task = build_task(cfg)
-    n = len(task.train_set)
-    if len(record["seen"]) != n:
-        raise InputError(cfg.data, f"holds {n} training samples but the run recorded {len(record['seen'])}; "
-                                   "is it the dataset the run trained on?")
-    out = Path(out) if out is not None else run / "audit"
-    out.mkdir(parents=True, exist_ok=True)
-    signal, has_meta = _first_signal(record)
-    summary = task.audit(model, signal, has_meta, out, device, top=top, figures=figures)
-    summary.update(signal="meta + model" if has_meta else "loss + model", run=str(run), data=str(cfg.data),
-                   method=cfg.method)
-    _write_json(out / "summary.json", summary)
-    _write_text(out / "report.md", _report(summary))
-    return summary
+    with run_lock(run, what="audit", create=False):  # no training (or other audit) writes it meanwhile
+        model, cfg = load_run(run, checkpoint="latest", device=device)
+        if data is not None:
+            cfg.data = str(data)
+        if cfg.data is None or not Path(cfg.data).exists():
+            raise InputError(cfg.data or "--data", "the run's prepared dataset is not there; pass --data")
+        if top < 1:
+            raise InputError("--top", f"must be >= 1, got {top}")
+        record = _load_record(run)
+        task = build_task(cfg)
+        n = len(task.train_set)
+        if len(record["seen"]) != n:
+            raise InputError(cfg.data, f"holds {n} training samples but the run recorded {len(record['seen'])}; "
+                                       "is it the dataset the run trained on?")
+        out = Path(out) if out is not None else run / "audit"
+        out.mkdir(parents=True, exist_ok=True)
+        signal, has_meta = _first_signal(record)
+        summary = task.audit(model, signal, has_meta, out, device, top=top, figures=figures)
+        summary.update(signal="meta + model" if has_meta else "loss + model", run=str(run), data=str(cfg.data),
+                       method=cfg.method)
+        _write_json(out / "summary.json", summary)
+        _write_text(out / "report.md", _report(summary))
+        return summary
 
 
 def _first_signal(record: dict) -> tuple[np.ndarray, bool]:

@@ -25,6 +25,7 @@ from medl2b.config import load_config_file
 from medl2b.device import resolve_device
 from medl2b.errors import InputError
 from medl2b.models import build_model
+from medl2b.runlock import run_lock
 from medl2b.tasks import build_task
 
 __all__ = ["load_run", "evaluate_run"]
@@ -63,13 +64,14 @@ def evaluate_run(run: str | Path, *, data: str | Path | None = None, split: str 
     The run's task predicts the split (slices, sliding windows or images) and writes the report.
     """
     run = Path(run)
-    dev = resolve_device(device)
-    model, cfg = load_run(run, checkpoint=checkpoint, device=str(dev))
-    data = Path(data or cfg.data or "")
-    if not (data / "dataset.json").exists():
-        raise InputError(data, "no prepared dataset here (dataset.json missing); pass --data")
-    cfg.data = str(data)
-    out = Path(out) if out else run / "eval"
-    task = build_task(cfg, training=False)
-    return task.evaluate(model, split, out, dev, checkpoint=checkpoint, figures=figures, progress=progress, run=run,
-                         extra={"run": str(run), "method": cfg.method, "data": str(data)})
+    with run_lock(run, what="eval", create=False):  # no training (or other eval) writes it meanwhile
+        dev = resolve_device(device)
+        model, cfg = load_run(run, checkpoint=checkpoint, device=str(dev))
+        data = Path(data or cfg.data or "")
+        if not (data / "dataset.json").exists():
+            raise InputError(data, "no prepared dataset here (dataset.json missing); pass --data")
+        cfg.data = str(data)
+        out = Path(out) if out else run / "eval"
+        task = build_task(cfg, training=False)
+        return task.evaluate(model, split, out, dev, checkpoint=checkpoint, figures=figures, progress=progress, run=run,
+                             extra={"run": str(run), "method": cfg.method, "data": str(data)})
