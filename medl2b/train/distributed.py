@@ -14,7 +14,9 @@ process group (NCCL on CUDA, Gloo on CPU). What the trainer does with several pr
   (:func:`average_in_place`); the reference implementation uses each process's own meta batch;
 * a step is skipped only when every process's weights are all zero; a NaN on any process
   stops all of them;
-* only rank 0 writes the run folder and logs.
+* only rank 0 writes the run folder and logs;
+* with ``torchrun --max-restarts N`` a run whose worker died resumes from its last checkpoint
+  (the trainer sees ``TORCHELASTIC_RESTART_COUNT`` > 0), each restart on its own store prefix.
 """
 
 from __future__ import annotations
@@ -55,8 +57,22 @@ def setup(device_type: str) -> DistInfo:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend=backend)
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            dist.init_process_group(backend=backend, store=_restart_store(world), rank=info.rank, world_size=world)
+        else:
+            dist.init_process_group(backend=backend)
     return info
+
+
+def _restart_store(world: int) -> dist.Store:
+    """torchrun's own store, under a prefix per restart. torchrun shares its rendezvous store with the
+    workers and keeps it over ``--max-restarts`` restarts, so restarted workers would read the keys
+    of the killed ones (the peers' old addresses: Gloo then hangs in its connect)."""
+    from datetime import timedelta
+
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                          timeout=timedelta(minutes=30))
+    return dist.PrefixStore(f"medl2b/restart_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def average_in_place(tensors: list[torch.Tensor]) -> None:
