@@ -177,11 +177,14 @@ def train_cmd(
     spatial_dims: Optional[int] = typer.Option(None, "--spatial-dims",
                                                help="Segmentation: 2 (UNet++ on slices) | 3 (on whole volumes)."),
     set_: List[str] = typer.Option([], "--set", help="Any config key: --set lr=0.01 (repeatable)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from checkpoint_latest.pt."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last intact checkpoint "
+                                                        "(none yet: start it; finished: report it). Safe to repeat."),
 ) -> None:
     """Train UNet++ (pixel-wise alpha/beta) or ResNet-50 (per-sample alpha/beta) with L2B or a baseline."""
+    import shlex
+
     from medl2b.config import load_config
-    from medl2b.errors import InputError
+    from medl2b.errors import InputError, RunInterrupted
     from medl2b.train.trainer import train
 
     overrides = {"data": str(data) if data else None, "out": str(out), "method": method, "meta_set": meta_set,
@@ -196,9 +199,18 @@ def train_cmd(
     if task is None:
         task = _task_of(data, out, resume)
     cfg = load_config(task, profile=profile, config_file=config, overrides=overrides)
-    row = train(cfg, resume=resume)
+    again = f"medl2b train --out {shlex.quote(str(out))} --resume"
+    try:
+        row = train(cfg, resume=resume)
+    except RunInterrupted as exc:  # Ctrl-C / SIGTERM: stopped at a step boundary with a checkpoint
+        typer.echo(f"interrupted: {exc.where}; resume with: {again}", err=True)
+        raise typer.Exit(128 + int(exc.signum)) from None
+    except KeyboardInterrupt:
+        if os.environ.get("RANK", "0") == "0":
+            typer.echo(f"interrupted; the last checkpoint in {out} is intact; resume with: {again}", err=True)
+        raise typer.Exit(130) from None
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
-        typer.echo(f"finished {cfg.epochs} epochs in {out}: last validation score "
+        typer.echo(f"finished {row.get('epoch', cfg.epochs)} epochs in {out}: last validation score "
                    f"{row.get('val_score', float('nan')):.4f}")
 
 

@@ -6,24 +6,46 @@ Run folder (``cfg.out``)::
     train.log              the log
     metrics.csv            one row per epoch
     checkpoint_latest.pt   end of the last finished epoch (weights, optimiser, scheduler, RNG, history,
-                           the per-sample record of train.record for ``medl2b audit``)
+                           the per-sample record of train.record for ``medl2b audit``), or, after
+                           Ctrl-C / SIGTERM, the exact state at a step boundary inside an epoch
+    checkpoint_previous.pt the checkpoint before it, kept until the new one is written and verified
     checkpoint_best.pt     best on the clean validation (meta) cases, never on test
     tb/                    TensorBoard events, if tensorboard is installed
+    .medl2b.lock           while a command works on the folder (medl2b.runlock)
 
 Every epoch reseeds torch, NumPy and ``random`` from ``(seed, epoch)`` (the MONAI
 augmentations draw their seeds from torch's generator, item by item), so a run resumed from ``checkpoint_latest.pt`` follows exactly
 the path of an uninterrupted one.
+
+Crashes: a checkpoint is written to ``checkpoint_latest.pt.tmp``, fsync'ed and read back (zip CRCs)
+before the old one moves to ``checkpoint_previous.pt`` and the new one takes its name, so a kill at
+any moment leaves at least one intact checkpoint; ``--resume`` falls back to the previous one when
+the latest does not read, and rebuilds ``metrics.csv`` from the history of the checkpoint it
+resumes from. Ctrl-C or SIGTERM (single process) finishes the current step, saves the state at
+that step boundary (RNG states, the epoch's running sums and sample record, the reused meta
+gradient, the number of training and meta batches drawn), and raises :class:`RunInterrupted`; the
+resume replays the epoch's loaders to that point, so it stays exact. Under ``torchrun`` a stopped
+or killed run resumes from the last finished epoch (redone exactly, as every epoch reseeds), and
+a worker restarted by ``torchrun --max-restarts`` resumes on its own
+(``TORCHELASTIC_RESTART_COUNT`` > 0).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import dataclasses
 import logging
 import math
+import os
 import random
+import shlex
 import shutil
+import signal
 import sys
+import threading
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,22 +56,25 @@ from torch.utils.data.distributed import DistributedSampler
 
 from medl2b.config import TrainConfig, load_config_file, save_config
 from medl2b.device import resolve_device
-from medl2b.errors import InputError, TrainingError, atomic_file
+from medl2b.errors import DiskFullError, InputError, RunInterrupted, TrainingError, atomic_file, no_space
 from medl2b.models import build_model, head_parameter_names
 from medl2b.train import distributed
 from medl2b.meta.methods import get_method
 from medl2b.train.metaset import ClassBalancedBatches, select_clean
 from medl2b.train.record import SampleRecord
+from medl2b.runlock import run_lock
 from medl2b.train.step import StepModule
 from medl2b.tasks import build_task
 
-__all__ = ["Trainer", "train", "METRIC_COLUMNS"]
+__all__ = ["Trainer", "train", "METRIC_COLUMNS", "LATEST", "PREVIOUS", "BEST"]
 
 log = logging.getLogger("medl2b")
 
 METRIC_COLUMNS = ["epoch", "warmup", "lr", "train_loss", "meta_loss", "alpha_sum", "beta_sum", "alpha_on_wrong",
                   "alpha_on_right", "beta_on_wrong", "beta_on_right", "beta_share_on_wrong", "beta_share_on_right",
                   "skipped_steps", "steps", "val_score", "meta_size", "meta_precision", "meta_base_rate", "time_s"]
+
+LATEST, PREVIOUS, BEST = "checkpoint_latest.pt", "checkpoint_previous.pt", "checkpoint_best.pt"
 
 
 def _seed_everything(seed: int) -> None:
@@ -93,10 +118,7 @@ class Trainer:
         self.out = Path(cfg.out)
         self.resume = resume
         self.progress = sys.stdout.isatty() if progress is None else progress
-        latest = self.out / "checkpoint_latest.pt"
-        if resume and not latest.exists():
-            raise InputError(latest, "nothing to resume: no checkpoint in this run folder")
-        if not resume and latest.exists():
+        if not resume and ((self.out / LATEST).exists() or (self.out / PREVIOUS).exists()):
             raise InputError(self.out, "already holds a run; pass --resume to continue it or choose another --out")
         self.device = resolve_device(cfg.device)
         self.dist = distributed.setup(self.device.type)
@@ -132,11 +154,36 @@ class Trainer:
         self.history: list[dict] = []
         self.online_meta: np.ndarray | None = None
         self.record = SampleRecord(len(self.task.train_set))  # per-sample weights and losses, for `audit`
-        if resume:
-            self.load_checkpoint(latest)
-        elif self.dist.is_main:
+        self._stop: int | None = None       # the signal that asked to stop at the next step boundary
+        self._partial: dict | None = None   # the state inside an epoch that a resume continues from
+        self._rotate = True                 # keep the current latest as previous on the next save
+        if not (resume and self._resume()) and self.dist.is_main:
             save_config(cfg, self.out / "config.yaml")
-        self.tb = self._tensorboard() if self.dist.is_main else None
+        self.tb = self._tensorboard() if self.dist.is_main and self.epoch < cfg.epochs else None
+
+    def _resume(self) -> bool:
+        """Load the newest intact checkpoint (latest, else previous); False when there is none yet."""
+        candidates = [p for p in (self.out / LATEST, self.out / PREVIOUS) if p.exists()]
+        if not candidates:
+            log.warning("%s: no checkpoint to resume from yet; starting the run from the beginning", self.out)
+            return False
+        problems = []
+        for path in candidates:
+            try:
+                self.load_checkpoint(path)
+            except InputError as exc:
+                problems.append(str(exc))
+                continue
+            if problems or path.name != LATEST:
+                log.warning("%s; resuming from %s (epoch %d) instead", "; ".join(problems) or
+                            f"{self.out / LATEST}: missing", path, self.epoch)
+                self._rotate = False  # the unreadable latest must not push the good previous out
+            break
+        else:
+            raise InputError(self.out, "no intact checkpoint to resume from: " + "; ".join(problems))
+        if self.dist.is_main:
+            self._write_metrics()  # metrics.csv follows the history of the checkpoint resumed from
+        return True
 
     # ----------------------------------------------------------------- set-up
     def _setup_logging(self) -> None:
@@ -154,6 +201,7 @@ class Trainer:
         log.addHandler(fh)
         sh = logging.StreamHandler(sys.stdout)  # epoch summaries; step lines only when there is no bar
         sh.setFormatter(logging.Formatter("%(message)s"))
+        sh.addFilter(lambda record: not getattr(record, "file_only", False))
         sh._medl2b = True  # type: ignore[attr-defined]
         log.addHandler(sh)
         log.propagate = False
@@ -169,23 +217,85 @@ class Trainer:
     def fit(self) -> dict:
         """Train from ``self.epoch`` to ``cfg.epochs``; return the last epoch's metrics row."""
         cfg = self.cfg
+        if self.epoch >= cfg.epochs:
+            return self._finished_already()
         log.info("task %s, method %s, meta set %s, %d training samples, device %s, seed %d",
                  cfg.task, cfg.method, cfg.meta_set if self.method.uses_meta else "-", len(self.task.train_set),
                  self.device, cfg.seed)
         row: dict = {}
-        while self.epoch < cfg.epochs:
-            start = time.time()
-            seed = cfg.seed * 100_003 + self.epoch
-            _seed_everything(seed)
-            stats = self.train_epoch(seed)
-            score = self.validate()
-            row = self.on_epoch_end(stats, score, time.time() - start)
-        if self.tb is not None:
-            self.tb.close()
+        try:
+            with self._stop_on_signals():
+                while self.epoch < cfg.epochs:
+                    if self._stop is not None:  # arrived during validation or the epoch's checkpoint
+                        self._interrupted(None)
+                    start = time.time()
+                    seed = cfg.seed * 100_003 + self.epoch
+                    partial, self._partial = self._partial, None
+                    _seed_everything(seed)  # a partial epoch replays its loaders from here, then restores its RNG
+                    stats = self.train_epoch(seed, partial=partial)
+                    score = self.validate()
+                    row = self.on_epoch_end(stats, score, time.time() - start + (partial or {}).get("seconds", 0.0))
+        finally:
+            if self.tb is not None:
+                self.tb.close()
         if self.dist.enabled:
             self._check_replicas()
             distributed.cleanup()
         return row
+
+    def _finished_already(self) -> dict:
+        """``--resume`` of a finished run: report its numbers, change nothing."""
+        scores = [r["val_score"] for r in self.history if math.isfinite(r.get("val_score", math.nan))]
+        row = self.history[-1] if self.history else {}
+        best = self.best_score if math.isfinite(self.best_score) else max(scores, default=math.nan)
+        log.info("%s already finished its %d epochs: last %s %.4f, best %.4f; nothing to do",
+                 self.out, self.cfg.epochs, self.task.score_name, row.get("val_score", math.nan), best)
+        if self.dist.enabled:
+            distributed.cleanup()
+        return row
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self):
+        """SIGINT/SIGTERM set :attr:`_stop`; the loop stops at the next step boundary with a checkpoint.
+        A second signal stops at once (the last checkpoint on disk stays intact). Single process in
+        the main thread only: under torchrun the signals keep their default effect and the run
+        resumes from its last finished epoch."""
+        if self.dist.enabled or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self._stop is not None:
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+                return
+            self._stop = signum
+            with contextlib.suppress(OSError):
+                os.write(2, f"\n{signal.Signals(signum).name}: finishing the current step, then saving a "
+                            f"checkpoint (send it again to stop at once)\n".encode())
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                if h is not None:
+                    signal.signal(s, h)
+
+    def _interrupted(self, state: dict | None) -> None:
+        """Save ``state`` (the position inside an epoch; None: the checkpoint on disk is current), raise."""
+        latest = self.out / LATEST
+        if state is not None and self.dist.is_main:
+            self.save_checkpoint(latest, partial=state)
+            where = (f"saved the state at epoch {self.epoch + 1}, step {state['step']}/{state['total']} "
+                     f"to {latest}")
+        elif latest.exists():
+            where = f"{latest} holds the state to resume from"
+        else:
+            where = "no checkpoint yet: --resume starts the run from the beginning"
+        log.info("interrupted: %s; resume with: medl2b train --out %s --resume", where, shlex.quote(str(self.out)),
+                 extra={"file_only": True})  # the caller (the CLI) tells the user
+        raise RunInterrupted(self._stop or signal.SIGINT, latest, where)
 
     def _check_replicas(self) -> None:
         """After a distributed run, every process must hold the same weights."""
@@ -227,24 +337,41 @@ class Trainer:
                                        num_workers=cfg.num_workers, pin_memory=pin))
         return train, meta
 
-    def train_epoch(self, seed: int) -> EpochStats:
+    def train_epoch(self, seed: int, partial: dict | None = None) -> EpochStats:
+        """One epoch; ``partial`` (from an interrupted run's checkpoint) continues it at a step boundary."""
         cfg = self.cfg
+        started = time.time()
         train, meta = self._loaders(seed)
         warm = cfg.in_warmup(self.epoch, [row["val_score"] for row in self.history])
-        if self.method.uses_meta and not warm and self.history and self.history[-1].get("warmup"):
+        if self.method.uses_meta and not warm and self.history and self.history[-1].get("warmup") and not partial:
             log.info("epoch %d: warm-up over, the meta step starts", self.epoch + 1)
         use_meta = self.method.uses_meta and not warm
         if use_meta and meta is None:
             raise TrainingError(f"{cfg.method} needs a meta set, but it is empty (meta_set={cfg.meta_set})")
         total = len(train) if cfg.steps_per_epoch is None else min(cfg.steps_per_epoch, len(train))
         stats = EpochStats(warmup=warm)
+        batches = iter(train)
+        first = drawn = 0
+        if partial is not None:
+            first, drawn = self._continue_epoch(partial, stats, batches, meta)
         self.model.train()
-        bar = self._progress(total)
-        for step, batch in enumerate(train):
-            if step >= total:
-                break
+        bar = self._progress(total, first)
+        for step in range(first, total):
+            if self._stop is not None:  # a step boundary: save the exact state here and stop
+                if bar is not None:
+                    bar[0].stop()
+                self._interrupted(None if step == first else {
+                    "step": step, "total": total, "meta_drawn": drawn, "stats": dataclasses.asdict(stats),
+                    "record_epoch": self.record._epoch.detach().cpu().clone(),
+                    "meta_grad": (None if self.step_module._meta_grad is None else
+                                  [t.detach().cpu().clone() for t in self.step_module._meta_grad]),
+                    "seconds": time.time() - started + (partial or {}).get("seconds", 0.0)})
+            batch = next(batches)
             refresh = step % cfg.meta_every == 0
-            meta_batch = next(meta) if use_meta and refresh else None
+            meta_batch = None
+            if use_meta and refresh:
+                meta_batch = next(meta)
+                drawn += 1
             self.train_step(batch, meta_batch, stats, warm=warm, step=step, refresh=refresh)
             if bar is not None:
                 bar[0].update(bar[1], advance=1, description=self._describe(stats))
@@ -254,7 +381,25 @@ class Trainer:
             bar[0].stop()
         return stats
 
-    def _progress(self, total: int):
+    def _continue_epoch(self, partial: dict, stats: EpochStats, batches, meta) -> tuple[int, int]:
+        """Bring a fresh epoch to the step where an interrupted one stopped: replay the loaders' first
+        batches (same seeds, same order), then restore the running sums, the reused meta gradient and
+        the RNG states saved at that step. Returns ``(first step, meta batches drawn)``."""
+        first, drawn = int(partial["step"]), int(partial["meta_drawn"])
+        for _ in range(first):
+            next(batches)
+        for _ in range(drawn):
+            next(meta)
+        for key, value in partial["stats"].items():
+            setattr(stats, key, value)
+        self.record._epoch = partial["record_epoch"].clone()
+        grad = partial["meta_grad"]
+        self.step_module._meta_grad = None if grad is None else [t.to(self.device) for t in grad]
+        _set_rng(partial["rng"])
+        log.info("epoch %d continues at step %d/%d", self.epoch + 1, first + 1, partial["total"])
+        return first, drawn
+
+    def _progress(self, total: int, done: int = 0):
         if not self.progress or not self.dist.is_main:
             return None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -263,7 +408,7 @@ class Trainer:
                             MofNCompleteColumn(), TimeRemainingColumn(), TextColumn("{task.description}"),
                             transient=False)
         progress.start()
-        return progress, progress.add_task("", total=total)
+        return progress, progress.add_task("", total=total, completed=done)
 
     def _describe(self, s: EpochStats) -> str:
         text = f"loss {s.loss / max(s.steps, 1):.4f}"
@@ -383,11 +528,10 @@ class Trainer:
             self.best_score = score
         if not self.dist.is_main:
             return row
+        self.save_checkpoint(self.out / LATEST)
         self._write_metrics()
-        self.save_checkpoint(self.out / "checkpoint_latest.pt")
         if improved or not select:
-            shutil.copyfile(self.out / "checkpoint_latest.pt", self.out / "checkpoint_best.pt.tmp")
-            (self.out / "checkpoint_best.pt.tmp").replace(self.out / "checkpoint_best.pt")
+            _copy_durably(self.out / LATEST, self.out / BEST)
         log.info("epoch %d/%d  loss %.4f  meta %.4f  alpha %.3f beta %.3f  skipped %d  %s %.4f%s  %.1fs",
                  self.epoch, cfg.epochs, row["train_loss"], row["meta_loss"], row["alpha_sum"], row["beta_sum"],
                  stats.skipped, self.task.score_name, score, " *" if improved else "", seconds)
@@ -405,16 +549,19 @@ class Trainer:
                 writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
 
     # ------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, path: Path) -> None:
+    def save_checkpoint(self, path: Path, partial: dict | None = None) -> None:
+        """Write the state durably (see :func:`_save_durably`); ``partial``: the position inside an
+        epoch of an interrupted run (None at an epoch's end)."""
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "best_score": self.best_score,
                  "history": self.history, "config": self.cfg.to_dict(), "num_classes": self.task.num_classes,
                  "in_channels": self.task.in_channels,
                  "online_meta": None if self.online_meta is None else self.online_meta.tolist(),
                  "record": self.record.state_dict(),
-                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}}
-        with atomic_file(path) as tmp:
-            torch.save(state, tmp)
+                 "rng": _get_rng(), "partial": partial}
+        rotate = path.name == LATEST and self._rotate
+        _save_durably(state, path, previous=path.with_name(PREVIOUS) if rotate else None)
+        self._rotate = True
 
     def load_checkpoint(self, path: Path) -> None:
         try:
@@ -430,14 +577,115 @@ class Trainer:
         self.online_meta = None if state["online_meta"] is None else np.asarray(state["online_meta"])
         if "record" in state:  # runs from before the record start a fresh one
             self.record.load_state_dict(state["record"])
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
-        log.info("resumed from %s at epoch %d", path, self.epoch)
+        _set_rng(state["rng"])
+        partial = state.get("partial")
+        self._partial = None if partial is None else {**partial, "rng": state["rng"]}
+        log.info("resumed from %s at epoch %d%s", path, self.epoch,
+                 "" if partial is None else f", step {partial['step']}/{partial['total']}")
+
+
+def _get_rng() -> dict:
+    rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def _set_rng(rng: dict) -> None:
+    torch.set_rng_state(rng["torch"].cpu())  # a checkpoint loaded with map_location=cuda moved it
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    if rng.get("cuda") is not None and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([state.cpu() for state in rng["cuda"]])
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the renames in ``folder`` durable (where the platform allows)."""
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _disk_full(path: Path, exc: BaseException) -> DiskFullError:
+    kept = "; the one already there is intact" if path.exists() else ""
+    return DiskFullError(f"no space left on device writing {path}{kept}")
+
+
+def _save_durably(state: dict, path: Path, *, previous: Path | None = None) -> None:
+    """``torch.save`` to ``PATH.tmp``, fsync, read it back (zip CRCs), move the current ``path`` to
+    ``previous`` (if given), rename the new file to ``path``. A kill at any moment leaves ``path`` or
+    ``previous`` intact; a full disk raises :class:`DiskFullError` with ``path`` untouched."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            with zipfile.ZipFile(tmp) as zf:
+                bad = zf.testzip()
+        except zipfile.BadZipFile as exc:
+            bad = str(exc)
+        if bad is not None:
+            raise TrainingError(f"{path}: the checkpoint just written does not read back ({bad}); "
+                                f"the one before is kept")
+        if previous is not None and path.exists():
+            os.replace(path, previous)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if no_space(exc):
+            raise _disk_full(path, exc) from None
+        raise
+
+
+def _copy_durably(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` through ``DST.tmp`` (fsync'ed, then renamed)."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    try:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(tmp, dst)
+        _fsync_dir(dst.parent)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if no_space(exc):
+            raise _disk_full(dst, exc) from None
+        raise
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Temporary files of writes that a killed run never finished (the caller holds the run lock)."""
+    for pattern in ("checkpoint_*.pt.tmp", ".*.tmp-*"):
+        for path in out.glob(pattern):
+            if path.is_file():
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = None) -> dict:
-    """Train one run; return the final epoch's metrics row."""
-    if resume and cfg.out is not None and (Path(cfg.out) / "config.yaml").exists():
-        cfg = load_config_file(Path(cfg.out) / "config.yaml", device=cfg.device)
-    return Trainer(cfg, resume=resume, progress=progress).fit()
+    """Train one run, holding the run folder's lock; return the final epoch's metrics row.
+
+    ``resume``: continue from the run's last intact checkpoint; with none yet, start from the
+    beginning (a warning); on a finished run, report it and do nothing. A process restarted by
+    ``torchrun --max-restarts`` (``TORCHELASTIC_RESTART_COUNT`` > 0) resumes on its own.
+    """
+    if cfg.out is None:
+        raise InputError("--out", "a run folder is required")
+    if not resume and int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0) > 0:
+        resume = True  # torchrun restarted the workers after a failure: continue from the last checkpoint
+    out = Path(cfg.out)
+    with run_lock(out, what="train"):
+        if os.environ.get("RANK", "0") == "0":
+            _remove_leftovers(out)
+        if resume and (out / "config.yaml").exists():
+            cfg = load_config_file(out / "config.yaml", device=cfg.device)
+        return Trainer(cfg, resume=resume, progress=progress).fit()
