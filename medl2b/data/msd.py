@@ -62,6 +62,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import nibabel as nib
+import SimpleITK as sitk
+from nibabel import orientations as ornt
 
 from medl2b.data.grid import PERCENTILES, image_from_xyz, prediction_to_raw, prepare_volume
 from medl2b.data.nifti import Geometry, affine_from_geometry, geometry_from_affine, write_nifti
@@ -259,16 +262,12 @@ def _strip_ending(name: str, ending: str) -> str:
 def load_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Array (x, y, z[, c]) and 4x4 RAS affine of one file; any failure names the file."""
     if path.name.endswith(_NIFTI):
-        import nibabel as nib
-
         try:
             img = nib.load(str(path))
             return np.asanyarray(img.dataobj), np.asarray(img.affine, dtype=float)
         except Exception as exc:  # nibabel raises many types for damaged or truncated files
             raise InputError(path, f"cannot read NIfTI ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
                              ) from None
-    import SimpleITK as sitk
-
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -279,8 +278,6 @@ def load_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def sitk_array(img, where) -> tuple[np.ndarray, np.ndarray]:
     """Array (x, y, z[, c]) and 4x4 RAS affine of a ``SimpleITK.Image`` (a 2-D one as one slice)."""
-    import SimpleITK as sitk
-
     if img.GetDimension() == 2:  # one slice: a 3-D grid of depth 1 (spacing 1, direction extended)
         img = sitk.JoinSeries(img)
     if img.GetDimension() != 3:
@@ -293,8 +290,6 @@ def sitk_array(img, where) -> tuple[np.ndarray, np.ndarray]:
 
 def _orient(array: np.ndarray, affine: np.ndarray, slice_axis: str) -> tuple[np.ndarray, np.ndarray]:
     """Closest RAS+ orientation, then the slice axis last: array (x, y, z[, c]) and its affine."""
-    from nibabel import orientations as ornt
-
     current = ornt.io_orientation(affine)
     to_ras = ornt.ornt_transform(current, ornt.axcodes2ornt(("R", "A", "S")))
     data = ornt.apply_orientation(array, to_ras)

@@ -36,6 +36,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
 from medl2b.data.grid import geometry_of, normalise_intensity, prepared_geometry, to_original_grid
 from medl2b.data.msd import check_prepare_args, prepare_msd
@@ -143,8 +144,6 @@ def read_metaimage(path: str | os.PathLike):
     Returns:
         ``SimpleITK.Image`` with its spacing, origin and direction as stored.
     """
-    import SimpleITK as sitk
-
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "file not found")
@@ -172,8 +171,6 @@ def read_case(image_path: str | os.PathLike, mask_path: str | os.PathLike | None
         InputError: the mask is missing, either file is unreadable or truncated, the
             image is not 3-D, or the two sizes differ.
     """
-    import SimpleITK as sitk
-
     image_path = Path(image_path)
     if mask_path is None:
         mask_path = image_path.with_name(f"{image_path.stem}_segmentation.mhd")
@@ -263,8 +260,6 @@ def convert_to_nnunet(raw: str | os.PathLike, target: str | os.PathLike, *, case
     Raises:
         InputError: naming the file, for every problem :func:`find_cases` and :func:`read_case` report.
     """
-    import SimpleITK as sitk
-
     raw, target = Path(raw), Path(target)
     found = [c for c in find_cases(raw) if cases is None or c[0] in cases]
     for sub in ("imagesTr", "labelsTr"):

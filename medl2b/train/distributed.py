@@ -22,6 +22,7 @@ process group (NCCL on CUDA, Gloo on CPU). What the trainer does with several pr
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from dataclasses import dataclass
 
 import torch
@@ -68,8 +69,6 @@ def _restart_store(world: int) -> dist.Store:
     """torchrun's own store, under a prefix per restart. torchrun shares its rendezvous store with the
     workers and keeps it over ``--max-restarts`` restarts, so restarted workers would read the keys
     of the killed ones (the peers' old addresses: Gloo then hangs in its connect)."""
-    from datetime import timedelta
-
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
                           timeout=timedelta(minutes=30))
     return dist.PrefixStore(f"medl2b/restart_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from sklearn.mixture import GaussianMixture
 from torch.utils.data import Sampler
 
 __all__ = ["ClassBalancedBatches", "select_clean"]
@@ -31,8 +32,6 @@ def select_clean(losses: np.ndarray, *, threshold: float = 0.5, seed: int = 0) -
     Returns:
         ``(indices, p_clean)``: the selected indices (sorted) and P(clean) for every sample.
     """
-    from sklearn.mixture import GaussianMixture
-
     losses = np.asarray(losses, dtype=np.float64).reshape(-1)
     if losses.size < 4:
         raise ValueError(f"need at least 4 losses to fit a mixture, got {losses.size}")

@@ -51,20 +51,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 
 from medl2b.config import TrainConfig, load_config_file, save_config
 from medl2b.device import resolve_device
 from medl2b.errors import DiskFullError, InputError, RunInterrupted, TrainingError, atomic_file, no_space
-from medl2b.models import build_model, head_parameter_names
-from medl2b.train import distributed
 from medl2b.meta.methods import get_method
+from medl2b.models import build_model, head_parameter_names
+from medl2b.runlock import run_lock
+from medl2b.tasks import build_task
+from medl2b.train import distributed
 from medl2b.train.metaset import ClassBalancedBatches, select_clean
 from medl2b.train.record import SampleRecord
-from medl2b.runlock import run_lock
 from medl2b.train.step import StepModule
-from medl2b.tasks import build_task
 
 __all__ = ["Trainer", "train", "METRIC_COLUMNS", "LATEST", "PREVIOUS", "BEST"]
 
@@ -143,8 +146,6 @@ class Trainer:
                                       meta_loss=cfg.meta_loss)
         self.engine = self.step_module
         if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
             self.engine = DistributedDataParallel(
                 self.step_module, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None)
         self.amp_dtype = (torch.bfloat16 if self.device.type == "cuda" and cfg.amp and torch.cuda.is_bf16_supported()
@@ -299,8 +300,6 @@ class Trainer:
 
     def _check_replicas(self) -> None:
         """After a distributed run, every process must hold the same weights."""
-        import torch.distributed as dist
-
         checksum = torch.tensor([sum(float(p.detach().double().sum()) for p in self.model.parameters())],
                                 dtype=torch.float64, device=self.device)
         gathered = [torch.zeros_like(checksum) for _ in range(self.dist.world)]
@@ -402,8 +401,6 @@ class Trainer:
     def _progress(self, total: int, done: int = 0):
         if not self.progress or not self.dist.is_main:
             return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
         progress = Progress(TextColumn(f"epoch {self.epoch + 1}/{self.cfg.epochs}"), BarColumn(),
                             MofNCompleteColumn(), TimeRemainingColumn(), TextColumn("{task.description}"),
                             transient=False)
