@@ -611,12 +611,25 @@ def _disk_full(path: Path, exc: BaseException) -> DiskFullError:
     return DiskFullError(f"no space left on device writing {path}{kept}")
 
 
+@contextlib.contextmanager
+def _through_temp(tmp: Path, path: Path):
+    """On any failure inside: remove ``tmp``; a full disk becomes one :class:`DiskFullError` naming ``path``."""
+    try:
+        yield
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if no_space(exc):
+            raise _disk_full(path, exc) from None
+        raise
+
+
 def _save_durably(state: dict, path: Path, *, previous: Path | None = None) -> None:
     """``torch.save`` to ``PATH.tmp``, fsync, read it back (zip CRCs), move the current ``path`` to
     ``previous`` (if given), rename the new file to ``path``. A kill at any moment leaves ``path`` or
     ``previous`` intact; a full disk raises :class:`DiskFullError` with ``path`` untouched."""
     tmp = path.with_name(path.name + ".tmp")
-    try:
+    with _through_temp(tmp, path):
         with open(tmp, "wb") as fh:
             torch.save(state, fh)
             fh.flush()
@@ -633,30 +646,18 @@ def _save_durably(state: dict, path: Path, *, previous: Path | None = None) -> N
             os.replace(path, previous)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if no_space(exc):
-            raise _disk_full(path, exc) from None
-        raise
 
 
 def _copy_durably(src: Path, dst: Path) -> None:
     """Copy ``src`` to ``dst`` through ``DST.tmp`` (fsync'ed, then renamed)."""
     tmp = dst.with_name(dst.name + ".tmp")
-    try:
+    with _through_temp(tmp, dst):
         with open(src, "rb") as fin, open(tmp, "wb") as fout:
             shutil.copyfileobj(fin, fout, 1 << 20)
             fout.flush()
             os.fsync(fout.fileno())
         os.replace(tmp, dst)
         _fsync_dir(dst.parent)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if no_space(exc):
-            raise _disk_full(dst, exc) from None
-        raise
 
 
 def _remove_leftovers(out: Path) -> None:
