@@ -164,7 +164,7 @@ def tables(rows: list[dict]) -> str:
                                     for c in CLASSES)
                        + f" | {fmt([r['val_best'] for r in rs], 100, 1)} | {times(rs)} |")
     out += ["", ("Paired comparison (same seeds, split and noisy labels); gap closed = (L2B − CE) / (oracle − CE) in "
-                 "balanced accuracy:"), "",
+                 "balanced accuracy; – = not run yet:"), "",
             ("| noise | metric | CE (%) | L2B (%) | L2B − CE per seed | L2B − CE | ce+clean | l2rw | bootstrap | "
              "oracle | gap closed |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
     for level in levels:
@@ -177,16 +177,21 @@ def tables(rows: list[dict]) -> str:
                 return 100 * mean_std([r[key] for r in _pick(rows, level, method)])[0]
 
             o, c, b = m("oracle"), m("ce"), m("l2b")
-            gap = (b - c) / (o - c) if all(math.isfinite(v) for v in (o, c, b)) and o - c > 1e-9 else float("nan")
+            gap = ((b - c) / (o - c) if key == "balanced_accuracy" and all(math.isfinite(v) for v in (o, c, b))
+                   and o - c > 1e-9 else float("nan"))
             d_m, d_s = mean_std(diffs)
-            out.append(f"| {level:.0%} | {label} | {c:.1f} | {b:.1f} | {', '.join(f'{d:+.1f}' for d in diffs)} | "
-                       f"{d_m:+.1f} ± {d_s:.1f} | {m('ce+clean'):.1f} | {m('l2rw'):.1f} | {m('bootstrap'):.1f} | "
-                       f"{o:.1f} | {gap:.0%} |")
+            out.append(f"| {level:.0%} | {label} | {_num(c)} | {_num(b)} | {', '.join(f'{d:+.1f}' for d in diffs)} | "
+                       f"{d_m:+.1f} ± {d_s:.1f} | {_num(m('ce+clean'))} | {_num(m('l2rw'))} | "
+                       f"{_num(m('bootstrap'))} | {_num(o)} | {'–' if math.isnan(gap) else f'{gap:.0%}'} |")
     out += weight_table(rows)
     out += ["", "The paper (ImageNet-pretrained ResNet-50 at 224 px; 20,400 train / 640 meta / 4,291 test), accuracy:",
             "", "| noise | CE | L2B |", "|---|---|---|"]
     out += [f"| {lv:.0%} | {PAPER['ce'][lv]} | {PAPER['l2b'][lv]} |" for lv in sorted(PAPER["ce"])]
     return "\n".join(out)
+
+
+def _num(v: float) -> str:
+    return "–" if not math.isfinite(v) else f"{v:.1f}"
 
 
 def weight_table(rows: list[dict]) -> list[str]:
