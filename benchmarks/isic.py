@@ -31,6 +31,9 @@ writes the tables from what has finished, between the ``isic`` markers of BENCHM
     python benchmarks/isic.py                  # everything, 3 seeds (hours on 2 CPU cores)
     python benchmarks/isic.py --blocks 1       # block 1 only
     python benchmarks/isic.py --report-only    # tables from the finished runs
+
+The finished runs of the last session are committed in ``benchmarks/results/isic_results.jsonl``; to
+continue from them, copy it to ``bench_runs/isic/results.jsonl`` first.
 """
 
 from __future__ import annotations
