@@ -90,7 +90,7 @@ def weight_stats(run: Path, data: Path) -> dict:
     manifest = json.loads((data / "dataset.json").read_text())
     train_idx = manifest["splits"]["train"]
     cfg = state["config"]
-    if cfg["method"] in ("ce+clean",):
+    if cfg["method"] == "ce+clean":  # its training set is not the train split
         return {}
     images = manifest["images"]
     label_key = "label" if cfg["label_source"] == "clean" else "noisy_label"

@@ -143,10 +143,11 @@ class L2B:
         CE + Dice meta loss, ``L2B.for_task("skin-lesion-cls")`` per-sample weights normalised over
         the batch for a CE meta loss."""
         cfg = load_config(task)
+        method = get_method(cfg.method)
+        two_term_meta = method.uses_meta and method.n_terms == 2  # only these take a normalisation
         options = {"method": cfg.method if cfg.method in API_METHODS else "l2b", "meta_loss": cfg.meta_loss,
                    "impl": cfg.meta_impl, "scope": cfg.meta_scope, "bootstrap_beta": cfg.bootstrap_beta,
-                   "normalise": cfg.meta_normalise if get_method(cfg.method).n_terms == 2 and
-                   get_method(cfg.method).uses_meta else None}
+                   "normalise": cfg.meta_normalise if two_term_meta else None}
         return cls(**{**options, **overrides})
 
     @classmethod
