@@ -68,6 +68,8 @@ class TrainConfig:
     gmm_threshold: float = 0.5          # P(clean) above which a sample joins the online meta set
     meta_foreground: bool = True        # segmentation: meta batches only from slices with foreground
     meta_balance: bool = False          # classification: class-balanced meta batches (every class in every batch)
+    train_balance: bool = False         # classification: draw training images with probability 1/(count of their
+                                        # given class), with replacement: every given class equally often
     val_metric: str = "accuracy"        # classification: accuracy | balanced_accuracy on the clean meta split
                                         # (chooses checkpoint_best and the score-gated warm-up)
     meta_loss: str = "ce"               # ce | dice | ce+dice (dice: segmentation only; see medl2b.meta.losses.meta_objective)
@@ -134,6 +136,8 @@ class TrainConfig:
             raise InputError(where, "val_metric applies to classification; segmentation validates on Dice")
         if self.meta_balance and self.is_segmentation:
             raise InputError(where, "meta_balance applies to classification; segmentation uses meta_foreground")
+        if self.train_balance and self.is_segmentation:
+            raise InputError(where, "train_balance applies to classification")
         if self.meta_set == "gmm" and not self.uses_meta:
             raise InputError(where, f"meta_set gmm only applies to meta-learning methods, not {self.method!r}")
         return self

@@ -84,6 +84,10 @@ class Task:
         """Per-sample losses on the given labels in eval mode, ``(N,)`` (per slice for segmentation)."""
         raise NotImplementedError
 
+    def train_classes(self) -> np.ndarray | None:
+        """Given class per training sample, for class-balanced training draws (None: the task has none)."""
+        return None
+
     def meta_classes(self) -> np.ndarray | None:
         """Class per trusted meta sample, for class-balanced meta batches (None: the task has none)."""
         return None
@@ -505,6 +509,9 @@ class ClassificationTask(Task):
 
     def meta_classes(self) -> np.ndarray | None:
         return None if self.meta_set is None else np.asarray(self.val_images.clean)
+
+    def train_classes(self) -> np.ndarray | None:
+        return np.asarray(self.train_images.label)
 
     def sample_losses(self, model, device, batch_size: int) -> np.ndarray:
         logits, given, _ = predict_dataset(model, self.train_plain, batch_size=batch_size, device=device,

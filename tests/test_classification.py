@@ -19,6 +19,7 @@ from medl2b.data.isic2019 import CLASSES, prepare_isic2019
 from medl2b.errors import InputError
 from medl2b.evaluate.metrics import one_vs_rest_auroc
 from medl2b.train.metaset import ClassBalancedBatches
+from medl2b.train.trainer import Trainer
 
 REAL_ISIC = SHARED_DATA / "ISIC2019_HAM10000"
 COMMITTED_SPLIT = Path(__file__).resolve().parents[1] / "data_prep" / "isic2019" / "split.json"
@@ -132,3 +133,29 @@ def test_real_isic_images_with_the_committed_split_layout(tmp_path):
     # the committed benchmark split covers every shared image exactly once
     listed = [n for k in ("train", "meta", "test") for n in committed[k]]
     assert len(listed) == len(set(listed)) == 8014 and set(names) <= set(listed)
+
+
+def test_train_balance_draws_every_given_class_equally(isic_prepared, tmp_path):
+    """``train_balance``: the training loader draws each given class about equally often, from one seed."""
+    def drawn(out):
+        cfg = load_config("skin-lesion-cls", profile="cpu", overrides={
+            "data": str(isic_prepared), "out": str(out), "method": "ce", "train_balance": True, "batch_size": 8,
+            "image_size": 32, "device": "cpu"})
+        trainer = Trainer(cfg, progress=False)
+        loader, _ = trainer._loaders(seed=5)
+        return np.concatenate([b["label"].numpy() for _ in range(20) for b in loader])
+
+    given = drawn(tmp_path / "a")
+    natural = np.bincount(_given(isic_prepared))
+    counts = np.bincount(given, minlength=len(natural))
+    present = natural > 0
+    share = counts[present] / counts.sum()
+    assert np.all(np.abs(share - 1 / present.sum()) < 0.5 / present.sum())  # balanced, not natural
+    assert np.array_equal(given, drawn(tmp_path / "b"))  # seeded
+    with pytest.raises(InputError, match="train_balance applies to classification"):
+        load_config("segmentation", overrides={"train_balance": True})
+
+
+def _given(prepared: Path) -> list[int]:
+    manifest = json.loads((prepared / "dataset.json").read_text())
+    return [e["noisy_label"] for e in manifest["images"] if e["split"] == "train"]

@@ -54,7 +54,7 @@ import torch
 import torch.distributed as dist
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Subset, WeightedRandomSampler
 from torch.utils.data.distributed import DistributedSampler
 
 from medl2b.config import TrainConfig, load_config_file, save_config
@@ -314,9 +314,16 @@ class Trainer:
         gen = torch.Generator().manual_seed(seed)
         n = len(self.task.train_set)
         sampler = None
+        if self.dist.enabled and cfg.train_balance:
+            raise InputError("config", "train_balance is not supported under torchrun yet; train on one process")
         if self.dist.enabled:  # every process takes its own share; batch_size is per process
             sampler = DistributedSampler(self.task.train_set, num_replicas=self.dist.world, rank=self.dist.rank,
                                          shuffle=True, seed=seed, drop_last=True)
+        elif cfg.train_balance:  # every given class drawn equally often, with replacement
+            classes = self.task.train_classes()
+            counts = np.bincount(classes)
+            sampler = WeightedRandomSampler(torch.as_tensor(1.0 / counts[classes], dtype=torch.double), n,
+                                            replacement=True, generator=gen)
         pin = self.device.type == "cuda"  # page-locked batches, copied with non_blocking=True in train_step
         train = DataLoader(self.task.train_set, batch_size=min(cfg.batch_size, n), shuffle=sampler is None,
                            sampler=sampler, drop_last=True, generator=gen, num_workers=cfg.num_workers,
