@@ -13,6 +13,17 @@ Two layouts are read, told apart by their ``dataset.json``:
   ``imagesTr/CASE_0000<file_ending>``, ``CASE_0001...``. NIfTI is read with nibabel,
   any other ending (``.mha``, ``.nrrd``) with SimpleITK. Region-based labels (a list of
   values) are not supported.
+* **nnU-Net v2 2-D images** (``"file_ending"`` one of :data:`NATURAL_ENDINGS`: ``.png``, ``.bmp``,
+  ``.tif``/``.tiff``, ``.jpg``/``.jpeg``; ``"overwrite_image_reader_writer"`` is accepted and ignored):
+  each case is one 2-D image, read with SimpleITK (:func:`load_natural_image`). A multi-component
+  pixel gives the channels, so an RGB image is ONE file ``CASE_0000.png`` holding the three channels
+  ``channel_names`` declares (RGBA: the alpha is dropped); a grayscale image is one channel (several
+  files ``CASE_0000``, ``CASE_0001``, ... add their channels up). Arrays are ``(x, y, 1)`` with x = the
+  columns (width) and y = the rows (height), as ITK indexes them, so a prediction written back as PNG
+  overlays the input pixel for pixel. Spacing 1 x 1 unless the image file carries one, a dummy third
+  axis of spacing 1; only the sizes of image and label must agree (PNG labels rarely carry a spacing).
+  No reorientation: ``slice_axis`` is ignored and the manifest records ``"slice_axis": null`` and
+  ``"image_2d": true``. The default ``size`` (median larger side rounded up to 16) never downsamples.
 
 Preparation of a case:
 
@@ -36,7 +47,11 @@ Preparation of a case:
    noise family of :mod:`medl2b.noise.masks`, no two classes claiming one voxel, with the
    strength calibrated so that the mean over cases of the mean over foreground classes
    of the per-case Dice meets ``noise_dice``. Achieved per-case, per-class and mean Dice
-   go into the manifest.
+   go into the manifest. **Given noisy labels** (``noisy_labels=DIR``, e.g. a second human
+   observer): the train cases' noisy labels are read from ``DIR/<label file name>`` instead,
+   with the checks and the resampling (nearest neighbour) of ``labelsTr``; the manifest's
+   ``noise`` record then says ``"given": true`` with the source folder, and the achieved Dice
+   of given vs clean as for synthesised noise.
 
 Output (``out``), nnU-Net-like::
 
@@ -66,7 +81,7 @@ import nibabel as nib
 import SimpleITK as sitk
 from nibabel import orientations as ornt
 
-from medl2b.data.grid import PERCENTILES, image_from_xyz, prediction_to_raw, prepare_volume
+from medl2b.data.grid import PERCENTILES, image_from_xyz, prediction_to_raw, prepare_volume, resample, to_xyz
 from medl2b.data.nifti import Geometry, affine_from_geometry, geometry_from_affine, write_nifti
 from medl2b.data.splits import split_cases
 from medl2b.errors import InputError, atomic_dir
@@ -74,9 +89,10 @@ from medl2b.noise.masks import (DEFAULT_CONFIG, MaskNoiseConfig, calibrate_stren
                                  per_class_dice, pick_noisy_cases)
 from medl2b.progress import progress_bar
 
-__all__ = ["AFFINE_TOL", "IMAGE_ENDINGS", "SLICE_AXES", "MsdCase", "MsdDataset", "check_prepare_args",
-           "find_msd_dataset", "load_file", "orient_case", "prediction_to_raw", "prepare_msd", "preprocess_image",
-           "read_image", "read_labels", "read_msd_case", "sitk_array", "stack_channels", "to_prepared_grid"]
+__all__ = ["AFFINE_TOL", "IMAGE_ENDINGS", "NATURAL_ENDINGS", "SLICE_AXES", "MsdCase", "MsdDataset",
+           "check_prepare_args", "find_msd_dataset", "is_natural_image", "load_file", "load_natural_image",
+           "orient_case", "prediction_to_raw", "prepare_msd", "preprocess_image", "read_image", "read_labels",
+           "read_msd_case", "sitk_array", "stack_channels", "to_prepared_grid"]
 
 #: Largest difference allowed between two affines of one case (mm and direction cosines).
 AFFINE_TOL = 1e-3
@@ -88,6 +104,8 @@ SLICE_AXES = {"axial": 2, "coronal": 1, "sagittal": 0}
 #: such as the hippocampus are a few mm² per slice; the strength calibration sets the level).
 MSD_NOISE_CONFIG = dataclasses.replace(DEFAULT_CONFIG, min_area_mm2=0.0)
 _NIFTI = (".nii.gz", ".nii")
+#: File endings of 2-D natural images (nnU-Net v2's NaturalImage2DIO layout; JPEG read as well).
+NATURAL_ENDINGS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
 
 
 @dataclass
@@ -112,6 +130,11 @@ class MsdDataset:
     cases: list[MsdCase] = field(default_factory=list)
     licence: str | None = None
     reference: str | None = None
+
+    @property
+    def image_2d(self) -> bool:
+        """Whether the cases are 2-D natural images (PNG, BMP, TIFF, JPEG)."""
+        return is_natural_image(self.file_ending)
 
 
 # --------------------------------------------------------------------------- dataset.json
@@ -243,6 +266,13 @@ def _find_nnunet(root: Path, path: Path, meta: dict, labels: dict[int, str]) -> 
             continue
         case_id = _strip_ending(label.name, ending)
         images = [root / "imagesTr" / f"{case_id}_{c:04d}{ending}" for c in range(len(channels))]
+        if is_natural_image(ending):  # 2-D: one file may hold several channels (RGB): the files present
+            present = [images[0]]
+            for extra_channel in images[1:]:
+                if not extra_channel.is_file():
+                    break
+                present.append(extra_channel)
+            images = present
         for c, image in enumerate(images):
             if not image.is_file():
                 raise InputError(image, f"channel {c} ({channels[c]}) of case {case_id} not found")
@@ -276,6 +306,94 @@ def load_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return sitk_array(img, path)
 
 
+def is_natural_image(name) -> bool:
+    """Whether a file name (or ending) is a 2-D natural image (:data:`NATURAL_ENDINGS`)."""
+    return str(name).lower().endswith(NATURAL_ENDINGS)
+
+
+def load_natural_image(path: Path, n_channels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A 2-D natural image (PNG, BMP, TIFF, JPEG) read with SimpleITK: array ``(x, y, 1, c)`` (x = columns,
+    y = rows; the pixel components are the channels) and its 4x4 RAS affine (the file's spacing, 1 x 1 if it
+    carries none, and spacing 1 on the dummy third axis).
+
+    An alpha component (RGBA, gray + alpha) is dropped unless ``n_channels`` asks for exactly the file's
+    component count.
+
+    Raises:
+        InputError: naming the file: unreadable, or not a 2-D image.
+    """
+    path = Path(path)
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        reason = " ".join(str(exc).split()).split("ITK ERROR:", 1)[-1].strip()
+        raise InputError(path, f"cannot read image ({reason[:200]})") from None
+    if img.GetDimension() == 3 and img.GetSize()[2] == 1:
+        img = img[:, :, 0]
+    if img.GetDimension() != 2:
+        raise InputError(path, f"expected a 2-D image, got a {img.GetDimension()}-D one of size {list(img.GetSize())}")
+    arr = sitk.GetArrayFromImage(img)  # (rows, columns[, components])
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.shape[-1] in (2, 4) and n_channels != arr.shape[-1]:
+        arr = arr[..., :-1]  # gray + alpha, RGBA: drop the alpha
+    data = np.ascontiguousarray(np.transpose(arr, (1, 0, 2))[:, :, None, :])
+    d2 = np.asarray(img.GetDirection(), dtype=float).reshape(2, 2)
+    direction = np.eye(3)
+    direction[:2, :2] = d2
+    affine = affine_from_geometry((*img.GetSpacing(), 1.0), (*img.GetOrigin(), 0.0), direction.reshape(-1))
+    return data, affine
+
+
+def _channel_kind(n: int) -> str:
+    return {1: "grayscale", 3: "RGB"}.get(n, f"{n} components")
+
+
+def _label_indices(label: np.ndarray, where: Path, labels: dict[int, str]) -> np.ndarray:
+    """Raw integer label values -> uint8 indices ``0..K-1`` in the order of the declared values."""
+    if not np.issubdtype(label.dtype, np.integer):
+        if not np.all(np.isfinite(label)) or not np.all(np.mod(label, 1) == 0):
+            raise InputError(where, "holds non-integer label values")
+    values = np.unique(label).astype(np.int64)
+    undeclared = [int(v) for v in values if int(v) not in labels]
+    if undeclared:
+        raise InputError(where, f"holds label value(s) {undeclared[:10]} not declared in dataset.json labels "
+                                f"{sorted(labels)}")
+    lut = np.zeros(int(max(labels)) + 1, dtype=np.uint8)
+    for index, value in enumerate(labels):
+        lut[value] = index
+    return lut[label.astype(np.int64)]
+
+
+def _read_label_3d(path: Path, shape, affine: np.ndarray, against: Path, labels: dict[int, str]) -> np.ndarray:
+    """A 3-D label map on the grid (``shape``, ``affine``) of the file ``against``, as indices."""
+    label, label_affine = load_file(path)
+    if label.ndim == 4 and label.shape[3] == 1:
+        label = label[..., 0]
+    if label.ndim != 3:
+        raise InputError(path, f"expected a 3-D label map, got shape {tuple(label.shape)}")
+    if tuple(label.shape) != tuple(shape):
+        raise InputError(path, f"label shape {list(label.shape)} differs from shape {list(shape)} of {against.name}")
+    if not np.allclose(affine, label_affine, atol=AFFINE_TOL, rtol=0):
+        diff = float(np.abs(affine - label_affine).max())
+        raise InputError(path, f"affine differs from that of {against.name} by up to {diff:.4g} "
+                               f"(tolerance {AFFINE_TOL})")
+    return _label_indices(label, path, labels)
+
+
+def _read_label_2d(path: Path, shape, against: Path, labels: dict[int, str]) -> np.ndarray:
+    """A 2-D label image (one component) of the size of the image ``against``, as indices ``(x, y, 1)``."""
+    label, _ = load_natural_image(path, 1)
+    if label.shape[3] != 1:
+        raise InputError(path, f"label image has {label.shape[3]} channels ({_channel_kind(label.shape[3])}); "
+                               "expected one channel of integer label values (0, 1, ...)")
+    label = label[..., 0]
+    if tuple(label.shape[:2]) != tuple(shape[:2]):
+        raise InputError(path, f"label size {list(label.shape[:2])} (width x height) differs from size "
+                               f"{list(shape[:2])} of the image {against.name}")
+    return _label_indices(label, path, labels)
+
+
 def sitk_array(img, where) -> tuple[np.ndarray, np.ndarray]:
     """Array (x, y, z[, c]) and 4x4 RAS affine of a ``SimpleITK.Image`` (a 2-D one as one slice)."""
     if img.GetDimension() == 2:  # one slice: a 3-D grid of depth 1 (spacing 1, direction extended)
@@ -302,16 +420,24 @@ def _orient(array: np.ndarray, affine: np.ndarray, slice_axis: str) -> tuple[np.
     return np.ascontiguousarray(data), new
 
 
-def read_msd_case(ds: MsdDataset, case: MsdCase, *, slice_axis: str | None = "axial") -> dict:
-    """Read and check one case (``slice_axis=None``: keep the stored orientation).
+def read_msd_case(ds: MsdDataset, case: MsdCase, *, slice_axis: str | None = "axial",
+                  noisy_label: Path | None = None) -> dict:
+    """Read and check one case (``slice_axis=None``: keep the stored orientation; 2-D image datasets are
+    never reoriented).
+
+    Args:
+        noisy_label: A given noisy label file of the case, read with the same checks as its label.
 
     Returns:
         ``{"channels": [float32 (x, y, z) arrays in the oriented frame], "label": uint8 index map,
-        "geometry": Geometry of the oriented frame (ITK/LPS), "raw_affine": 4x4, "raw_shape": (X, Y, Z)}``.
+        "geometry": Geometry of the oriented frame (ITK/LPS), "raw_affine": 4x4, "raw_shape": (X, Y, Z)}``,
+        and ``"noisy_label"`` (uint8 index map, oriented like ``label``) when ``noisy_label`` is given.
 
     Raises:
         InputError: naming the file, for every check listed in the module docstring.
     """
+    if ds.image_2d:
+        return _read_2d_case(ds, case, noisy_label)
     label, label_affine = load_file(case.label)
     if label.ndim == 4 and label.shape[3] == 1:
         label = label[..., 0]
@@ -337,26 +463,56 @@ def read_msd_case(ds: MsdDataset, case: MsdCase, *, slice_axis: str | None = "ax
     if len(channels) != n_ch:
         raise InputError(case.images[0], f"has {len(channels)} channel(s), but dataset.json declares {n_ch} "
                                          f"({', '.join(ds.channel_names)})")
-    if not np.issubdtype(label.dtype, np.integer):
-        if not np.all(np.isfinite(label)) or not np.all(np.mod(label, 1) == 0):
-            raise InputError(case.label, "holds non-integer label values")
-    values = np.unique(label).astype(np.int64)
-    undeclared = [int(v) for v in values if int(v) not in ds.labels]
-    if undeclared:
-        raise InputError(case.label, f"holds label value(s) {undeclared} not declared in dataset.json labels "
-                                     f"{sorted(ds.labels)}")
-    lut = np.zeros(int(max(ds.labels)) + 1, dtype=np.uint8)
-    for index, value in enumerate(ds.labels):
-        lut[value] = index
-    index_map = lut[label.astype(np.int64)]
+    index_map = _label_indices(label, case.label, ds.labels)
+    noisy = None if noisy_label is None else _read_label_3d(noisy_label, label.shape, label_affine, case.label,
+                                                            ds.labels)
     stack = np.stack([np.asarray(c, dtype=np.float32) for c in channels], axis=-1)
     for c in range(stack.shape[-1]):
         if not np.all(np.isfinite(stack[..., c])):
             raise InputError(case.images[min(c, len(case.images) - 1)], "holds NaN or infinite intensities")
     oriented, geo = orient_case(stack, label_affine, slice_axis)
-    oriented_label = index_map if slice_axis is None else _orient(index_map, label_affine, slice_axis)[0]
-    return {"channels": [oriented[..., c] for c in range(oriented.shape[-1])], "label": oriented_label,
+
+    def orient_label(index: np.ndarray) -> np.ndarray:
+        return index if slice_axis is None else _orient(index, label_affine, slice_axis)[0]
+
+    item = {"channels": [oriented[..., c] for c in range(oriented.shape[-1])], "label": orient_label(index_map),
             "geometry": geo, "raw_affine": label_affine, "raw_shape": tuple(int(s) for s in label.shape)}
+    if noisy is not None:
+        item["noisy_label"] = orient_label(noisy)
+    return item
+
+
+def _read_2d_case(ds: MsdDataset, case: MsdCase, noisy_label: Path | None) -> dict:
+    """:func:`read_msd_case` of a 2-D natural-image case: the image's own grid, no reorientation."""
+    n_ch = len(ds.channel_names)
+    first = case.images[0]
+    parts = [load_natural_image(p, n_ch if len(case.images) == 1 else None) for p in case.images]
+    shape, affine = parts[0][0].shape[:3], parts[0][1]
+    for path, (data, _) in zip(case.images[1:], parts[1:]):
+        if data.shape[:3] != shape:
+            raise InputError(path, f"size {list(data.shape[:2])} differs from size {list(shape[:2])} of {first.name}")
+    found = sum(data.shape[3] for data, _ in parts)
+    if found != n_ch:
+        what = f"{found} channel(s)" if len(parts) > 1 else f"{found} channel(s) (a {_channel_kind(found)} image)"
+        hint = ""
+        if n_ch == 3 and found == 1:
+            hint = "; an RGB image is one file CASE_0000" + ds.file_ending
+        elif found == 3:
+            hint = "; declare 3 channel_names (e.g. R, G, B) or give grayscale images"
+        raise InputError(first, f"has {what}, but dataset.json declares {n_ch} ({', '.join(ds.channel_names)})"
+                                + hint)
+    label = _read_label_2d(case.label, shape, first, ds.labels)
+    noisy = None if noisy_label is None else _read_label_2d(noisy_label, shape, first, ds.labels)
+    stack = np.concatenate([np.asarray(data, dtype=np.float32) for data, _ in parts], axis=3)
+    for c in range(stack.shape[-1]):
+        if not np.all(np.isfinite(stack[..., c])):
+            raise InputError(first, "holds NaN or infinite intensities")
+    item = {"channels": [stack[..., c] for c in range(stack.shape[-1])], "label": label,
+            "geometry": geometry_from_affine(affine, shape), "raw_affine": affine,
+            "raw_shape": tuple(int(s) for s in shape)}
+    if noisy is not None:
+        item["noisy_label"] = noisy
+    return item
 
 
 # --------------------------------------------------------------------------- one case's preprocessing
@@ -387,9 +543,21 @@ IMAGE_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 
 def read_image(paths, n_channels: int) -> tuple[np.ndarray, np.ndarray]:
     """Read a raw image to predict: one file per channel (nnU-Net ``CASE_0000``, ``CASE_0001``, ...) or one
-    file (3-D, or 4-D with the channels last as in MSD v1), in any stored orientation; see :func:`stack_channels`."""
+    file (3-D, or 4-D with the channels last as in MSD v1), in any stored orientation; see :func:`stack_channels`.
+    A 2-D natural image (PNG, BMP, TIFF, JPEG) gives its components as channels (:func:`load_natural_image`:
+    RGB in one file; alpha dropped)."""
     paths = [Path(p) for p in paths]
-    return stack_channels([(*load_file(p), p) for p in paths], n_channels)
+    parts = []
+    for p in paths:
+        if is_natural_image(p.name):
+            data, affine = load_natural_image(p, n_channels if len(paths) == 1 else None)
+            if len(paths) == 1 and data.shape[3] != n_channels:
+                raise InputError(p, f"has {data.shape[3]} channel(s) (a {_channel_kind(data.shape[3])} image), but "
+                                    f"the model takes {n_channels} channel(s)")
+            parts.append((data[..., 0] if data.shape[3] == 1 else data, affine, p))
+        else:
+            parts.append((*load_file(p), p))
+    return stack_channels(parts, n_channels)
 
 
 def stack_channels(parts, n_channels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -491,14 +659,16 @@ def prepare_msd(raw: str | os.PathLike, out: str | os.PathLike, *, size: int | N
                 noisy_fraction: float = 1.0, overwrite: bool = False, progress: bool = True,
                 splits: tuple[dict[str, list[str]], str] | None = None,
                 noise_config: MaskNoiseConfig = MSD_NOISE_CONFIG, min_size: int = MIN_SIZE,
-                geometry: dict[str, Geometry] | None = None, extra: dict | None = None) -> dict:
+                geometry: dict[str, Geometry] | None = None, extra: dict | None = None,
+                noisy_labels: str | os.PathLike | None = None) -> dict:
     """Convert an MSD v1 or nnU-Net v2 raw dataset into a prepared dataset (see the module docstring).
 
     Args:
         raw: Folder holding ``dataset.json``, ``imagesTr/`` and ``labelsTr/``.
         out: Prepared dataset folder; written atomically (nothing half-written stays).
         size: In-plane size of the prepared slices; ``None`` = the median larger in-plane side
-            of the cases, rounded up to a multiple of 16.
+            of the cases, rounded up to a multiple of 16 (2-D image datasets: the median larger image
+            side rounded up, so a typical image is not downsampled).
         noise_dice: Target mean (over train cases) of the mean over foreground classes of the
             per-case 3-D Dice of noisy vs clean; ``>= 1`` = no noise.
         meta_cases: Clean meta cases of a seeded split.
@@ -506,7 +676,8 @@ def prepare_msd(raw: str | os.PathLike, out: str | os.PathLike, *, size: int | N
         split_file: JSON ``{"train", "meta", "test"[, "unused"]}`` to use instead.
         seed: Seed of the split draw and of the noise.
         slice_axis: ``axial``, ``coronal`` or ``sagittal``: the anatomical axis 2-D slices are cut along;
-            ``None``: no reorientation, slices along the third stored axis.
+            ``None``: no reorientation, slices along the third stored axis. Ignored (``None``) for 2-D
+            image datasets.
         noisy_fraction: Corrupt only this fraction of the train cases (a seeded draw; the rest keep
             their clean masks as the given ones), so that "which cases are wrong" has an answer
             (``medl2b audit``). ``noise_dice`` is then met on the corrupted cases.
@@ -521,6 +692,9 @@ def prepare_msd(raw: str | os.PathLike, out: str | os.PathLike, *, size: int | N
             the file (a NIfTI header holds float32), for a caller that converted the files from a
             more precise format; needs ``slice_axis=None`` and must agree with the file's affine.
         extra: Manifest keys to set or replace; its ``"cases"`` maps case id -> keys of that case.
+        noisy_labels: A folder of given noisy training labels (the same file names as ``labelsTr``, e.g.
+            a second observer's) to use instead of synthesised noise; every train case needs one.
+            ``noise_dice`` is then not used and ``noisy_fraction`` must be 1.
 
     Returns:
         The manifest, as written to ``out/dataset.json``.
@@ -530,6 +704,16 @@ def prepare_msd(raw: str | os.PathLike, out: str | os.PathLike, *, size: int | N
     if geometry is not None and slice_axis is not None:
         raise ValueError("geometry is the stored one: it needs slice_axis=None")
     ds = find_msd_dataset(raw)
+    if ds.image_2d:
+        slice_axis = None  # a 2-D image has one slice: nothing to reorient
+    given_dir = None
+    if noisy_labels is not None:
+        given_dir = Path(noisy_labels)
+        if not given_dir.is_dir():
+            raise InputError(given_dir, "folder of given noisy labels not found")
+        if noisy_fraction != 1.0:
+            raise InputError("--noisy-fraction", "does not apply to given --noisy-labels (every train case has its "
+                                                 "given label)")
     by_id = {c.case_id: c for c in ds.cases}
     if splits is None:
         splits, split_source = split_cases(list(by_id), meta_cases=meta_cases, test_cases=test_cases,
@@ -548,10 +732,16 @@ def prepare_msd(raw: str | os.PathLike, out: str | os.PathLike, *, size: int | N
             (tmp / sub).mkdir()
         entries: dict[str, dict] = {}
         train_masks: dict[str, tuple[np.ndarray, tuple[float, ...]]] = {}
+        given: dict[str, np.ndarray] | None = None if given_dir is None else {}
         with progress_bar(progress, 2 * len(used) + 1, ds.name) as advance:
             loaded = {}
             for case in used:  # read and check everything before the (slower) resampling
-                loaded[case.case_id] = read_msd_case(ds, case, slice_axis=slice_axis)
+                noisy_path = None
+                if given_dir is not None and split_of[case.case_id] == "train":
+                    noisy_path = given_dir / case.label.name
+                    if not noisy_path.is_file():
+                        raise InputError(noisy_path, f"given noisy label of train case {case.case_id} not found")
+                loaded[case.case_id] = read_msd_case(ds, case, slice_axis=slice_axis, noisy_label=noisy_path)
                 if geometry is not None:
                     loaded[case.case_id]["geometry"] = _given_geometry(geometry[case.case_id], loaded[case.case_id],
                                                                        case)
@@ -580,20 +770,27 @@ def prepare_msd(raw: str | os.PathLike, out: str | os.PathLike, *, size: int | N
                 }
                 if split_of[case.case_id] == "train":
                     train_masks[case.case_id] = (mask_xyz, target.spacing)
+                if "noisy_label" in item:
+                    given[case.case_id] = to_xyz(resample(image_from_xyz(item["noisy_label"].astype(np.uint8), geo),
+                                                          target, linear=False)).astype(np.uint8)
+                    entries[case.case_id]["source"]["noisy_label"] = _relative(given_dir / case.label.name, ds.root)
                 advance(f"{ds.name} {case.case_id}")
 
-            advance(f"{ds.name} noise calibration")
+            advance(f"{ds.name} noise calibration" if given is None else f"{ds.name} given noisy labels")
             noise = _noise(tmp, entries, train_masks, noise_dice, seed, classes, class_names, noisy_fraction,
-                           noise_config)
+                           noise_config, given=given,
+                           given_source=None if given_dir is None else _relative(given_dir, ds.root))
 
         manifest = {
             "name": ds.name, "task": "segmentation", "format_version": 1, "source_layout": ds.layout,
             "channel_names": {str(i): n for i, n in enumerate(ds.channel_names)},
             "labels": {name: i for i, name in enumerate(ds.labels.values())},
             "label_values": {str(i): int(v) for i, v in enumerate(ds.labels)},
-            "file_ending": ".nii.gz", "size": int(size), "slice_axis": slice_axis, "seed": int(seed),
-            "orientation": "as stored (no reorientation)" if slice_axis is None
-            else "closest RAS+, slice axis last (see medl2b.data.msd)",
+            "file_ending": ".nii.gz", "source_file_ending": ds.file_ending, "image_2d": ds.image_2d,
+            "size": int(size), "slice_axis": slice_axis, "seed": int(seed),
+            "orientation": ("2-D images as stored (x = columns, y = rows), no reorientation" if ds.image_2d
+                            else "as stored (no reorientation)" if slice_axis is None
+                            else "closest RAS+, slice axis last (see medl2b.data.msd)"),
             "splits": splits, "split_source": split_source,
             "intensity_normalisation": {"method": "per channel: clip to percentiles, then z-score",
                                         "percentiles": list(PERCENTILES)},
@@ -609,6 +806,15 @@ def prepare_msd(raw: str | os.PathLike, out: str | os.PathLike, *, size: int | N
     return manifest
 
 
+def _relative(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` when inside it (POSIX form), else absolute."""
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def _given_geometry(geo: Geometry, item: dict, case: MsdCase) -> Geometry:
     """A caller's full-precision geometry of a case, checked against the one read from its file."""
     affine = affine_from_geometry(geo.spacing, geo.origin, geo.direction)
@@ -619,15 +825,21 @@ def _given_geometry(geo: Geometry, item: dict, case: MsdCase) -> Geometry:
 
 
 def _noise(tmp: Path, entries: dict, train_masks: dict, noise_dice: float, seed: int, classes: list[int],
-           class_names: list[str], noisy_fraction: float = 1.0, config: MaskNoiseConfig = MSD_NOISE_CONFIG) -> dict:
-    """Calibrate, write the noisy train label maps, and return the manifest's ``noise`` record."""
+           class_names: list[str], noisy_fraction: float = 1.0, config: MaskNoiseConfig = MSD_NOISE_CONFIG, *,
+           given: dict[str, np.ndarray] | None = None, given_source: str | None = None) -> dict:
+    """Calibrate, write the noisy train label maps, and return the manifest's ``noise`` record.
+
+    ``given``: train case -> its given noisy label map on the prepared grid, used instead of synthesised noise.
+    """
     names = sorted(train_masks)
     pairs = [train_masks[n] for n in names]
-    corrupt = pick_noisy_cases(names, noisy_fraction, seed)
+    corrupt = set(names) if given is not None else pick_noisy_cases(names, noisy_fraction, seed)
     chosen = [train_masks[n] for n in names if n in corrupt]
     strength = 0.0
     noisy_of = {}
-    if chosen and noise_dice < 1:
+    if given is not None:
+        noisy_of = {n: given[n] for n in names}
+    elif chosen and noise_dice < 1:
         strength, _, _ = calibrate_strength(chosen, noise_dice, seed=seed, config=config, classes=classes)
         done = corrupt_volumes(chosen, strength=strength, seed=seed, config=config, classes=classes)
         noisy_of = dict(zip([n for n in names if n in corrupt], done))
@@ -647,6 +859,15 @@ def _noise(tmp: Path, entries: dict, train_masks: dict, noise_dice: float, seed:
     mean = float(np.mean([per_case[n] for n in scored])) if scored else 1.0
     per_class_mean = {c: round(float(np.mean([per_case_class[n][c] for n in scored])), 6) if scored else 1.0
                       for c in class_names}
+    if given is not None:
+        differ = sorted(n for n, (m, _) in zip(names, pairs) if not np.array_equal(noisy_of[n], m))
+        return {"given": True, "source": given_source, "target_dice": None, "achieved_mean_dice": round(mean, 6),
+                "noisy_fraction": 1.0, "noisy_cases": differ, "achieved_per_class_dice": per_class_mean,
+                "per_case_dice": per_case, "per_case_class_dice": per_case_class,
+                "params": {"given": f"the train cases' labels of {given_source} (same file names as labelsTr), "
+                                    "checked and resampled (nearest neighbour) as labelsTr; no synthesised noise",
+                           "noisy_cases": "train cases whose given label differs from the clean one anywhere"},
+                "seed": int(seed)}
     return {"target_dice": float(noise_dice), "achieved_mean_dice": round(mean, 6),
             "noisy_fraction": float(noisy_fraction), "noisy_cases": sorted(corrupt),
             "achieved_per_class_dice": per_class_mean, "per_case_dice": per_case,
