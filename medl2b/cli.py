@@ -104,33 +104,42 @@ def prepare_promise12_cmd(
 @prepare_app.command("msd")
 @_user_errors
 def prepare_msd_cmd(
-    raw: Path = typer.Argument(..., help="MSD task folder or nnU-Net v2 raw dataset (dataset.json, imagesTr/, labelsTr/)."),
+    raw: Path = typer.Argument(..., help="MSD task folder or nnU-Net v2 raw dataset (dataset.json, imagesTr/, "
+                                         "labelsTr/); 3-D, or 2-D images (.png, .bmp, .tif, .jpg; RGB in one file)."),
     out: Path = typer.Argument(..., help="Prepared dataset folder (nnU-Net-like)."),
     size: Optional[int] = typer.Option(None, "--size", min=32,
                                        help="In-plane size of the prepared slices (default: the cases' median "
-                                            "larger in-plane side, rounded up to a multiple of 16)."),
+                                            "larger in-plane side, rounded up to a multiple of 16; for 2-D images "
+                                            "the median larger image side rounded up: no downsampling)."),
     noise_dice: float = typer.Option(0.6, "--noise-dice", min=0.0, max=1.0,
                                      help="Target mean foreground-class 3-D Dice of noisy vs clean; 1 = no noise."),
     meta_cases: int = typer.Option(3, "--meta-cases", min=0, help="Clean meta cases (taken from training)."),
     test_cases: int = typer.Option(10, "--test-cases", min=1, help="Held-out evaluation cases."),
     split_file: Optional[Path] = typer.Option(None, "--split-file", help="JSON split to use instead of a seeded one."),
-    slice_axis: str = typer.Option("axial", "--slice-axis", help="axial | coronal | sagittal: the 2-D slicing axis."),
+    slice_axis: str = typer.Option("axial", "--slice-axis", help="axial | coronal | sagittal: the 2-D slicing axis "
+                                                                  "(ignored for 2-D image datasets)."),
     noisy_fraction: float = typer.Option(1.0, "--noisy-fraction",
                                          help="Corrupt only this fraction of the train cases (the rest stay clean); "
                                               "--noise-dice is met on the corrupted ones."),
+    noisy_labels: Optional[Path] = typer.Option(None, "--noisy-labels",
+                                                help="Folder of given noisy training labels (same file names as "
+                                                     "labelsTr, e.g. a second observer's) used instead of synthesised "
+                                                     "noise; --noise-dice is then not used."),
     seed: int = typer.Option(0, "--seed", help="Random seed (split and noise)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing prepared dataset in OUT."),
 ) -> None:
-    """Decathlon (MSD v1) or nnU-Net v2 raw dataset -> prepared slices with clean and calibrated noisy labels."""
+    """Decathlon (MSD v1) or nnU-Net v2 raw dataset (3-D, or 2-D images) -> prepared slices with clean and
+    calibrated (or given) noisy labels."""
     from medl2b.data.msd import prepare_msd
 
     manifest = prepare_msd(raw, out, size=size, noise_dice=noise_dice, meta_cases=meta_cases, test_cases=test_cases,
                            split_file=split_file, seed=seed, slice_axis=slice_axis, noisy_fraction=noisy_fraction,
-                           overwrite=overwrite, progress=sys.stderr.isatty())
+                           overwrite=overwrite, progress=sys.stderr.isatty(), noisy_labels=noisy_labels)
     noise = manifest["noise"]
     per_class = ", ".join(f"{k} {v:.3f}" for k, v in noise["achieved_per_class_dice"].items())
+    what = f"given noisy labels ({noise['source']}) vs clean: Dice" if noise.get("given") else "noisy-vs-clean Dice"
     typer.echo(f"prepared {len(manifest['cases'])} cases in {out} at {manifest['size']} px; "
-               f"noisy-vs-clean Dice {noise['achieved_mean_dice']:.3f} (mean over classes; {per_class})")
+               f"{what} {noise['achieved_mean_dice']:.3f} (mean over classes; {per_class})")
 
 
 @prepare_app.command("isic2019")
@@ -298,7 +307,8 @@ def eval_cmd(
 def predict_cmd(
     run: Path = typer.Argument(..., help="A trained run folder."),
     inputs: Path = typer.Argument(..., help="An image file or a folder of them: NIfTI, MetaImage, NRRD (channels as "
-                                            "CASE_0000, CASE_0001, ... or one 4-D file); JPEG/PNG for classification."),
+                                            "CASE_0000, CASE_0001, ... or one 4-D file); PNG/BMP/TIFF/JPEG for a run "
+                                            "on 2-D images (RGB in one file) and for classification."),
     output: Path = typer.Argument(..., help="Folder for the masks (or predictions.csv)."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best | latest."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
@@ -307,7 +317,8 @@ def predict_cmd(
                                             help="Segmentation: also write CASE.npz, per-class probabilities on the "
                                                  "input's grid."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (kept otherwise)."),
-    fmt: str = typer.Option("same", "--format", help="Mask format: same (as the input) | nii.gz | nii | mha | nrrd."),
+    fmt: str = typer.Option("same", "--format", help="Mask format: same (as the input; JPEG -> PNG) | nii.gz | nii | "
+                                                     "mha | nrrd | png (2-D images)."),
     data: Optional[Path] = typer.Option(None, "--data", help="The run's prepared dataset, if it moved "
                                                             "(default: the one config.yaml names)."),
 ) -> None:
