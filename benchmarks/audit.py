@@ -7,7 +7,12 @@ Datasets with known synthetic corruption (one noisy label set each, noise seed 0
   the unit ranked is the case;
 * ``promise12``: phantom PROMISE12 (12 cases, 7 train), half of the train cases corrupted at 0.6;
 * ``isic20`` / ``isic40``: phantom ISIC 2019 (480 images, 64 px), 20 % / 40 % symmetric noise; the
-  unit is the image.
+  unit is the image;
+* ``isic-real40``: the **real** ISIC 2019 images (HAM10000 part, ``--raw-isic``) of
+  ``benchmarks/isic.py``: its committed lesion-grouped split (6,094 train images), 32 px, 40 %
+  symmetric noise, noise seed 0. The ``l2b`` and ``ce`` runs of that benchmark
+  (``--isic-work``/runs/{l2b,ce}_0.4_s{seed}) are audited as they are when they exist, so both
+  benchmarks describe the same runs; the cleanlab folds are trained here.
 
 Rankers, per seed (``--seeds``, default 3):
 
@@ -32,7 +37,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -40,15 +44,22 @@ import numpy as np
 from accuracy import mean_std, write_benchmarks_md
 
 ROOT = Path(__file__).resolve().parent.parent
-DATASETS = ("hippocampus", "promise12", "isic20", "isic40")
+DATASETS = ("hippocampus", "promise12", "isic20", "isic40", "isic-real40")
 RANKERS = ("medl2b", "cleanlab", "loss")
 
 
-def prepare(name: str, work: Path, raw_hippocampus: Path) -> Path:
+def prepare(name: str, work: Path, raw_hippocampus: Path, raw_isic: Path, isic_work: Path) -> Path:
     out = work / f"data_{name}"
+    if name == "isic-real40":  # the prepared data of benchmarks/isic.py (the same call, so the same arrays)
+        out = isic_work / "isic_32px_noise0.4"
     if (out / "dataset.json").exists():
         return out
-    if name == "hippocampus":
+    if name == "isic-real40":
+        from medl2b.data.isic2019 import prepare_isic2019
+
+        prepare_isic2019(raw_isic, out, size=32, noise=0.4, split_file=ROOT / "data_prep/isic2019/split.json",
+                         seed=0, progress=False)
+    elif name == "hippocampus":
         from medl2b.data.msd import prepare_msd
 
         prepare_msd(raw_hippocampus, out, size=48, noise_dice=0.6, noisy_fraction=0.3, seed=0, progress=False,
@@ -83,11 +94,10 @@ def _train(data: Path, run: Path, method: str, seed: int, epochs: int | None) ->
 
     if (run / "checkpoint_latest.pt").exists() and (run / "done").exists():
         return
-    shutil.rmtree(run, ignore_errors=True)
     extra = {} if epochs is None else {"epochs": epochs, "warmup_epochs": max(1, epochs // 3)}
     cfg = load_config(_task(data), profile="cpu", overrides={"data": str(data), "out": str(run), "method": method,
                                                              "seed": seed, "device": "auto", **extra})
-    train(cfg, progress=False)
+    train(cfg, resume=True, progress=False)  # continues an interrupted run; a finished one is left as it is
     (run / "done").write_text("")
 
 
@@ -161,18 +171,20 @@ def cleanlab_scores(data: Path, work: Path, seed: int, folds: int, epochs: int |
     return 1.0 - quality
 
 
-def run_seed(name: str, data: Path, work: Path, seed: int, folds: int, epochs: int | None) -> dict:
+def run_seed(name: str, data: Path, work: Path, seed: int, folds: int, epochs: int | None,
+             isic_work: Path | None = None) -> dict:
     from medl2b.audit import audit_run, ranking_quality
 
     units, truth = units_truth(data)
     row = {"dataset": name, "seed": seed, "n": len(units), "n_corrupted": int(truth.sum())}
     t = time.time()
-    l2b_run = work / f"l2b_s{seed}"
+    l2b_run, ce_run = work / f"l2b_s{seed}", work / f"ce_s{seed}"
+    if name == "isic-real40" and epochs is None:  # the runs of benchmarks/isic.py
+        l2b_run, ce_run = (isic_work / "runs" / f"{m}_0.4_s{seed}" for m in ("l2b", "ce"))
     _train(data, l2b_run, "l2b", seed, epochs)
     audit_run(l2b_run, figures=False)
     ours = _scores_from_ranking(l2b_run / "audit" / "ranking.csv", units, "score", data)
     row["medl2b"] = ranking_quality(ours, truth)
-    ce_run = work / f"ce_s{seed}"
     _train(data, ce_run, "ce", seed, epochs)
     audit_run(ce_run, out=ce_run / "audit", figures=False)
     # a run without meta steps records no weights: its audit's first signal is the mean training loss
@@ -218,6 +230,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=ROOT / "bench_runs" / "audit")
     ap.add_argument("--raw", type=Path, default=ROOT.parent / "shared" / "data" / "Task04_Hippocampus")
+    ap.add_argument("--raw-isic", type=Path, default=ROOT.parent / "shared" / "data" / "ISIC2019_HAM10000")
+    ap.add_argument("--isic-work", type=Path, default=ROOT / "bench_runs" / "isic",
+                    help="benchmarks/isic.py's --work: isic-real40 audits its prepared data and runs")
     ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--folds", type=int, default=3)
@@ -234,11 +249,11 @@ def main() -> None:
             break
         if name not in DATASETS:
             ap.error(f"unknown dataset {name}; choose from {DATASETS}")
-        data = prepare(name, args.work, args.raw)
+        data = prepare(name, args.work, args.raw, args.raw_isic, args.isic_work)
         for seed in range(args.seeds):
             if (name, seed) in finished:
                 continue
-            row = run_seed(name, data, args.work / name, seed, args.folds, args.epochs)
+            row = run_seed(name, data, args.work / name, seed, args.folds, args.epochs, args.isic_work)
             done.append(row)
             with open(results, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
