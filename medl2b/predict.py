@@ -19,9 +19,16 @@ Multi-channel images: one file per channel named the nnU-Net way (``CASE_0000.ni
 ``CASE_0001.nii.gz``, ...) or one 4-D file with the channels last (MSD v1); the channel count must be
 the run's.
 
+2-D images (a run on a prepared 2-D image dataset, ``"image_2d"`` in its manifest): PNG, BMP, TIFF and
+JPEG inputs are read as ``prepare msd`` reads them (:func:`medl2b.data.msd.load_natural_image`: an RGB
+image is one file with three channels, alpha dropped; x = columns, y = rows), and each mask is written
+back at the image's own size with the raw label values, in the input's format (JPEG -> PNG: JPEG is
+lossy and would change label values), so it overlays the input pixel for pixel.
+
 ``medl2b predict RUN INPUT OUTPUT`` writes, one case at a time (bounded memory)::
 
-    OUTPUT/CASE.nii.gz (.nii, .mha, .nrrd)   label map on the input's grid, in the input's format or --format
+    OUTPUT/CASE.nii.gz (.nii, .mha, .nrrd, .png, .bmp, .tif)   label map on the input's grid, in the input's
+                                             format or --format
     OUTPUT/CASE.npz                          --save-probabilities: ``probabilities`` (K, x, y, z) float32,
                                              ``classes``, ``label_values``
     OUTPUT/predictions.csv                   classification: image, predicted, p_<class> per class
@@ -48,7 +55,8 @@ from PIL import Image
 
 from medl2b.data.grid import image_from_xyz, raw_label_values, to_original_grid
 from medl2b.data.isic2019 import load_square_image, square_image
-from medl2b.data.msd import IMAGE_ENDINGS, preprocess_image, read_image, sitk_array, stack_channels
+from medl2b.data.msd import (IMAGE_ENDINGS, NATURAL_ENDINGS, is_natural_image, preprocess_image, read_image,
+                              sitk_array, stack_channels)
 from medl2b.data.nifti import geometry_from_affine, write_nifti
 from medl2b.device import resolve_device
 from medl2b.errors import InputError, atomic_file
@@ -61,9 +69,13 @@ __all__ = ["CLASSIFICATION_ENDINGS", "FORMATS", "Classification", "Predictor", "
 
 #: Images a classification run reads.
 CLASSIFICATION_ENDINGS = (".jpg", ".jpeg", ".png")
-#: ``--format`` -> file ending of the written label maps (``same``: the input's; .mhd -> .mha, .nhdr -> .nrrd).
-FORMATS = {"same": None, "nii.gz": ".nii.gz", "nii": ".nii", "mha": ".mha", "nrrd": ".nrrd"}
-_SAME = {".nii.gz": ".nii.gz", ".nii": ".nii", ".mha": ".mha", ".mhd": ".mha", ".nrrd": ".nrrd", ".nhdr": ".nrrd"}
+#: ``--format`` -> file ending of the written label maps (``same``: the input's; .mhd -> .mha, .nhdr -> .nrrd,
+#: .jpg/.jpeg -> .png; ``png``: 2-D masks only).
+FORMATS = {"same": None, "nii.gz": ".nii.gz", "nii": ".nii", "mha": ".mha", "nrrd": ".nrrd", "png": ".png"}
+_SAME = {".nii.gz": ".nii.gz", ".nii": ".nii", ".mha": ".mha", ".mhd": ".mha", ".nrrd": ".nrrd", ".nhdr": ".nrrd",
+         ".png": ".png", ".bmp": ".bmp", ".tif": ".tif", ".tiff": ".tiff", ".jpg": ".png", ".jpeg": ".png"}
+#: Every file ending a segmentation run can read (2-D images only for runs on 2-D image datasets).
+_SEG_ENDINGS = IMAGE_ENDINGS + NATURAL_ENDINGS
 _CHANNEL = re.compile(r"(.+)_(\d{4})")
 
 
@@ -128,11 +140,13 @@ class Predictor:
             names = self.manifest.get("channel_names") or {"0": "image"}
             self.channels = [str(names[k]) for k in sorted(names, key=int)]
             self.spatial_dims = int(self.cfg.spatial_dims)
+            self.image_2d = bool(self.manifest.get("image_2d"))
         else:
             self.task = "classification"
             self.classes = list(self.manifest["classes"])
             self.channels = ["R", "G", "B"]
             self.spatial_dims = 2
+            self.image_2d = True
 
     def __repr__(self) -> str:
         return (f"Predictor(run={str(self.run)!r}, task={self.task!r}, classes={self.classes}, "
@@ -287,25 +301,44 @@ def find_inputs(path: str | os.PathLike, endings, n_channels: int = 1, *, channe
 
 def _check_channel_files(case: str, files: list[Path]) -> None:
     """Several files of one case must be its channel files ``CASE_0000``, ``CASE_0001``, ... with no gap."""
-    stems = [_CHANNEL.fullmatch(p.name[: -len(_ending(p.name, IMAGE_ENDINGS))]) for p in files]
-    if not all(stems) or len({_ending(p.name, IMAGE_ENDINGS) for p in files}) > 1:
+    stems = [_CHANNEL.fullmatch(p.name[: -len(_ending(p.name, _SEG_ENDINGS))]) for p in files]
+    if not all(stems) or len({_ending(p.name, _SEG_ENDINGS) for p in files}) > 1:
         raise InputError(files[0], f"case {case} is given by several files ({', '.join(p.name for p in files)})")
     found = [int(m[2]) for m in stems]
     if found != list(range(len(found))):
         missing = min(set(range(max(found) + 1)) - set(found))
-        raise InputError(files[0].with_name(f"{case}_{missing:04d}{_ending(files[0].name, IMAGE_ENDINGS)}"),
+        raise InputError(files[0].with_name(f"{case}_{missing:04d}{_ending(files[0].name, _SEG_ENDINGS)}"),
                          f"channel {missing} of case {case} is missing (found channels {found})")
 
 
 def write_mask(mask: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> Path:
     """Write a label map ``(x, y, z)`` with its 4x4 RAS affine, atomically; the format follows the ending
-    (NIfTI through nibabel, the rest through SimpleITK, compressed)."""
+    (NIfTI through nibabel, the rest through SimpleITK, compressed). A 2-D image format (PNG, BMP, TIFF) takes
+    a one-slice map ``(x, y, 1)`` as a uint8 image of width x and height y."""
     path = Path(path)
     if path.name.endswith((".nii.gz", ".nii")):
         return write_nifti(mask, path, affine=affine)
+    if is_natural_image(path.name):
+        return _write_mask_2d(np.asarray(mask), affine, path)
     img = image_from_xyz(np.asarray(mask), geometry_from_affine(affine, mask.shape))
     with atomic_file(path) as tmp:
         sitk.WriteImage(img, str(tmp), True)
+    return path
+
+
+def _write_mask_2d(mask: np.ndarray, affine: np.ndarray, path: Path) -> Path:
+    if mask.ndim == 3 and mask.shape[2] == 1:
+        mask = mask[:, :, 0]
+    if mask.ndim != 2:
+        raise InputError(path, f"a {path.suffix} file holds one 2-D label map; this one has shape {list(mask.shape)}: "
+                               "choose --format nii.gz")
+    if mask.min(initial=0) < 0 or mask.max(initial=0) > 255:
+        raise InputError(path, "label values outside 0..255 do not fit an 8-bit image")
+    img = sitk.GetImageFromArray(np.ascontiguousarray(mask.T.astype(np.uint8)))  # (rows = y, columns = x)
+    geo = geometry_from_affine(affine, (*mask.shape, 1))
+    img.SetSpacing([float(v) for v in geo.spacing[:2]])
+    with atomic_file(path) as tmp:
+        sitk.WriteImage(img, str(tmp))
     return path
 
 
@@ -336,7 +369,7 @@ def predict_files(run: str | os.PathLike, inputs: str | os.PathLike, output: str
     seg = predictor.task == "segmentation"
     if not seg and fmt != "same":
         raise InputError("--format", "applies to segmentation runs; a classification run writes predictions.csv")
-    endings = IMAGE_ENDINGS if seg else CLASSIFICATION_ENDINGS
+    endings = (_SEG_ENDINGS if predictor.image_2d else IMAGE_ENDINGS) if seg else CLASSIFICATION_ENDINGS
     cases, skipped = find_inputs(inputs, endings, len(predictor.channels), channels=seg)
     if not cases:
         raise InputError(inputs, f"holds no images this run reads ({', '.join(endings)})")
@@ -381,7 +414,7 @@ def _segment_case(predictor: Predictor, case: str, files: list[Path], output: Pa
                   save_probabilities: bool, overwrite: bool) -> list[Path]:
     if len(files) > 1:
         _check_channel_files(case, files)
-    ending = FORMATS[fmt] or _SAME[_ending(files[0].name, IMAGE_ENDINGS)]
+    ending = FORMATS[fmt] or _SAME[_ending(files[0].name, _SEG_ENDINGS)]
     target = output / f"{case}{ending}"
     outputs = [target] + ([output / f"{case}.npz"] if save_probabilities else [])
     for path in outputs:

@@ -1,8 +1,10 @@
 """``medl2b eval --pred FOLDER --ref FOLDER``: score any folder of predicted label maps.
 
-Each prediction image (NIfTI, MetaImage, NRRD) is matched by case name (the file name without its
-ending) to a reference in ``ref``, which must lie on the same grid (shape and affine). Per case and per
-class: Dice, HD95 and ASD in mm with the reference's voxel spacing, the same metrics
+Each prediction image (NIfTI, MetaImage, NRRD, or a 2-D PNG, BMP, TIFF) is matched by case name (the file
+name without its ending) to a reference in ``ref``, which must lie on the same grid (shape and affine; for
+2-D image files, which rarely carry a geometry, the size only). Per case and per class: Dice, HD95 and ASD
+in mm with the reference's voxel spacing (2-D images: in pixels, unless the reference file carries a
+spacing; a one-slice map is scored as a 2-D image), the same metrics
 (:mod:`medl2b.evaluate.metrics`) and the same files (``summary.json``, ``metrics.csv``, ``report.md``,
 :func:`medl2b.evaluate.report.write_seg_report`) as ``medl2b eval RUN``; the empty-mask policy is
 ``worst``. References without a prediction are left out (and counted); a prediction without a
@@ -20,14 +22,18 @@ from pathlib import Path
 
 import numpy as np
 
-from medl2b.data.msd import AFFINE_TOL, IMAGE_ENDINGS, load_file, read_labels
+from medl2b.data.msd import (AFFINE_TOL, IMAGE_ENDINGS, NATURAL_ENDINGS, is_natural_image, load_file,
+                              load_natural_image, read_labels)
 from medl2b.data.nifti import geometry_from_affine
 from medl2b.errors import InputError
 from medl2b.evaluate.metrics import compute_case_metrics, compute_multiclass_case_metrics
 from medl2b.evaluate.report import write_seg_report
 from medl2b.progress import progress_bar
 
-__all__ = ["evaluate_folder", "read_label_names"]
+__all__ = ["LABEL_ENDINGS", "evaluate_folder", "read_label_names"]
+
+#: File endings of the label maps read (JPEG is lossy: no label maps).
+LABEL_ENDINGS = IMAGE_ENDINGS + tuple(e for e in NATURAL_ENDINGS if e not in (".jpg", ".jpeg"))
 
 
 def _images(folder: Path) -> dict[str, Path]:
@@ -35,7 +41,7 @@ def _images(folder: Path) -> dict[str, Path]:
         raise InputError(folder, "folder not found")
     found: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
-        ending = next((e for e in IMAGE_ENDINGS if p.name.lower().endswith(e)), None)
+        ending = next((e for e in LABEL_ENDINGS if p.name.lower().endswith(e)), None)
         if p.is_file() and ending and not p.name.startswith("."):
             case = p.name[: -len(ending)]
             if case in found:
@@ -65,6 +71,11 @@ def read_label_names(path: str | os.PathLike) -> dict[int, str]:
 
 
 def _label_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if is_natural_image(path.name):
+        data, affine = load_natural_image(path, 1)
+        if data.shape[3] != 1:
+            raise InputError(path, f"has {data.shape[3]} channels; a label map has one (integer label values)")
+        return _integer_labels(data[..., 0], path), affine
     data, affine = load_file(path)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
@@ -72,10 +83,14 @@ def _label_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
         data = data[:, :, None]
     if data.ndim != 3:
         raise InputError(path, f"expected a 3-D label map, got shape {tuple(data.shape)}")
+    return _integer_labels(data, path), affine
+
+
+def _integer_labels(data: np.ndarray, path: Path) -> np.ndarray:
     if not np.issubdtype(data.dtype, np.integer):
         if not (np.all(np.isfinite(data)) and np.all(np.mod(data, 1) == 0)):
             raise InputError(path, "holds non-integer label values")
-    return data.astype(np.int64), affine
+    return data.astype(np.int64)
 
 
 def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, *, labels: str | os.PathLike | None = None,
@@ -85,7 +100,7 @@ def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, *, labels: 
     pred, ref = Path(pred), Path(ref)
     preds, refs = _images(pred), _images(ref)
     if not preds:
-        raise InputError(pred, f"holds no label maps ({', '.join(IMAGE_ENDINGS)})")
+        raise InputError(pred, f"holds no label maps ({', '.join(LABEL_ENDINGS)})")
     missing = [c for c in preds if c not in refs]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -108,7 +123,8 @@ def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, *, labels: 
             if p.shape != t.shape:
                 raise InputError(preds[case], f"shape {list(p.shape)} differs from that of its reference "
                                               f"{refs[case]} {list(t.shape)}")
-            if not np.allclose(p_aff, t_aff, atol=AFFINE_TOL, rtol=0):
+            flat = is_natural_image(preds[case].name) or is_natural_image(refs[case].name)  # no geometry to compare
+            if not flat and not np.allclose(p_aff, t_aff, atol=AFFINE_TOL, rtol=0):
                 diff = float(np.abs(p_aff - t_aff).max())
                 raise InputError(preds[case], f"lies on another grid than its reference {refs[case]} (affines "
                                               f"differ by up to {diff:.4g})")
@@ -118,6 +134,8 @@ def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, *, labels: 
                     raise InputError(path, f"holds label value(s) {bad[:10].tolist()} that are neither 0 nor a "
                                            f"class {sorted(classes)}")
             spacing = geometry_from_affine(t_aff, t.shape).spacing
+            if t.shape[2] == 1:  # one slice: a 2-D image (surfaces in-plane, distances with the in-plane spacing)
+                p, t, spacing = p[:, :, 0], t[:, :, 0], spacing[:2]
             if len(classes) == 1:  # binary: the plain view, as `medl2b eval RUN`
                 row = {"case": case, **compute_case_metrics(p > 0, t > 0, spacing)}
             else:
@@ -127,6 +145,6 @@ def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, *, labels: 
     out = Path(out) if out is not None else pred
     extra = {"pred": str(pred), "ref": str(ref), "labels": {str(v): n for v, n in classes.items()},
              "n_references_unused": len(set(refs) - set(preds)),
-             "metric_grid": "reference grid, reference spacing (mm)"}
+             "metric_grid": "reference grid, reference spacing (mm; 2-D images without a spacing: pixels)"}
     return write_seg_report(out, per_case=per_case, split="folder", checkpoint=str(pred), empty_policy="worst",
                             extra=extra)
