@@ -369,6 +369,9 @@ def predict_files(run: str | os.PathLike, inputs: str | os.PathLike, output: str
     seg = predictor.task == "segmentation"
     if not seg and fmt != "same":
         raise InputError("--format", "applies to segmentation runs; a classification run writes predictions.csv")
+    if seg and fmt == "png" and not predictor.image_2d:
+        raise InputError("--format", "png applies to runs on 2-D image datasets; this run's masks are volumes: "
+                                     "choose nii.gz, nii, mha or nrrd")
     endings = (_SEG_ENDINGS if predictor.image_2d else IMAGE_ENDINGS) if seg else CLASSIFICATION_ENDINGS
     cases, skipped = find_inputs(inputs, endings, len(predictor.channels), channels=seg)
     if not cases:
