@@ -192,7 +192,7 @@ def _noisy_missing(raw: Path) -> Path:
 BAD = {  # name -> (rgb dataset?, damage, problem in the message)
     "label size": (False, _bad_size, "differs from size"),
     "label values": (False, _bad_values, "not declared in dataset.json labels"),
-    "rgb declared gray": (False, _rgb_for_gray, "a RGB image), but dataset.json declares 1"),
+    "rgb declared gray": (False, _rgb_for_gray, "an RGB image), but dataset.json declares 1"),
     "gray declared rgb": (True, _gray_for_rgb, "a grayscale image), but dataset.json declares 3"),
     "noisy label size": (False, _noisy_bad_size, "differs from size"),
     "noisy label missing": (False, _noisy_missing, "given noisy label of train case"),

@@ -346,7 +346,8 @@ def load_natural_image(path: Path, n_channels: int | None = None) -> tuple[np.nd
 
 
 def _channel_kind(n: int) -> str:
-    return {1: "grayscale", 3: "RGB"}.get(n, f"{n} components")
+    """``"a grayscale image"``, ``"an RGB image"``, ``"an image of n components"``."""
+    return {1: "a grayscale image", 3: "an RGB image"}.get(n, f"an image of {n} components")
 
 
 def _label_indices(label: np.ndarray, where: Path, labels: dict[int, str]) -> np.ndarray:
@@ -493,7 +494,7 @@ def _read_2d_case(ds: MsdDataset, case: MsdCase, noisy_label: Path | None) -> di
             raise InputError(path, f"size {list(data.shape[:2])} differs from size {list(shape[:2])} of {first.name}")
     found = sum(data.shape[3] for data, _ in parts)
     if found != n_ch:
-        what = f"{found} channel(s)" if len(parts) > 1 else f"{found} channel(s) (a {_channel_kind(found)} image)"
+        what = f"{found} channel(s)" if len(parts) > 1 else f"{found} channel(s) ({_channel_kind(found)})"
         hint = ""
         if n_ch == 3 and found == 1:
             hint = "; an RGB image is one file CASE_0000" + ds.file_ending
@@ -552,7 +553,7 @@ def read_image(paths, n_channels: int) -> tuple[np.ndarray, np.ndarray]:
         if is_natural_image(p.name):
             data, affine = load_natural_image(p, n_channels if len(paths) == 1 else None)
             if len(paths) == 1 and data.shape[3] != n_channels:
-                raise InputError(p, f"has {data.shape[3]} channel(s) (a {_channel_kind(data.shape[3])} image), but "
+                raise InputError(p, f"has {data.shape[3]} channel(s) ({_channel_kind(data.shape[3])}), but "
                                     f"the model takes {n_channels} channel(s)")
             parts.append((data[..., 0] if data.shape[3] == 1 else data, affine, p))
         else:
