@@ -10,6 +10,7 @@ from scipy.spatial.distance import cdist
 
 from medl2b.evaluate.metrics import (
     EmptyPolicy,
+    centreline_dice,
     classification_metrics,
     compute_case_metrics,
     compute_multiclass_case_metrics,
@@ -319,3 +320,56 @@ def test_classification_rejects_bad_labels():
         classification_metrics([0, 1], [0, 1], n_classes=2, class_names=["a"])
     with pytest.raises(ValueError, match="y_true"):
         classification_metrics(np.zeros((2, 2)), [0, 1], n_classes=2)
+
+
+# --- clDice: hand-computed --------------------------------------------------------------------------
+
+def test_cldice_of_one_pixel_lines_by_hand():
+    """1-px lines are their own skeletons. Truth: row 5, columns 2..11 (10 px). Prediction: row 5, columns
+    2..6 (5 px, inside the truth) and a false vessel on row 10, columns 2..16 (15 px). Tprec = |S(P) ∩ L| /
+    |S(P)| = 5 / 20, Tsens = |S(L) ∩ P| / |S(L)| = 5 / 10, clDice = 2 · 1/4 · 1/2 / (1/4 + 1/2) = 1/3."""
+    truth = np.zeros((14, 20), dtype=bool)
+    truth[5, 2:12] = True
+    pred = np.zeros_like(truth)
+    pred[5, 2:7] = True
+    pred[10, 2:17] = True
+    assert centreline_dice(pred, truth) == pytest.approx(1 / 3)
+    assert centreline_dice(truth, pred) == pytest.approx(1 / 3)  # symmetric: Tprec and Tsens swap
+    # a 2-D image stored as an (X, Y, 1) volume is thinned in 2-D: the same value
+    assert centreline_dice(pred[:, :, None], truth[:, :, None]) == pytest.approx(1 / 3)
+    r = compute_case_metrics(pred[:, :, None], truth[:, :, None], (1.0, 1.0, 1.0), centreline=True)
+    assert r["cldice"] == pytest.approx(1 / 3) and list(r) == ["dice", "hd95", "asd", "cldice", "status"]
+
+
+def test_cldice_ignores_thickness_in_3d():
+    """A 3 x 3 tube around a 1-voxel centreline: the tube's skeleton lies on the line (Tprec = 1) and the
+    line inside the tube (Tsens = 1), so clDice = 1 where Dice = 2 · 10 / (90 + 10) = 0.2. Half the tube:
+    Tprec = 1, Tsens = 5 / 10, clDice = 2 · 1 · 1/2 / (3/2) = 2/3."""
+    line = np.zeros((7, 7, 12), dtype=bool)
+    line[3, 3, 1:11] = True
+    tube = np.zeros_like(line)
+    tube[2:5, 2:5, 1:11] = True
+    assert centreline_dice(tube, line) == pytest.approx(1.0)
+    assert compute_case_metrics(tube, line, 1.0)["dice"] == pytest.approx(0.2)
+    half = np.zeros_like(line)
+    half[2:5, 2:5, 1:6] = True
+    assert centreline_dice(half, line) == pytest.approx(2 / 3)
+
+
+def test_cldice_empty_masks_and_classes():
+    empty = np.zeros((8, 8, 3), dtype=bool)
+    some = empty.copy()
+    some[2:5, 3, 1] = True
+    assert centreline_dice(empty, empty) == 1.0
+    assert centreline_dice(empty, some) == 0.0 and centreline_dice(some, empty) == 0.0
+    assert compute_case_metrics(empty, some, 1.0, centreline=True)["cldice"] == 0.0
+    assert "cldice" not in compute_case_metrics(some, some, 1.0)  # only when asked
+    labels = some.astype(np.uint8)
+    labels[6, 1:7, 2] = 2
+    pred = labels.copy()
+    pred[6, 1:4, 2] = 0  # class 2: half its line missed -> Tprec 1, Tsens 1/2, clDice 2/3
+    r = compute_multiclass_case_metrics(pred, labels, 1.0, classes={1: "a", 2: "b"}, centreline=True)
+    assert r["per_class"]["a"]["cldice"] == 1.0 and r["per_class"]["b"]["cldice"] == pytest.approx(2 / 3)
+    assert r["cldice"] == pytest.approx((1 + 2 / 3) / 2)
+    with pytest.raises(ValueError, match="same shape"):
+        centreline_dice(some, some[:-1])

@@ -48,6 +48,22 @@ def _read_csv(path):
 
 # --- segmentation report ----------------------------------------------------------------------------
 
+def test_seg_report_with_cldice(tmp_path):
+    rows = [{**r, "cldice": c} for r, c in zip(SEG_ROWS, (0.8, 0.6, 0.0))]
+    s = write_seg_report(tmp_path, per_case=rows, split="test", checkpoint="c.pt", empty_policy="nan")
+    assert s["mean"]["cldice"] == pytest.approx(1.4 / 3) and s["n_nan"]["cldice"] == 0
+    csv_rows = _read_csv(tmp_path / "metrics.csv")
+    assert csv_rows[0] == ["case", "dice", "hd95", "asd", "cldice", "status"]
+    assert csv_rows[3] == ["Case03", "0.0", "", "", "0.0", "missed"]
+    md = (tmp_path / "report.md").read_text()
+    assert "clDice (%)" in md and "- clDice (%): 46.67 ±" in md
+    multi = [{**r, "cldice": 0.5, "per_class": {n: {**v, "cldice": 0.5} for n, v in r["per_class"].items()}}
+             for r in HIPPO_ROWS]
+    s = write_seg_report(tmp_path / "m", per_case=multi, split="test", checkpoint="c.pt")
+    assert s["per_class"]["Anterior"]["mean"]["cldice"] == 0.5
+    assert "cldice_Posterior" in _read_csv(tmp_path / "m" / "metrics.csv")[0]
+
+
 def test_write_seg_report(tmp_path):
     out = tmp_path / "run" / "eval"
     ret = write_seg_report(out, per_case=SEG_ROWS, split="test", checkpoint="run/checkpoint_best.pth",

@@ -1,4 +1,4 @@
-"""Evaluation metrics: Dice / HD95 / ASD per 3-D case, and classification accuracy.
+"""Evaluation metrics: Dice / HD95 / ASD / clDice per 3-D case, and classification accuracy.
 
 Segmentation
     :func:`compute_case_metrics` scores one binary case on its voxel grid, in mm,
@@ -42,6 +42,16 @@ Segmentation
     positive, else ``both_empty`` if every class is, else ``ok``. With a single
     foreground class the case values are exactly the binary ones.
 
+    :func:`centreline_dice` is clDice (Shit et al., CVPR 2021), the Dice of the masks' centrelines,
+    for thin tubular structures (vessels), where a missed capillary costs little voxel overlap but
+    breaks the tree. With ``S`` the skeleton (scikit-image ``skeletonize``, 2-D or 3-D)::
+
+        Tprec = |S(P) ∩ L| / |S(P)|,  Tsens = |S(L) ∩ P| / |S(L)|,  clDice = 2·Tprec·Tsens / (Tprec + Tsens)
+
+    It counts voxels, so the spacing does not enter. Empty masks follow Dice: 1 when both are empty,
+    0 when one is. ``compute_case_metrics(..., centreline=True)`` (and the multi-class version) add it
+    as ``"cldice"``; ``medl2b eval`` reports it for every segmentation case and class.
+
     :func:`summarize_cases` reports the mean, std and median of each metric over
     the finite values, with ``n_nan`` counting the values left out, and
     ``n_failed`` counting the ``missed`` and ``false_positive`` cases.
@@ -63,6 +73,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance, compute_roc_auc
+from skimage.morphology import skeletonize
 
 from medl2b.evaluate.dice import mask_dice, mean_foreground_dice
 
@@ -71,6 +82,8 @@ __all__ = [
     "mean_foreground_dice",
     "one_vs_rest_auroc",
     "CASE_STATUSES",
+    "SEG_OPTIONAL_KEYS",
+    "centreline_dice",
     "EmptyPolicy",
     "FAILED_STATUSES",
     "SEG_KEYS",
@@ -84,6 +97,8 @@ __all__ = [
 
 #: Metric keys of one segmentation case, in report order.
 SEG_KEYS: tuple[str, ...] = ("dice", "hd95", "asd")
+#: Metric keys a case may also carry (``centreline=True``); reports show them when every case has them.
+SEG_OPTIONAL_KEYS: tuple[str, ...] = ("cldice",)
 #: Every value ``compute_case_metrics(...)["status"]`` can take.
 CASE_STATUSES: tuple[str, ...] = ("ok", "missed", "false_positive", "both_empty")
 #: Statuses counted as failures in ``n_failed``.
@@ -172,12 +187,47 @@ def _monai_scores(pred: np.ndarray, truth: np.ndarray, spacing: np.ndarray) -> t
     return mask_dice(pred, truth), float(hd95.reshape(-1)[0]), float(asd.reshape(-1)[0])
 
 
+def _skeleton(mask: np.ndarray) -> np.ndarray:
+    """The skeleton of a boolean mask (scikit-image ``skeletonize``). A 3-D mask with a singleton axis (a 2-D
+    image stored as an ``(X, Y, 1)`` volume) is thinned in 2-D: 3-D thinning of one layer is not the 2-D one."""
+    if mask.ndim == 3 and 1 in mask.shape:
+        axis = mask.shape.index(1)
+        return np.expand_dims(skeletonize(np.squeeze(mask, axis)), axis)
+    return skeletonize(mask)
+
+
+def centreline_dice(pred: Any, truth: Any) -> float:
+    """clDice of two binary masks (see the module docstring): 2-D ``(X, Y)`` or 3-D ``(X, Y, Z)``.
+
+    ``Tprec`` is the share of the prediction's skeleton inside the truth, ``Tsens`` the share of the
+    truth's skeleton inside the prediction; clDice is their harmonic mean (0 when both are 0). Two empty
+    masks score 1, one empty mask 0.
+
+    Raises:
+        ValueError: if the masks differ in shape, are not 2-D/3-D or not binary.
+    """
+    p = _as_mask(pred, "pred")
+    t = _as_mask(truth, "truth")
+    if p.shape != t.shape:
+        raise ValueError(f"pred and truth must have the same shape, got {p.shape} and {t.shape}")
+    if p.ndim not in (2, 3):
+        raise ValueError(f"pred must be a 3-D (X, Y, Z) or 2-D (X, Y) mask, got shape {p.shape}")
+    p_any, t_any = bool(p.any()), bool(t.any())
+    if not (p_any and t_any):
+        return 1.0 if p_any == t_any else 0.0
+    sp, st = _skeleton(p), _skeleton(t)
+    tprec = float((sp & t).sum()) / max(int(sp.sum()), 1)
+    tsens = float((st & p).sum()) / max(int(st.sum()), 1)
+    return 0.0 if tprec + tsens == 0 else 2.0 * tprec * tsens / (tprec + tsens)
+
+
 def compute_case_metrics(
     pred: Any,
     truth: Any,
     spacing: Sequence[float] | float,
     *,
     empty_policy: str | EmptyPolicy = EmptyPolicy.WORST,
+    centreline: bool = False,
 ) -> dict[str, Any]:
     """Dice, HD95 and ASD of one binary case on its voxel grid, in mm.
 
@@ -192,9 +242,10 @@ def compute_case_metrics(
         spacing: voxel size in mm per axis, in the arrays' axis order, e.g.
             (sx, sy, sz) for (X, Y, Z) arrays; a single number means isotropic.
         empty_policy: ``"worst"`` (default) or ``"nan"``; see :class:`EmptyPolicy`.
+        centreline: also return ``"cldice"``, :func:`centreline_dice`.
 
     Returns:
-        ``{"dice": float, "hd95": float, "asd": float, "status": str}`` with
+        ``{"dice": float, "hd95": float, "asd": float, "status": str}`` (and ``"cldice"``) with
         ``status`` one of ``"ok"``, ``"missed"`` (empty prediction, non-empty
         truth), ``"false_positive"`` (empty truth, non-empty prediction) and
         ``"both_empty"``. Dice is a fraction in [0, 1]; distances are in mm.
@@ -212,10 +263,11 @@ def compute_case_metrics(
         raise ValueError(f"pred must be a 3-D (X, Y, Z) or 2-D (X, Y) mask, got shape {p.shape}")
     sp = _as_spacing(spacing, p.ndim)
 
+    extra = {"cldice": centreline_dice(p, t)} if centreline else {}
     p_any, t_any = bool(p.any()), bool(t.any())
     if p_any and t_any:
         dice, hd95, asd = _monai_scores(p, t, sp)
-        return {"dice": dice, "hd95": hd95, "asd": asd, "status": "ok"}
+        return {"dice": dice, "hd95": hd95, "asd": asd, **extra, "status": "ok"}
 
     if not p_any and not t_any:
         status, dice, worst = "both_empty", 1.0, 0.0
@@ -223,7 +275,7 @@ def compute_case_metrics(
         status = "missed" if t_any else "false_positive"
         dice, worst = 0.0, volume_diagonal(p.shape, sp)
     dist = worst if policy is EmptyPolicy.WORST else math.nan
-    return {"dice": dice, "hd95": dist, "asd": dist, "status": status}
+    return {"dice": dice, "hd95": dist, "asd": dist, **extra, "status": status}
 
 
 def _as_label_map(x: Any, name: str) -> np.ndarray:
@@ -284,6 +336,7 @@ def compute_multiclass_case_metrics(
     *,
     classes: Mapping[int, str],
     empty_policy: str | EmptyPolicy = EmptyPolicy.WORST,
+    centreline: bool = False,
 ) -> dict[str, Any]:
     """Dice, HD95 and ASD of one multi-class case, per foreground class and averaged.
 
@@ -304,10 +357,11 @@ def compute_multiclass_case_metrics(
         classes: foreground index -> name, e.g. ``{1: "Anterior", 2: "Posterior"}``;
             the order given is the order of ``per_class``. Names must be unique.
         empty_policy: ``"worst"`` (default) or ``"nan"``; see :class:`EmptyPolicy`.
+        centreline: also score ``"cldice"`` (:func:`centreline_dice`) per class, and its mean.
 
     Returns:
         ``{"dice": float, "hd95": float, "asd": float, "status": str,
-        "per_class": {name: {"dice", "hd95", "asd", "status"}}}`` with the
+        "per_class": {name: {"dice", "hd95", "asd", "status"}}}`` (and ``"cldice"``) with the
         top-level values the means over the foreground classes and ``status`` as
         in :func:`compute_case_metrics`.
 
@@ -332,9 +386,11 @@ def compute_multiclass_case_metrics(
             raise ValueError(f"{name} holds label values {bad[:10].tolist()} that are neither background (0) "
                              f"nor a class in classes {sorted(cls)}")
 
-    per_class = {name: compute_case_metrics(p == k, t == k, sp, empty_policy=policy) for k, name in cls.items()}
+    per_class = {name: compute_case_metrics(p == k, t == k, sp, empty_policy=policy, centreline=centreline)
+                 for k, name in cls.items()}
     rows = list(per_class.values())
-    result: dict[str, Any] = {k: _finite_mean([r[k] for r in rows]) for k in SEG_KEYS}
+    keys = (*SEG_KEYS, *SEG_OPTIONAL_KEYS) if centreline else SEG_KEYS
+    result: dict[str, Any] = {k: _finite_mean([r[k] for r in rows]) for k in keys}
     result["status"] = _worst_status([r["status"] for r in rows])
     result["per_class"] = per_class
     return result

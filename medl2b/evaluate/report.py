@@ -15,6 +15,11 @@ class after the columns above; ``report.md`` gains per-class Dice columns and a
 per-class table, and labels the case Dice as the mean over the foreground
 classes. Rows without ``per_class`` give exactly the binary files.
 
+Rows that all carry ``cldice`` (centreline Dice, ``compute_case_metrics(...,
+centreline=True)``; ``medl2b eval`` scores it) get a ``cldice`` column after
+``asd`` (and ``cldice_<name>`` per class), a ``cldice`` entry in the mean, std and
+median of ``summary.json``, and a clDice column and mean in ``report.md``.
+
 :func:`write_cls_report` writes ``summary.json``, ``metrics.csv`` (per class),
 ``confusion_matrix.csv`` and ``report.md``. :func:`compare_runs` reads several
 ``RUN/eval/summary.json`` + ``RUN/config.yaml`` and returns one markdown table.
@@ -39,12 +44,18 @@ import numpy as np
 import yaml
 
 from medl2b.errors import InputError, atomic_file
-from medl2b.evaluate.metrics import SEG_KEYS, EmptyPolicy, summarize_cases
+from medl2b.evaluate.metrics import SEG_KEYS, SEG_OPTIONAL_KEYS, EmptyPolicy, summarize_cases
 
 __all__ = ["compare_runs", "empty_policy_sentence", "write_cls_report", "write_seg_report"]
 
-_SEG_CORE = ("case", *SEG_KEYS, "status")
-_SEG_LABELS = {"dice": "Dice (%)", "hd95": "HD95 (mm)", "asd": "ASD (mm)"}
+_SEG_LABELS = {"dice": "Dice (%)", "hd95": "HD95 (mm)", "asd": "ASD (mm)", "cldice": "clDice (%)"}
+_PERCENT = ("dice", "cldice")  # fractions shown as percentages
+
+
+def _seg_keys(per_case: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """The metric keys of the rows: :data:`SEG_KEYS`, plus each optional key that every row carries."""
+    rows = [r for r in per_case if isinstance(r, Mapping)]
+    return (*SEG_KEYS, *(k for k in SEG_OPTIONAL_KEYS if rows and all(k in r for r in rows)))
 
 
 # --- small writers ----------------------------------------------------------------------------------
@@ -247,6 +258,8 @@ def write_seg_report(
     if isinstance(per_case, Mapping) or not isinstance(per_case, Sequence):
         raise ValueError(f"per_case must be a list of dicts, got {type(per_case).__name__}")
     classes = _seg_classes(per_case)
+    keys = _seg_keys(per_case)
+    core = ("case", *keys, "status")
     reserved = ("task", "split", "checkpoint", "empty_policy", "per_case", "mean", "std", "median",
                 "n_cases", "n_failed", "n_nan", "status_counts")
     if classes is not None:
@@ -260,22 +273,22 @@ def write_seg_report(
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ValueError(f"per_case has duplicate case names: {dup}")
-    stats = summarize_cases(per_case)  # validates keys and statuses
+    stats = summarize_cases(per_case, keys=keys)  # validates keys and statuses
     class_stats = {}
     for j, name in enumerate(classes or []):
         try:
-            class_stats[name] = summarize_cases(_per_class_rows(per_case, j))
+            class_stats[name] = summarize_cases(_per_class_rows(per_case, j), keys=keys)
         except ValueError as e:
             raise ValueError(f"per_class {name!r}: {e}") from None
 
     rows = []
     for row in per_case:
-        clean = {"case": str(row["case"]), **{k: _finite(row[k]) for k in SEG_KEYS}, "status": row["status"]}
-        clean.update({str(k): v for k, v in row.items() if k not in _SEG_CORE})
+        clean = {"case": str(row["case"]), **{k: _finite(row[k]) for k in keys}, "status": row["status"]}
+        clean.update({str(k): v for k, v in row.items() if k not in core})
         if classes is not None:
             clean["per_class"] = {
-                name: {**{k: _finite(v[k]) for k in SEG_KEYS}, "status": v["status"],
-                       **{str(k): x for k, x in v.items() if k not in _SEG_CORE}}
+                name: {**{k: _finite(v[k]) for k in keys}, "status": v["status"],
+                       **{str(k): x for k, x in v.items() if k not in core}}
                 for name, v in zip(classes, row["per_class"].values())
             }
         rows.append(clean)
@@ -303,12 +316,12 @@ def write_seg_report(
         **extra_d,
     })
 
-    header = list(_SEG_CORE)
-    csv_rows = [[_csv_cell(r[k]) for k in _SEG_CORE] for r in summary["per_case"]]
+    header = list(core)
+    csv_rows = [[_csv_cell(r[k]) for k in core] for r in summary["per_case"]]
     for name in classes or []:
-        header += [f"{k}_{name}" for k in (*SEG_KEYS, "status")]
+        header += [f"{k}_{name}" for k in (*keys, "status")]
         for r, cells in zip(summary["per_case"], csv_rows):
-            cells += [_csv_cell(r["per_class"][name][k]) for k in (*SEG_KEYS, "status")]
+            cells += [_csv_cell(r["per_class"][name][k]) for k in (*keys, "status")]
     _write_json(out / "summary.json", summary)
     _write_csv(out / "metrics.csv", header, csv_rows)
     _write_text(out / "report.md", _seg_markdown(summary))
@@ -318,12 +331,15 @@ def write_seg_report(
 def _seg_markdown(s: Mapping[str, Any]) -> str:
     classes = s.get("classes") or []
     several = len(classes) > 1
+    keys = [k for k in (*SEG_KEYS, *SEG_OPTIONAL_KEYS) if k in s["mean"]]
+    optional = [k for k in keys if k in SEG_OPTIONAL_KEYS]
     dice_header = "Dice, mean fg (%)" if several else "Dice (%)"
     table = _md_table(
-        ["Case", dice_header, *(f"Dice {c} (%)" for c in classes), "HD95 (mm)", "ASD (mm)", "Status"],
+        ["Case", dice_header, *(f"Dice {c} (%)" for c in classes), "HD95 (mm)", "ASD (mm)",
+         *(_SEG_LABELS[k] for k in optional), "Status"],
         [[r["case"], _num(r["dice"], scale=100),
           *(_num(r["per_class"][c]["dice"], scale=100) for c in classes),
-          _num(r["hd95"]), _num(r["asd"]), r["status"]]
+          _num(r["hd95"]), _num(r["asd"]), *(_num(r[k], scale=100) for k in optional), r["status"]]
          for r in s["per_case"]],
     )
     if "pred" in s and "ref" in s:  # a prediction folder (medl2b eval --pred --ref)
@@ -341,8 +357,9 @@ def _seg_markdown(s: Mapping[str, Any]) -> str:
             "",
         ]
     if several:
+        named = "Dice, HD95, ASD and clDice" if optional else "Dice, HD95 and ASD"
         lines += [
-            (f"Foreground classes: {', '.join(classes)}. A case's Dice, HD95 and ASD are the means over its "
+            (f"Foreground classes: {', '.join(classes)}. A case's {named} are the means over its "
              f"{len(classes)} foreground classes (finite values only); its status is `missed` if any class is "
              "missed, else `false_positive` if any class is one, else `both_empty` if every class is, else `ok`."),
             "",
@@ -352,8 +369,8 @@ def _seg_markdown(s: Mapping[str, Any]) -> str:
         f"Mean ± std over {s['n_cases']} cases:",
         "",
     ]
-    for k in SEG_KEYS:
-        scale = 100 if k == "dice" else 1
+    for k in keys:
+        scale = 100 if k in _PERCENT else 1
         label = _SEG_LABELS[k]
         if several:
             label = label.replace(" (", ", mean over foreground classes (")
@@ -367,8 +384,8 @@ def _seg_markdown(s: Mapping[str, Any]) -> str:
         for c in classes:
             st = s["per_class"][c]
             row = [c]
-            for k in SEG_KEYS:
-                cell = _pm(st["mean"][k], st["std"][k], scale=100 if k == "dice" else 1)
+            for k in keys:
+                cell = _pm(st["mean"][k], st["std"][k], scale=100 if k in _PERCENT else 1)
                 if st["n_nan"][k]:
                     cell += f" ({st['n_nan'][k]} NaN excluded)"
                 row.append(cell)
@@ -378,7 +395,7 @@ def _seg_markdown(s: Mapping[str, Any]) -> str:
             "",
             f"Per class, mean ± std over {s['n_cases']} cases:",
             "",
-            _md_table(["Class", "Dice (%)", "HD95 (mm)", "ASD (mm)", "failed"], per_class_rows).rstrip("\n"),
+            _md_table(["Class", *(_SEG_LABELS[k] for k in keys), "failed"], per_class_rows).rstrip("\n"),
         ]
     failed = "Failed cases (missed or false positive"
     failed += " in any class)" if classes else ")"
