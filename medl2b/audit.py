@@ -82,7 +82,7 @@ def audit_run(run: str | Path, *, data: str | Path | None = None, out: str | Pat
             raise InputError("--top", f"must be >= 1, got {top}")
         record = _load_record(run)
         task = build_task(cfg)
-        n = len(task.train_set)
+        n = len(task.train_plain)
         if len(record["seen"]) != n:
             raise InputError(cfg.data, f"holds {n} training samples but the run recorded {len(record['seen'])}; "
                                        "is it the dataset the run trained on?")

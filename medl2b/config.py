@@ -78,7 +78,13 @@ class TrainConfig:
     features: list[int] = field(default_factory=lambda: [32, 32, 64, 128, 256, 32])  # UNet++ widths
     spatial_dims: int = 2               # segmentation: 2 = UNet++ on slices, 3 = on whole (padded) volumes
     patch_size: list[int] = field(default_factory=lambda: [96, 96, 96])  # 3-D: larger volumes train on patches
-    patch_fg: float = 0.33              # 3-D patches: share centred on a foreground voxel (nnU-Net's 1/3)
+    patch_size_2d: list[int] = field(default_factory=lambda: [256, 256])  # 2-D: the training window; slices
+                                        # larger than it (e.g. 1008 px fundus images) train on random patches of
+                                        # it and are predicted by sliding windows; slices no larger (hippocampus
+                                        # 48 px, PROMISE12 144 px) train whole, as before
+    patch_fg: float = 0.33              # patches (2-D and 3-D): share centred on a foreground pixel (nnU-Net's 1/3)
+    patches_per_slice: int = 1          # patch training: random patches drawn from each training slice (volume)
+                                        # per epoch; 1 = one pass over the samples, as without patches
     width: float = 1.0                  # ResNet-50 widen factor
     image_size: int | None = None       # classification: crop/resize side; None = prepared size
     pretrained: str | None = None       # local torchvision-layout ImageNet state dict
@@ -111,6 +117,10 @@ class TrainConfig:
             raise InputError(where, f"spatial_dims 3 needs a segmentation task, not {self.task}")
         if len(self.patch_size) != 3 or any(p <= 0 or p % 16 for p in self.patch_size):
             raise InputError(where, f"patch_size must be three positive multiples of 16, got {self.patch_size}")
+        if len(self.patch_size_2d) != 2 or any(p < 32 or p % 16 for p in self.patch_size_2d):
+            raise InputError(where, f"patch_size_2d must be two multiples of 16 of at least 32, got {self.patch_size_2d}")
+        if self.patches_per_slice < 1:
+            raise InputError(where, f"patches_per_slice must be >= 1, got {self.patches_per_slice}")
         if not 0.0 <= self.patch_fg <= 1.0:
             raise InputError(where, f"patch_fg must be in [0, 1], got {self.patch_fg}")
         if self.meta_every > 1 and self.meta_impl == "reference":

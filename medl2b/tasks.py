@@ -1,14 +1,17 @@
 """A Task per data modality: everything that differs between them, behind one interface.
 
-===========================  ======================  ===================  ========================
-                             :class:`SliceTask`      :class:`VolumeTask`  :class:`ClassificationTask`
-===========================  ======================  ===================  ========================
-training sample              a 2-D slice             a 3-D volume/patch   an image
-prediction of a case         slice by slice          sliding windows      one forward per image
-validation score             mean fg 3-D Dice        mean fg 3-D Dice     accuracy
-evaluation unit              case (per class)        case (per class)     image
-audit units                  cases and slices        cases                images
-===========================  ======================  ===================  ========================
+===========================  ========================  ===================  ========================
+                             :class:`SliceTask`        :class:`VolumeTask`  :class:`ClassificationTask`
+===========================  ========================  ===================  ========================
+training sample              a 2-D slice (large: a     a 3-D volume/patch   an image
+                             random patch)
+prediction of a case         slice by slice (large:    sliding windows      one forward per image
+                             2-D sliding windows)
+validation score             mean fg 3-D Dice          mean fg 3-D Dice     accuracy
+evaluation unit              case (per class)          case (per class)     image
+case metrics                 Dice, HD95, ASD, clDice   the same             accuracy, AUROC
+audit units                  cases and slices          cases                images
+===========================  ========================  ===================  ========================
 
 A task is built from a run's config (:func:`build_task`). ``training=True`` loads the
 training, meta and validation sets (the trainer and the audit need them); without it the
@@ -123,7 +126,14 @@ class Task:
 # ---------------------------------------------------------------- segmentation
 class SliceTask(Task):
     """Segmentation on 2-D slices of any prepared dataset (any channels and classes); validation =
-    mean over the meta cases of the mean foreground-class 3-D Dice."""
+    mean over the meta cases of the mean foreground-class 3-D Dice.
+
+    Slices no larger than the 2-D training window (config ``patch_size_2d``, default 256 × 256) train
+    whole and are predicted whole. Larger slices (a 1008 px fundus image) train on random patches of
+    the window, ``patch_fg`` of them centred on a foreground pixel of the given label (meta patches
+    always on foreground under ``meta_foreground``), ``patches_per_slice`` per slice and epoch, and are
+    validated and predicted by 2-D sliding windows of the window (:attr:`window`).
+    """
 
     score_name = "val_dice"
     audit_units = ("cases", "slices")
@@ -132,8 +142,21 @@ class SliceTask(Task):
         super().__init__(cfg, manifest)
         self.num_classes = len(manifest["labels"])
         self.in_channels = len(manifest.get("channel_names") or {"0": ""})
-        self.window: tuple[int, int, int] | None = None  # volumes trained on patches: the patch size
+        self.window: tuple[int, ...] | None = self._slice_window()  # trained on patches: the patch size
         self._augment = BatchAugment() if cfg.augment else None  # 2-D or 3-D by the batch's shape
+
+    #: windows per forward of the sliding-window prediction (None: the batch size)
+    sw_batch_size: int | None = None
+
+    def _slice_window(self) -> tuple[int, int] | None:
+        """The 2-D training window ``(X, Y)``: the prepared slice size capped on each axis at ``patch_size_2d``;
+        None when the slices fit in it (whole slices, no sliding windows)."""
+        sizes = [e["prepared"]["size"][:2] for e in self.manifest["cases"].values()]
+        if not sizes:
+            return None
+        extent = tuple(int(v) for v in np.max(np.asarray(sizes, dtype=np.int64), axis=0))
+        window = tuple(min(v, int(p)) for v, p in zip(extent, self.cfg.patch_size_2d))
+        return None if window == extent else window
 
     def _load(self, cases, *, label: str) -> SliceSet:
         return load_slices(self.data, cases, label=label)
@@ -144,8 +167,11 @@ class SliceTask(Task):
                                         "(four halvings); prepare the dataset with --size 32 or more")
 
     def _crops(self, train: SliceSet) -> tuple[dict, dict]:
-        """Keyword arguments of the training and meta datasets' random crops (none: whole slices)."""
-        return {}, {}
+        """Keyword arguments of the training and meta datasets' random crops (none: whole samples)."""
+        if self.window is None or not len(train):
+            return {}, {}
+        fg = 1.0 if self.cfg.meta_foreground else self.cfg.patch_fg
+        return {"crop": self.window, "crop_fg": self.cfg.patch_fg}, {"crop": self.window, "crop_fg": fg}
 
     def setup_training(self, *, use_meta_cases: bool) -> None:
         cfg, splits = self.cfg, self.manifest["splits"]
@@ -164,6 +190,8 @@ class SliceTask(Task):
             if len(has_fg):
                 meta = Subset(meta, has_fg.tolist())
         self.train_set = SegSliceDataset(train, **train_crop)
+        if train_crop and cfg.patches_per_slice > 1:  # several random patches of every sample per epoch
+            self.train_set = Subset(self.train_set, list(range(len(train))) * cfg.patches_per_slice)
         self.train_plain = SegSliceDataset(train)
         self.meta_set = meta
 
@@ -187,10 +215,12 @@ class SliceTask(Task):
         return F.cross_entropy(logits, self.train_slices.label, reduction="none").flatten(1).mean(1).numpy()
 
     def _logits(self, model, images: torch.Tensor, device, batch_size: int) -> torch.Tensor:
-        """Logits of whole training samples (slices, or volumes; volumes trained on patches: sliding windows)."""
+        """Logits of whole training samples (slices or volumes; trained on patches: by sliding windows of
+        :attr:`window`, one sample at a time)."""
         if self.window is None:
             return predict_logits(model, images, batch_size=batch_size, device=device)
-        return torch.cat([predict_volume(model, images[i:i + 1], self.window, device=device)
+        sw = self.sw_batch_size or batch_size
+        return torch.cat([predict_volume(model, images[i:i + 1], self.window, device=device, sw_batch_size=sw)
                           for i in range(images.shape[0])])
 
     def meta_candidates(self) -> np.ndarray:
@@ -213,13 +243,14 @@ class SliceTask(Task):
 
     def predict_image(self, model, image: torch.Tensor, device, *, tta: bool = False) -> torch.Tensor:
         """Logits ``(K, X, Y, Z)`` of a preprocessed image ``(C, X, Y, Z)`` on the prepared grid (a prepared
-        case, or a new image through :func:`medl2b.data.msd.preprocess_image`), slice by slice.
+        case, or a new image through :func:`medl2b.data.msd.preprocess_image`), slice by slice (slices larger
+        than the training window: each by 2-D sliding windows of it, overlap 0.5, Gaussian blending).
 
         ``tta``: the log of the softmax averaged over the identity and one flip per axis of :attr:`flip_dims`
         (flipped back), so that ``argmax`` and ``softmax`` apply as to plain logits.
         """
         batch = image.permute(3, 0, 1, 2).contiguous()  # (C, X, Y, Z) -> (Z, C, X, Y)
-        run = lambda x: predict_logits(model, x, batch_size=self.batch_size, device=device)  # noqa: E731
+        run = lambda x: self._logits(model, x, device, self.batch_size)  # noqa: E731
         return _tta(run, batch, self.flip_dims if tta else ()).permute(1, 2, 3, 0)
 
     def predict_case(self, model, case: str, shape, device) -> tuple[np.ndarray, np.ndarray]:
@@ -244,9 +275,10 @@ class SliceTask(Task):
             pred, clean = self.predict_case(model, case, image.shape, device)
             spacing = info["prepared"]["spacing"]
             if len(classes) == 1:  # binary: the plain view
-                row = {"case": case, **compute_case_metrics(pred > 0, clean > 0, spacing)}
+                row = {"case": case, **compute_case_metrics(pred > 0, clean > 0, spacing, centreline=True)}
             else:  # per class, and their mean over the foreground classes
-                row = {"case": case, **compute_multiclass_case_metrics(pred, clean, spacing, classes=classes)}
+                row = {"case": case, **compute_multiclass_case_metrics(pred, clean, spacing, classes=classes,
+                                                                       centreline=True)}
             per_case.append(row)
             raw_pred, affine = prediction_to_raw(pred, manifest, case)
             write_nifti(raw_pred, out / "predictions" / f"{case}.nii.gz", affine=affine)
@@ -277,8 +309,8 @@ class SliceTask(Task):
         splits = self.manifest["splits"]
         if not splits["meta"]:
             return None
-        train = self._load(splits["train"], label="noisy")
-        meta = self._load(splits["meta"], label="clean")
+        train = self._weight_view(self._load(splits["train"], label="noisy"))
+        meta = self._weight_view(self._load(splits["meta"], label="clean"))
         if indices is None:
             wrong = (train.label != train.clean).flatten(1).sum(1)
             idx = torch.argsort(wrong, descending=True)[:n]
@@ -289,6 +321,17 @@ class SliceTask(Task):
         if len(midx) == 0:
             midx = torch.arange(min(len(meta.clean), 4))
         return train, meta, idx, midx
+
+    def _weight_view(self, slices: SliceSet) -> SliceSet:
+        """What one meta step of the weight maps sees: whole slices, or (trained on patches) their central
+        crop of the training window, so that the step costs what a training step does."""
+        if self.window is None:
+            return slices
+        (h, w), (wx, wy) = slices.image.shape[-2:], self.window
+        x0, y0 = (h - wx) // 2, (w - wy) // 2
+        crop = (..., slice(x0, x0 + wx), slice(y0, y0 + wy))
+        return SliceSet(slices.image[crop].contiguous(), slices.label[crop].contiguous(),
+                        slices.clean[crop].contiguous(), list(slices.case), list(slices.slice_index))
 
     def _weights(self, model, device, train, meta, idx, midx):
         """α and β (scaled by the element count, so 0.5 = uniform) and the pseudo-label of one meta step."""
@@ -308,6 +351,7 @@ class SliceTask(Task):
     def weight_map_examples(self, model, device, *, n: int = 4, indices=None) -> dict | None:
         """α and β maps on training slices, for :func:`medl2b.evaluate.figures.plot_weight_maps`.
 
+        Slices larger than the training window are shown as their central crop of it (:meth:`_weight_view`).
         Picks the training slices where the noisy mask disagrees most with the clean one (or
         the training slices ``indices``, e.g. an audit's suspects) and takes one meta step with
         the given model against a batch of clean meta slices: arrays ``(n, H, W)``.
@@ -326,7 +370,7 @@ class SliceTask(Task):
     def audit(self, model, signal, has_meta, out, device, *, top, figures) -> dict:
         slices = self.train_slices
         k = self.num_classes
-        pred = predict_logits(model, slices.image, batch_size=self.batch_size, device=device).argmax(1).numpy()
+        pred = self._logits(model, slices.image, device, self.batch_size).argmax(1).numpy()
         given, clean = slices.label.numpy(), slices.clean.numpy()
         pixels = int(np.prod(given.shape[1:]))
         cases = np.asarray(slices.case)
@@ -385,6 +429,13 @@ class VolumeTask(SliceTask):
     with foreground oversampling when the volumes are larger; prediction by sliding windows."""
 
     audit_units = ("cases",)  # a volume is one training sample: the case is the only unit
+    sw_batch_size = 2
+
+    def _slice_window(self) -> None:
+        return None  # set by _crops when the volumes are larger than the 3-D window
+
+    def _weight_view(self, slices: SliceSet) -> SliceSet:
+        return slices
 
     def _load(self, cases, *, label: str) -> SliceSet:
         return load_volumes(self.data, cases, label=label)
@@ -397,8 +448,7 @@ class VolumeTask(SliceTask):
         if not len(train) or window == tuple(train.image.shape[2:]):
             return {}, {}
         self.window = window
-        fg = 1.0 if self.cfg.meta_foreground else self.cfg.patch_fg
-        return {"crop": window, "crop_fg": self.cfg.patch_fg}, {"crop": window, "crop_fg": fg}
+        return super()._crops(train)
 
     flip_dims = (2, 3, 4)  # the three spatial axes of a (1, C, X, Y, Z) volume
 

@@ -154,7 +154,7 @@ class Trainer:
         self.best_score = -math.inf
         self.history: list[dict] = []
         self.online_meta: np.ndarray | None = None
-        self.record = SampleRecord(len(self.task.train_set))  # per-sample weights and losses, for `audit`
+        self.record = SampleRecord(len(self.task.train_plain))  # per-sample weights and losses, for `audit`
         self._stop: int | None = None       # the signal that asked to stop at the next step boundary
         self._partial: dict | None = None   # the state inside an epoch that a resume continues from
         self._rotate = True                 # keep the current latest as previous on the next save
