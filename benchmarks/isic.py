@@ -32,8 +32,11 @@ writes the tables from what has finished, between the ``isic`` markers of BENCHM
     python benchmarks/isic.py --blocks 1       # block 1 only
     python benchmarks/isic.py --report-only    # tables from the finished runs
 
-The finished runs of the last session are committed in ``benchmarks/results/isic_results.jsonl``; to
-continue from them, copy it to ``bench_runs/isic/results.jsonl`` first.
+The finished runs are committed in ``benchmarks/results/isic_results.jsonl``; to continue from them,
+copy it to ``bench_runs/isic/results.jsonl`` first. The runs of the profile before ``train_balance``
+(class-balanced training draws) became its default are kept in
+``benchmarks/results/isic_results_unbalanced.jsonl`` (``--work`` a folder holding it as results.jsonl
+and ``--report-only`` prints their tables).
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ def test_one_vs_rest_auroc():
 
 def test_val_metric_and_meta_balance_config():
     cfg = load_config("skin-lesion-cls", profile="cpu")
-    assert cfg.val_metric == "balanced_accuracy" and cfg.meta_balance
+    assert cfg.val_metric == "balanced_accuracy" and cfg.meta_balance and cfg.train_balance
     assert load_config("skin-lesion-cls").val_metric == "balanced_accuracy"  # the full YAML too
     with pytest.raises(InputError, match="val_metric"):
         load_config("skin-lesion-cls", overrides={"val_metric": "f1"})
