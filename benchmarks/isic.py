@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from accuracy import fmt, mean_std, times, write_benchmarks_md
 
-from medl2b.config import load_config
+from medl2b.config import load_config, load_config_file
 from medl2b.data.isic2019 import CLASSES, prepare_isic2019
 from medl2b.evaluate.run import evaluate_run
 from medl2b.train.record import FIELDS
@@ -120,14 +120,16 @@ def weight_stats(run: Path, data: Path) -> dict:
 
 def run_one(level: float, name: str, seed: int, data: Path, work: Path) -> dict:
     run = work / "runs" / f"{name}_{level}_s{seed}"
-    if run.exists():
-        shutil.rmtree(run)  # an unfinished run from an interrupted benchmark
     method, extra = METHOD.get(name, (name, {}))
     cfg = load_config("skin-lesion-cls", profile="cpu", overrides={
         "data": str(data), "out": str(run), "method": method, "seed": seed, "device": "auto", **extra})
-    t = time.time()
-    train(cfg, progress=False)
-    train_s = time.time() - t
+    if _finished(run, cfg):  # trained before the benchmark stopped, not yet evaluated: its own epoch times
+        train_s = sum(float(h["time_s"]) for h in _history(run))
+    else:
+        shutil.rmtree(run, ignore_errors=True)  # an unfinished run from an interrupted benchmark
+        t = time.time()
+        train(cfg, progress=False)
+        train_s = time.time() - t
     summary = evaluate_run(run, split="test", checkpoint="best", figures=False)
     hist = _history(run)
     return {"level": level, "method": name, "seed": seed, "train_s": round(train_s, 1), "run": str(run),
@@ -137,6 +139,17 @@ def run_one(level: float, name: str, seed: int, data: Path, work: Path) -> dict:
             "epochs": [{k: h[k] for k in ("epoch", "val_score", "beta_share_on_wrong", "beta_share_on_right",
                                            "alpha_on_wrong", "alpha_on_right")} for h in hist],
             "weights": weight_stats(run, data)}
+
+
+def _finished(run: Path, cfg) -> bool:
+    """A run folder holding a finished run of exactly ``cfg`` (its saved config, but for the folder)."""
+    if not (run / "checkpoint_latest.pt").exists() or not (run / "metrics.csv").exists():
+        return False
+    def key(c):
+        return {**{k: v for k, v in vars(c).items() if k != "out"}, "data": str(Path(c.data).resolve())}
+
+    same = key(load_config_file(run / "config.yaml")) == key(cfg)
+    return same and len(_history(run)) == cfg.epochs
 
 
 def _history(run: Path) -> list[dict]:
