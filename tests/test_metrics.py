@@ -373,3 +373,16 @@ def test_cldice_empty_masks_and_classes():
     assert r["cldice"] == pytest.approx((1 + 2 / 3) / 2)
     with pytest.raises(ValueError, match="same shape"):
         centreline_dice(some, some[:-1])
+
+
+def test_one_slice_masks_are_scored_in_their_plane():
+    """A 2-D image stored as (X, Y, 1): HD95/ASD as in 2-D, not with every pixel on a 3-D surface."""
+    truth = np.zeros((40, 40), bool)
+    truth[10:30, 10:30] = True
+    pred = np.zeros_like(truth)
+    pred[12:30, 10:30] = True
+    flat = compute_case_metrics(pred, truth, (1.0, 1.0))
+    slab = compute_case_metrics(pred[..., None], truth[..., None], (1.0, 1.0, 3.0))
+    assert flat["hd95"] == pytest.approx(2.0) and flat["asd"] > 0.2
+    for key in ("dice", "hd95", "asd"):
+        assert slab[key] == pytest.approx(flat[key])

@@ -237,7 +237,8 @@ def compute_case_metrics(
     surface voxels of both masks of the distance to the other mask's surface.
 
     Args:
-        pred: predicted mask, shape (X, Y, Z) (or (X, Y)), bool or 0/1.
+        pred: predicted mask, shape (X, Y, Z) (or (X, Y)), bool or 0/1. A one-slice ``(X, Y, 1)`` mask is
+            scored as the 2-D image it is, with the in-plane spacing.
         truth: ground-truth mask, same shape as ``pred``.
         spacing: voxel size in mm per axis, in the arrays' axis order, e.g.
             (sx, sy, sz) for (X, Y, Z) arrays; a single number means isotropic.
@@ -261,6 +262,9 @@ def compute_case_metrics(
         raise ValueError(f"pred and truth must have the same shape, got {p.shape} and {t.shape}")
     if p.ndim not in (2, 3):
         raise ValueError(f"pred must be a 3-D (X, Y, Z) or 2-D (X, Y) mask, got shape {p.shape}")
+    if p.ndim == 3 and p.shape[2] == 1:  # a 2-D image stored as one slice: distances in its plane (in 3-D
+        p, t = p[..., 0], t[..., 0]      # every pixel of a one-slice mask would be surface)
+        spacing = spacing if np.ndim(spacing) == 0 else tuple(spacing)[:2]
     sp = _as_spacing(spacing, p.ndim)
 
     extra = {"cldice": centreline_dice(p, t)} if centreline else {}
