@@ -53,11 +53,10 @@ import SimpleITK as sitk
 import torch
 from PIL import Image
 
-from medl2b.data.grid import image_from_xyz, raw_label_values, to_original_grid
+from medl2b.data.grid import raw_label_values, to_original_grid
 from medl2b.data.isic2019 import load_square_image, square_image
-from medl2b.data.msd import (IMAGE_ENDINGS, NATURAL_ENDINGS, is_natural_image, preprocess_image, read_image,
-                              sitk_array, stack_channels)
-from medl2b.data.nifti import geometry_from_affine, write_nifti
+from medl2b.data.msd import (IMAGE_ENDINGS, NATURAL_ENDINGS, preprocess_image, read_image,
+                              sitk_array, stack_channels, write_mask)
 from medl2b.device import resolve_device
 from medl2b.errors import InputError, atomic_file
 from medl2b.evaluate.run import load_run as load_model
@@ -309,37 +308,6 @@ def _check_channel_files(case: str, files: list[Path]) -> None:
         missing = min(set(range(max(found) + 1)) - set(found))
         raise InputError(files[0].with_name(f"{case}_{missing:04d}{_ending(files[0].name, _SEG_ENDINGS)}"),
                          f"channel {missing} of case {case} is missing (found channels {found})")
-
-
-def write_mask(mask: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write a label map ``(x, y, z)`` with its 4x4 RAS affine, atomically; the format follows the ending
-    (NIfTI through nibabel, the rest through SimpleITK, compressed). A 2-D image format (PNG, BMP, TIFF) takes
-    a one-slice map ``(x, y, 1)`` as a uint8 image of width x and height y."""
-    path = Path(path)
-    if path.name.endswith((".nii.gz", ".nii")):
-        return write_nifti(mask, path, affine=affine)
-    if is_natural_image(path.name):
-        return _write_mask_2d(np.asarray(mask), affine, path)
-    img = image_from_xyz(np.asarray(mask), geometry_from_affine(affine, mask.shape))
-    with atomic_file(path) as tmp:
-        sitk.WriteImage(img, str(tmp), True)
-    return path
-
-
-def _write_mask_2d(mask: np.ndarray, affine: np.ndarray, path: Path) -> Path:
-    if mask.ndim == 3 and mask.shape[2] == 1:
-        mask = mask[:, :, 0]
-    if mask.ndim != 2:
-        raise InputError(path, f"a {path.suffix} file holds one 2-D label map; this one has shape {list(mask.shape)}: "
-                               "choose --format nii.gz")
-    if mask.min(initial=0) < 0 or mask.max(initial=0) > 255:
-        raise InputError(path, "label values outside 0..255 do not fit an 8-bit image")
-    img = sitk.GetImageFromArray(np.ascontiguousarray(mask.T.astype(np.uint8)))  # (rows = y, columns = x)
-    geo = geometry_from_affine(affine, (*mask.shape, 1))
-    img.SetSpacing([float(v) for v in geo.spacing[:2]])
-    with atomic_file(path) as tmp:
-        sitk.WriteImage(img, str(tmp))
-    return path
 
 
 def _write_probabilities(seg: Segmentation, path: Path) -> None:

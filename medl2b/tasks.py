@@ -34,7 +34,8 @@ from medl2b.data.augment import BatchAugment
 from medl2b.data.datasets import (ImageSet, IsicDataset, SegSliceDataset, SliceSet, load_isic, load_manifest,
                                   load_slices, load_volumes, train_window)
 from medl2b.data.grid import prediction_to_raw
-from medl2b.data.nifti import read_nifti, write_nifti
+from medl2b.data.msd import write_mask
+from medl2b.data.nifti import read_nifti
 from medl2b.errors import InputError
 from medl2b.evaluate import figures as fig
 from medl2b.evaluate.dice import mean_foreground_dice
@@ -281,7 +282,8 @@ class SliceTask(Task):
                                                                        centreline=True)}
             per_case.append(row)
             raw_pred, affine = prediction_to_raw(pred, manifest, case)
-            write_nifti(raw_pred, out / "predictions" / f"{case}.nii.gz", affine=affine)
+            ending = ".png" if manifest.get("image_2d") else ".nii.gz"  # a 2-D image dataset: PNG, as its labels
+            write_mask(raw_pred, affine, out / "predictions" / f"{case}{ending}")
             volumes[case] = (image, clean, pred, info.get("noisy_label"))
         summary = write_seg_report(out, per_case=per_case, split=split, checkpoint=checkpoint,
                                    empty_policy="worst",

@@ -24,7 +24,8 @@ from medl2b.data.grid import normalise_intensity, prediction_to_raw
 from medl2b.data.msd import load_natural_image, prepare_msd, read_image
 from medl2b.errors import InputError
 from medl2b.evaluate.dice import mask_dice
-from medl2b.predict import write_mask
+from medl2b.evaluate.run import evaluate_run
+from medl2b.data.msd import write_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 CHASE = SHARED_DATA / "CHASEDB1"
@@ -347,3 +348,8 @@ def test_predict_and_eval_on_png_images(tmp_path):
     assert "pixels" in summary["metric_grid"]
     rows = (tmp_path / "report" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 2 and rows[1].startswith(test)
+    # eval of the run writes its predictions as PNG at the raw size, the same masks predict wrote
+    evaluate_run(tmp_path / "run", split="test", figures=False)
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "run" / "eval" / "predictions" / f"{test}.png")))
+    predicted = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "masks" / f"{test}.png")))
+    assert np.array_equal(written, predicted)

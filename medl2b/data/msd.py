@@ -84,7 +84,7 @@ from nibabel import orientations as ornt
 from medl2b.data.grid import PERCENTILES, image_from_xyz, prediction_to_raw, prepare_volume, resample, to_xyz
 from medl2b.data.nifti import Geometry, affine_from_geometry, geometry_from_affine, write_nifti
 from medl2b.data.splits import split_cases
-from medl2b.errors import InputError, atomic_dir
+from medl2b.errors import InputError, atomic_dir, atomic_file
 from medl2b.noise.masks import (DEFAULT_CONFIG, MaskNoiseConfig, calibrate_strength, corrupt_volumes,
                                  per_class_dice, pick_noisy_cases)
 from medl2b.progress import progress_bar
@@ -92,7 +92,7 @@ from medl2b.progress import progress_bar
 __all__ = ["AFFINE_TOL", "IMAGE_ENDINGS", "NATURAL_ENDINGS", "SLICE_AXES", "MsdCase", "MsdDataset",
            "check_prepare_args", "find_msd_dataset", "is_natural_image", "load_file", "load_natural_image",
            "orient_case", "prediction_to_raw", "prepare_msd", "preprocess_image", "read_image", "read_labels",
-           "read_msd_case", "sitk_array", "stack_channels", "to_prepared_grid"]
+           "read_msd_case", "sitk_array", "stack_channels", "to_prepared_grid", "write_mask"]
 
 #: Largest difference allowed between two affines of one case (mm and direction cosines).
 AFFINE_TOL = 1e-3
@@ -878,3 +878,36 @@ def _noise(tmp: Path, entries: dict, train_masks: dict, noise_dice: float, seed:
                                   "with the highest per-slice priority",
                        "streams": "numpy.random.default_rng([seed, i]) for the i-th train case in sorted order"},
             "seed": int(seed)}
+
+
+# --------------------------------------------------------------------------- writing label maps
+
+def write_mask(mask: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write a label map ``(x, y, z)`` with its 4x4 RAS affine, atomically; the format follows the ending
+    (NIfTI through nibabel, the rest through SimpleITK, compressed). A 2-D image format (PNG, BMP, TIFF) takes
+    a one-slice map ``(x, y, 1)`` as a uint8 image of width x and height y."""
+    path = Path(path)
+    if path.name.endswith((".nii.gz", ".nii")):
+        return write_nifti(mask, path, affine=affine)
+    if is_natural_image(path.name):
+        return _write_mask_2d(np.asarray(mask), affine, path)
+    img = image_from_xyz(np.asarray(mask), geometry_from_affine(affine, mask.shape))
+    with atomic_file(path) as tmp:
+        sitk.WriteImage(img, str(tmp), True)
+    return path
+
+
+def _write_mask_2d(mask: np.ndarray, affine: np.ndarray, path: Path) -> Path:
+    if mask.ndim == 3 and mask.shape[2] == 1:
+        mask = mask[:, :, 0]
+    if mask.ndim != 2:
+        raise InputError(path, f"a {path.suffix} file holds one 2-D label map; this one has shape {list(mask.shape)}: "
+                               "choose --format nii.gz")
+    if mask.min(initial=0) < 0 or mask.max(initial=0) > 255:
+        raise InputError(path, "label values outside 0..255 do not fit an 8-bit image")
+    img = sitk.GetImageFromArray(np.ascontiguousarray(mask.T.astype(np.uint8)))  # (rows = y, columns = x)
+    geo = geometry_from_affine(affine, (*mask.shape, 1))
+    img.SetSpacing([float(v) for v in geo.spacing[:2]])
+    with atomic_file(path) as tmp:
+        sitk.WriteImage(img, str(tmp))
+    return path
