@@ -144,6 +144,17 @@ def _as_mask(x: Any, name: str) -> np.ndarray:
     return arr.astype(bool)
 
 
+def _mask_pair(pred: Any, truth: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Both masks as bool arrays, checked: the same shape, 2-D or 3-D."""
+    p = _as_mask(pred, "pred")
+    t = _as_mask(truth, "truth")
+    if p.shape != t.shape:
+        raise ValueError(f"pred and truth must have the same shape, got {p.shape} and {t.shape}")
+    if p.ndim not in (2, 3):
+        raise ValueError(f"pred must be a 3-D (X, Y, Z) or 2-D (X, Y) mask, got shape {p.shape}")
+    return p, t
+
+
 def _as_spacing(spacing: Any, ndim: int) -> np.ndarray:
     """Return the spacing as a float array of shape (ndim,), checked finite and positive."""
     if spacing is None:
@@ -206,12 +217,7 @@ def centreline_dice(pred: Any, truth: Any) -> float:
     Raises:
         ValueError: if the masks differ in shape, are not 2-D/3-D or not binary.
     """
-    p = _as_mask(pred, "pred")
-    t = _as_mask(truth, "truth")
-    if p.shape != t.shape:
-        raise ValueError(f"pred and truth must have the same shape, got {p.shape} and {t.shape}")
-    if p.ndim not in (2, 3):
-        raise ValueError(f"pred must be a 3-D (X, Y, Z) or 2-D (X, Y) mask, got shape {p.shape}")
+    p, t = _mask_pair(pred, truth)
     p_any, t_any = bool(p.any()), bool(t.any())
     if not (p_any and t_any):
         return 1.0 if p_any == t_any else 0.0
@@ -256,12 +262,7 @@ def compute_case_metrics(
             or ``spacing`` / ``empty_policy`` is invalid.
     """
     policy = _empty_policy(empty_policy)
-    p = _as_mask(pred, "pred")
-    t = _as_mask(truth, "truth")
-    if p.shape != t.shape:
-        raise ValueError(f"pred and truth must have the same shape, got {p.shape} and {t.shape}")
-    if p.ndim not in (2, 3):
-        raise ValueError(f"pred must be a 3-D (X, Y, Z) or 2-D (X, Y) mask, got shape {p.shape}")
+    p, t = _mask_pair(pred, truth)
     if p.ndim == 3 and p.shape[2] == 1:  # a 2-D image stored as one slice: distances in its plane (in 3-D
         p, t = p[..., 0], t[..., 0]      # every pixel of a one-slice mask would be surface)
         spacing = spacing if np.ndim(spacing) == 0 else tuple(spacing)[:2]
