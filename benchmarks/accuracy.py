@@ -117,6 +117,25 @@ def mean_std(values):
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def paired(pick, key: str, scale: float = 100.0) -> dict:
+    """The paired L2B − CE comparison of one setting. ``pick(method)``: that method's result rows there.
+
+    Returns the means (× ``scale``) of ``ce``, ``l2b`` and ``oracle``, ``mean(method)`` for any other, the
+    per-seed differences L2B − CE over the seeds both ran, their mean and std, and the gap closed
+    (L2B − CE) / (oracle − CE) (NaN where undefined)."""
+    ce = {r["seed"]: r[key] for r in pick("ce")}
+    l2b = {r["seed"]: r[key] for r in pick("l2b")}
+    diffs = [scale * (l2b[s] - ce[s]) for s in sorted(set(ce) & set(l2b))]
+
+    def mean(method: str) -> float:
+        return scale * mean_std([r[key] for r in pick(method)])[0]
+
+    o, c, b = mean("oracle"), mean("ce"), mean("l2b")
+    gap = (b - c) / (o - c) if all(math.isfinite(v) for v in (o, c, b)) and o - c > 1e-9 else float("nan")
+    d_m, d_s = mean_std(diffs)
+    return {"ce": c, "l2b": b, "oracle": o, "mean": mean, "diffs": diffs, "diff": d_m, "diff_std": d_s, "gap": gap}
+
+
 def fmt(values, scale=1.0, digits=2):
     m, s = mean_std([v * scale for v in values])
     return f"{m:.{digits}f} ± {s:.{digits}f}"

@@ -61,7 +61,7 @@ import sys
 import time
 from pathlib import Path
 
-from accuracy import fmt, mean_std, times, weight_figures, write_benchmarks_md
+from accuracy import fmt, mean_std, paired, times, weight_figures, write_benchmarks_md
 from isic import _finished, _history, load_rows
 
 from medl2b.config import load_config
@@ -171,19 +171,12 @@ def tables(rows: list[dict], command: str, given: dict[str, float], settings: di
              "meta-only (%) | oracle (%) | gap closed |"), "|---|---|---|---|---|---|---|---|---|---|"]
     for source in sources:
         for key, label in (("dice", "Dice"), ("cldice", "clDice")):
-            ce = {r["seed"]: r[key] for r in _pick(rows, source, "ce")}
-            l2b = {r["seed"]: r[key] for r in _pick(rows, source, "l2b")}
-            diffs = [100 * (l2b[s] - ce[s]) for s in sorted(set(ce) & set(l2b))]
-
-            def m(method, key=key):
-                return 100 * mean_std([r[key] for r in _pick(rows, source, method)])[0]
-
-            o, c, b = m("oracle"), m("ce"), m("l2b")
-            gap = (b - c) / (o - c) if all(math.isfinite(v) for v in (o, c, b)) and o - c > 1e-9 else float("nan")
-            d_m, d_s = mean_std(diffs)
-            out.append(f"| {source} | {label} | {_num(c)} | {_num(b)} | {', '.join(f'{d:+.2f}' for d in diffs) or '–'} "
-                       f"| {_num(d_m, '+.2f')} ± {_num(d_s)} | {_num(m('ce+clean'))} | {_num(m('meta-only'))} | "
-                       f"{_num(o)} | {'–' if math.isnan(gap) else f'{gap:.0%}'} |")
+            p = paired(lambda method, source=source: _pick(rows, source, method), key)
+            gap = p["gap"]
+            out.append(f"| {source} | {label} | {_num(p['ce'])} | {_num(p['l2b'])} | "
+                       f"{', '.join(f'{d:+.2f}' for d in p['diffs']) or '–'} | {_num(p['diff'], '+.2f')} ± "
+                       f"{_num(p['diff_std'])} | {_num(p['mean']('ce+clean'))} | {_num(p['mean']('meta-only'))} | "
+                       f"{_num(p['oracle'])} | {'–' if math.isnan(gap) else f'{gap:.0%}'} |")
     out += ["", f"Command: `{command}`; {len(rows)} runs finished."]
     return "\n".join(out)
 

@@ -49,7 +49,7 @@ import shutil
 import time
 from pathlib import Path
 
-from accuracy import fmt, mean_std, times, weight_figures, write_benchmarks_md
+from accuracy import fmt, mean_std, paired, times, weight_figures, write_benchmarks_md
 
 ROOT = Path(__file__).resolve().parent.parent
 LEVELS = (0.8, 0.6, 0.4)
@@ -141,19 +141,10 @@ def tables(rows: list[dict]) -> str:
             ("| noise Dice | CE (%) | L2B (%) | L2B − CE per seed | L2B − CE | ce+clean (%) | meta-only (%) | "
             "oracle (%) | gap closed |"), "|---|---|---|---|---|---|---|---|---|"]
     for level in levels:
-        ce = {r["seed"]: r["dice"] for r in pick(level, "ce")}
-        l2b = {r["seed"]: r["dice"] for r in pick(level, "l2b")}
-        diffs = [100 * (l2b[s] - ce[s]) for s in sorted(set(ce) & set(l2b))]
-
-        def m(method):
-            return mean_std([r["dice"] for r in pick(level, method)])[0]
-
-        o, c, b = m("oracle"), m("ce"), m("l2b")
-        gap = (b - c) / (o - c) if all(math.isfinite(v) for v in (o, c, b)) and o - c > 1e-9 else float("nan")
-        d_m, d_s = mean_std(diffs)
-        out.append(f"| {level} | {100 * c:.2f} | {100 * b:.2f} | {', '.join(f'{d:+.2f}' for d in diffs)} | "
-                   f"{d_m:+.2f} ± {d_s:.2f} | {100 * m('ce+clean'):.2f} | {100 * m('meta-only'):.2f} | "
-                   f"{100 * o:.2f} | {gap:.0%} |")
+        p = paired(lambda method, level=level: pick(level, method), "dice")
+        out.append(f"| {level} | {p['ce']:.2f} | {p['l2b']:.2f} | {', '.join(f'{d:+.2f}' for d in p['diffs'])} | "
+                   f"{p['diff']:+.2f} ± {p['diff_std']:.2f} | {p['mean']('ce+clean'):.2f} | "
+                   f"{p['mean']('meta-only'):.2f} | {p['oracle']:.2f} | {p['gap']:.0%} |")
     out += amortised_table(rows)
     out += dims_table(rows)
     return "\n".join(out)

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accuracy import fmt, mean_std, times, write_benchmarks_md
+from accuracy import fmt, mean_std, paired, times, write_benchmarks_md
 
 from medl2b.config import load_config, load_config_file
 from medl2b.data.isic2019 import CLASSES, prepare_isic2019
@@ -188,20 +188,12 @@ def tables(rows: list[dict]) -> str:
              "oracle | gap closed |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
     for level in levels:
         for key, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced acc."), ("auroc", "AUROC")):
-            ce = {r["seed"]: r[key] for r in _pick(rows, level, "ce")}
-            l2b = {r["seed"]: r[key] for r in _pick(rows, level, "l2b")}
-            diffs = [100 * (l2b[s] - ce[s]) for s in sorted(set(ce) & set(l2b))]
-
-            def m(method, key=key):
-                return 100 * mean_std([r[key] for r in _pick(rows, level, method)])[0]
-
-            o, c, b = m("oracle"), m("ce"), m("l2b")
-            gap = ((b - c) / (o - c) if key == "balanced_accuracy" and all(math.isfinite(v) for v in (o, c, b))
-                   and o - c > 1e-9 else float("nan"))
-            d_m, d_s = mean_std(diffs)
-            out.append(f"| {level:.0%} | {label} | {_num(c)} | {_num(b)} | {', '.join(f'{d:+.1f}' for d in diffs)} | "
-                       f"{d_m:+.1f} ± {d_s:.1f} | {_num(m('ce+clean'))} | {_num(m('l2rw'))} | "
-                       f"{_num(m('bootstrap'))} | {_num(o)} | {'–' if math.isnan(gap) else f'{gap:.0%}'} |")
+            p = paired(lambda method, level=level: _pick(rows, level, method), key)
+            gap = p["gap"] if key == "balanced_accuracy" else float("nan")
+            out.append(f"| {level:.0%} | {label} | {_num(p['ce'])} | {_num(p['l2b'])} | "
+                       f"{', '.join(f'{d:+.1f}' for d in p['diffs'])} | {p['diff']:+.1f} ± {p['diff_std']:.1f} | "
+                       f"{_num(p['mean']('ce+clean'))} | {_num(p['mean']('l2rw'))} | {_num(p['mean']('bootstrap'))} | "
+                       f"{_num(p['oracle'])} | {'–' if math.isnan(gap) else f'{gap:.0%}'} |")
     out += weight_table(rows)
     out += ["", "The paper (ImageNet-pretrained ResNet-50 at 224 px; 20,400 train / 640 meta / 4,291 test), accuracy:",
             "", "| noise | CE | L2B |", "|---|---|---|"]
