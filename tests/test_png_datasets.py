@@ -8,6 +8,7 @@ with images of two sizes (square 48 x 48 and 40 wide x 32 high), labels 0/1/2.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -20,12 +21,13 @@ from typer.testing import CliRunner
 
 from conftest import SHARED_DATA
 from medl2b.cli import app
+from medl2b.config import load_config
 from medl2b.data.grid import normalise_intensity, prediction_to_raw
-from medl2b.data.msd import load_natural_image, prepare_msd, read_image
+from medl2b.data.msd import load_natural_image, prepare_msd, read_image, write_mask
 from medl2b.errors import InputError
 from medl2b.evaluate.dice import mask_dice
 from medl2b.evaluate.run import evaluate_run
-from medl2b.data.msd import write_mask
+from medl2b.train.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 CHASE = SHARED_DATA / "CHASEDB1"
@@ -309,16 +311,17 @@ def test_png_mask_write_read_round_trip(tmp_path):
 
 
 def test_predict_and_eval_on_png_images(tmp_path):
-    from medl2b.config import load_config
-    from medl2b.train.trainer import train
-
+    """An RGB PNG dataset trains with L2B, predicts and evaluates at the raw size."""
     raw = _dataset(tmp_path / "raw", rgb=True)
     m = _prepare(raw, tmp_path / "prepared")
     cfg = load_config("segmentation", profile="cpu", overrides={
         "data": str(tmp_path / "prepared"), "out": str(tmp_path / "run"), "features": [2, 2, 4, 4, 8, 2],
         "epochs": 1, "warmup_epochs": 0, "steps_per_epoch": 1, "batch_size": 4, "meta_batch_size": 2,
-        "device": "cpu", "augment": False, "method": "ce"})
+        "device": "cpu", "augment": False, "method": "l2b"})  # a meta step on PNG data
     train(cfg, progress=False)
+    last = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    header, row = last[0].split(","), last[-1].split(",")
+    assert math.isfinite(float(row[header.index("meta_loss")]))  # the meta step ran
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     test = m["splits"]["test"][0]
