@@ -61,6 +61,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from accuracy import fmt, mean_std, paired, times, weight_figures, write_benchmarks_md
 from isic import _finished, _history, load_rows
 
@@ -152,7 +154,7 @@ def tables(rows: list[dict], command: str, given: dict[str, float], settings: di
             f"{given.get('observers', math.nan):.3f} against observer 1), `synthetic` = medl2b's mask noise at noise "
             f"Dice {NOISE_DICE} (achieved {given.get('synthetic', math.nan):.3f}). `meta-only` and `oracle` never see the given labels: "
             "one set of runs serves both sources."), "",
-           ("| given labels | method | seeds | Dice (%) | clDice (%) | HD95 (mm) | ASD (mm) | failed images | "
+           ("| given labels | method | seeds | Dice (%) | clDice (%) | HD95 (raw px) | ASD (raw px) | failed images | "
             "best val Dice (%) | wall time per run (s), train + eval, min / median |"),
            "|---|---|---|---|---|---|---|---|---|---|"]
     for source in sources:
@@ -177,8 +179,30 @@ def tables(rows: list[dict], command: str, given: dict[str, float], settings: di
                        f"{', '.join(f'{d:+.2f}' for d in p['diffs']) or '–'} | {_num(p['diff'], '+.2f')} ± "
                        f"{_num(p['diff_std'])} | {_num(p['mean']('ce+clean'))} | {_num(p['mean']('meta-only'))} | "
                        f"{_num(p['oracle'])} | {'–' if math.isnan(gap) else f'{gap:.0%}'} |")
+    out += separation_table(rows, sources)
     out += ["", f"Command: `{command}`; {len(rows)} runs finished."]
     return "\n".join(out)
+
+
+def separation_table(rows: list[dict], sources) -> list[str]:
+    """How the L2B weights split the pixels whose given label is wrong (vs observer 1) from the right ones:
+    the pseudo-label's share β/(α+β), mean over the last third of the epochs (from each run's metrics.csv)."""
+    lines = ["", ("L2B's weights on training pixels whose given label disagrees with observer 1 (wrong) and agrees "
+                  "(right): the pseudo-label's share β/(α+β), mean over the last third of the epochs, per seed:"), "",
+             "| given labels | seeds | β share on wrong | β share on right | per seed (wrong / right) |", "|---|---|---|---|---|"]
+    for source in sources:
+        parts = []
+        for r in _pick(rows, source, "l2b"):
+            hist = [h for h in _history(Path(r["run"])) if h.get("warmup") in ("0", "False", "false")]
+            tail = hist[len(hist) - max(1, len(hist) // 3):]
+            if tail:
+                parts.append(tuple(float(np.mean([float(h[k]) for h in tail]))
+                                   for k in ("beta_share_on_wrong", "beta_share_on_right")))
+        if parts:
+            w, r_ = zip(*parts)
+            lines.append(f"| {source} | {len(parts)} | {np.mean(w):.2f} | {np.mean(r_):.2f} | "
+                         + ", ".join(f"{a:.2f} / {b:.2f}" for a, b in parts) + " |")
+    return lines if len(lines) > 4 else []
 
 
 def _num(v: float, spec: str = ".2f") -> str:
