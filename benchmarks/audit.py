@@ -189,10 +189,20 @@ def run_seed(name: str, data: Path, work: Path, seed: int, folds: int, epochs: i
     audit_run(ce_run, out=ce_run / "audit", figures=False)
     # a run without meta steps records no weights: its audit's first signal is the mean training loss
     loss = _scores_from_ranking(ce_run / "audit" / "ranking.csv", units, "meta_signal", data)
-    row["loss"] = ranking_quality(loss, truth)
+    row["loss_unscored"] = int((~np.isfinite(loss)).sum())  # never drawn by a class-balanced sampler: no loss
+    row["loss"] = ranking_quality(_lowest_if_unscored(loss), truth)
     row["cleanlab"] = ranking_quality(cleanlab_scores(data, work, seed, folds, epochs), truth)
     row["seconds"] = round(time.time() - t, 1)
     return row
+
+
+def _lowest_if_unscored(scores: np.ndarray) -> np.ndarray:
+    """Units without a score (−inf: e.g. never drawn by ``train_balance``'s sampler, so no training loss)
+    rank below every scored unit."""
+    finite = np.isfinite(scores)
+    if finite.all() or not finite.any():
+        return scores if finite.all() else np.zeros_like(scores)
+    return np.where(finite, scores, scores[finite].min() - 1.0)
 
 
 def _scores_from_ranking(path: Path, units: list, column: str, data: Path) -> np.ndarray:
