@@ -144,14 +144,16 @@ def _as_mask(x: Any, name: str) -> np.ndarray:
     return arr.astype(bool)
 
 
-def _mask_pair(pred: Any, truth: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Both masks as bool arrays, checked: the same shape, 2-D or 3-D."""
-    p = _as_mask(pred, "pred")
-    t = _as_mask(truth, "truth")
+def _mask_pair(pred: Any, truth: Any, *, read=None, what: str = "mask") -> tuple[np.ndarray, np.ndarray]:
+    """Both arrays read with ``read`` (default :func:`_as_mask`: bool masks), checked: the same shape,
+    2-D or 3-D (``what`` names them in the message)."""
+    read = read or _as_mask
+    p = read(pred, "pred")
+    t = read(truth, "truth")
     if p.shape != t.shape:
         raise ValueError(f"pred and truth must have the same shape, got {p.shape} and {t.shape}")
     if p.ndim not in (2, 3):
-        raise ValueError(f"pred must be a 3-D (X, Y, Z) or 2-D (X, Y) mask, got shape {p.shape}")
+        raise ValueError(f"pred must be a 3-D (X, Y, Z) or 2-D (X, Y) {what}, got shape {p.shape}")
     return p, t
 
 
@@ -377,12 +379,7 @@ def compute_multiclass_case_metrics(
     """
     policy = _empty_policy(empty_policy)
     cls = _check_classes(classes)
-    p = _as_label_map(pred, "pred")
-    t = _as_label_map(truth, "truth")
-    if p.shape != t.shape:
-        raise ValueError(f"pred and truth must have the same shape, got {p.shape} and {t.shape}")
-    if p.ndim not in (2, 3):
-        raise ValueError(f"pred must be a 3-D (X, Y, Z) or 2-D (X, Y) label map, got shape {p.shape}")
+    p, t = _mask_pair(pred, truth, read=_as_label_map, what="label map")
     sp = _as_spacing(spacing, p.ndim)
     allowed = np.array([0, *cls], dtype=np.int64)
     for name, arr in (("pred", p), ("truth", t)):
