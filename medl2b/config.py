@@ -35,6 +35,8 @@ TASK_ALIASES = {"prostate-seg": "segmentation"}
 #: Profiles of an alias that have another name in the YAML it reads.
 ALIAS_PROFILES = {"prostate-seg": {"cpu": "prostate-cpu"}}
 METHODS = tuple(METHOD_TABLE)  # every list of allowed values comes from the method table
+#: the meta methods that also train on their clean meta cases
+TRAINS_ON_META = tuple(n for n, m in METHOD_TABLE.items() if m.uses_meta and m.train_on != "train")
 
 
 @dataclass
@@ -44,7 +46,7 @@ class TrainConfig:
     task: str = "prostate-seg"
     data: str | None = None            # prepared dataset folder
     out: str | None = None             # run folder
-    method: str = "l2b"                # ce | bootstrap | l2rw | l2b | l2b-sum1 | ce+clean | meta-only
+    method: str = "l2b"                # ce | bootstrap | l2rw | l2b | l2b-sum1 | ce+clean | l2b+clean | meta-only
     meta_set: str = "clean"            # clean (trusted meta split) | gmm (online, no trusted set)
     label_source: str = "noisy"        # noisy | clean (clean = the oracle ceiling)
     # optimisation (paper: SGD, momentum 0.9, wd 5e-4, cosine annealing, gradient clipping)
@@ -74,6 +76,8 @@ class TrainConfig:
                                         # (chooses checkpoint_best and the score-gated warm-up)
     meta_loss: str = "ce"               # ce | dice | ce+dice (dice: segmentation only; see medl2b.meta.losses.meta_objective)
     meta_normalise: str = "batch"       # l2b: batch (Σα + Σβ = 1 over the batch) | element (α_i + β_i = 1)
+    meta_smooth: int = 1                # segmentation: average each pixel's meta evidence over this odd-sized
+                                        # neighbourhood before normalising (1 = per pixel)
     # model
     features: list[int] = field(default_factory=lambda: [32, 32, 64, 128, 256, 32])  # UNet++ widths
     spatial_dims: int = 2               # segmentation: 2 = UNet++ on slices, 3 = on whole (padded) volumes
@@ -146,8 +150,15 @@ class TrainConfig:
             raise InputError(where, "val_metric applies to classification; segmentation validates on Dice")
         if self.meta_balance and self.is_segmentation:
             raise InputError(where, "meta_balance applies to classification; segmentation uses meta_foreground")
+        if self.meta_smooth < 1 or self.meta_smooth % 2 == 0:
+            raise InputError(where, f"meta_smooth must be an odd size >= 1, got {self.meta_smooth}")
+        if self.meta_smooth > 1 and not self.is_segmentation:
+            raise InputError(where, "meta_smooth applies to segmentation (per-pixel weights)")
         if self.train_balance and self.is_segmentation:
             raise InputError(where, "train_balance applies to classification")
+        if self.meta_set == "gmm" and self.method in TRAINS_ON_META:
+            raise InputError(where, f"{self.method} trains on the clean meta cases and needs them as its meta set "
+                                    "(meta_set clean)")
         if self.meta_set == "gmm" and not self.uses_meta:
             raise InputError(where, f"meta_set gmm only applies to meta-learning methods, not {self.method!r}")
         return self

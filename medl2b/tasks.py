@@ -342,7 +342,7 @@ class SliceTask(Task):
         net = copy.deepcopy(model).train()
         x, y = train.image[idx].to(device), train.label[idx].to(device)
         weights, _, _ = weighted_losses(net, method, x, y, meta.image[midx].to(device), meta.clean[midx].to(device),
-                                        meta_loss=cfg.meta_loss, lr=cfg.lr)
+                                        meta_loss=cfg.meta_loss, lr=cfg.lr, meta_smooth=cfg.meta_smooth)
         count = weights[0].numel()
         alpha = (weights[0] * count).cpu().numpy()
         beta = (weights[1] * count).cpu().numpy() if len(weights) > 1 else np.zeros_like(alpha)
@@ -628,13 +628,17 @@ def split_items(manifest: dict, split: str) -> list:
 
 
 def _compose(cfg, load_train, clean_meta):
-    """The training samples of a method: the (noisy) train split, plus or instead of the clean meta cases."""
-    train_on = get_method(cfg.method).train_on
-    if train_on == "train":
+    """The training samples of a method: the (noisy) train split, plus or instead of the clean meta cases.
+    A meta method that also trains on the clean cases (``l2b+clean``) marks them trusted: the meta step
+    leaves their given labels at full weight."""
+    method = get_method(cfg.method)
+    if method.train_on == "train":
         return load_train()
     if clean_meta is None or len(clean_meta) == 0:
         raise InputError(cfg.data, f"method {cfg.method} trains on the clean meta cases, but the dataset has none")
-    return clean_meta if train_on == "meta" else load_train().concat(clean_meta)
+    if method.train_on == "meta":
+        return clean_meta
+    return load_train().concat(clean_meta.as_trusted() if method.uses_meta else clean_meta)
 
 
 def build_task(cfg, *, training: bool = True) -> Task:

@@ -317,3 +317,63 @@ def test_fast_step_equals_the_reference_in_3d(net):
             assert torch.allclose(a, b, rtol=1e-7, atol=1e-12 * float(b.abs().max())), (net, impl)
         for a, b in zip(fast.weights, ref.weights):
             assert torch.allclose(a, b, rtol=1e-7, atol=1e-12), (net, impl)
+
+
+def test_trusted_samples_keep_plain_ce_weights():
+    """l2b+clean: a trusted sample's every pixel gets α = 1/N, β = 0; the others keep their meta weights
+    (per-element normalisation) or share what is left (batch normalisation)."""
+    from medl2b.meta.methods import trust_weights
+
+    torch.manual_seed(0)
+    grads = [torch.randn(3, 4, 4), torch.randn(3, 4, 4)]
+    trusted = torch.tensor([False, True, False])
+    (a, b), _ = normalise_weights(grads, mode="element")
+    ta, tb = trust_weights([a, b], trusted, mode="element")
+    n = a.numel()
+    assert torch.allclose(ta[1], torch.full((4, 4), 1.0 / n)) and float(tb[1].abs().sum()) == 0.0
+    assert torch.equal(ta[0], a[0]) and torch.equal(tb[2], b[2])
+    assert torch.isclose((ta + tb).sum(), torch.tensor(1.0))
+    (a, b), _ = normalise_weights(grads, mode="batch")
+    ta, tb = trust_weights([a, b], trusted, mode="batch")
+    assert torch.isclose((ta + tb).sum(), torch.tensor(1.0))
+    left = float(a[0].sum() + b[0].sum() + a[2].sum() + b[2].sum())
+    assert torch.allclose(ta[0], a[0] * (2 / 3) / left) and torch.allclose(tb[2], b[2] * (2 / 3) / left)
+
+
+def test_smoothed_evidence_pools_neighbours():
+    from medl2b.meta.step import smooth_evidence
+
+    flat = torch.full((2, 6, 6), 0.3)
+    assert torch.allclose(smooth_evidence([flat], 3)[0], flat)  # borders average inside the image only
+    spike = torch.zeros(1, 5, 5)
+    spike[0, 2, 2] = 9.0
+    out = smooth_evidence([spike], 3)[0]
+    assert torch.allclose(out[0, 1:4, 1:4], torch.ones(3, 3)) and float(out[0, 0].abs().sum()) == 0.0
+    vol = torch.zeros(1, 3, 3, 3)
+    vol[0, 1, 1, 1] = 27.0
+    assert torch.allclose(smooth_evidence([vol], 3)[0][0, 1, 1, 1], torch.tensor(1.0))
+    # a lone wrong-signed pixel in a region of agreeing evidence is outvoted: its split follows the region
+    ga = torch.full((1, 5, 5), -1.0)
+    gb = torch.full((1, 5, 5), 1.0)
+    ga[0, 2, 2], gb[0, 2, 2] = 1.0, -1.0
+    (a, _), _ = normalise_weights([ga, gb], mode="element")
+    (sa, _), _ = normalise_weights([ga, gb], mode="element", smooth=3)
+    assert float(a[0, 2, 2]) > 0 and float(sa[0, 2, 2]) == 0.0
+    with pytest.raises(ValueError, match="odd"):
+        smooth_evidence([flat], 2)
+    with pytest.raises(ValueError, match="per-pixel"):
+        smooth_evidence([torch.zeros(4)], 3)
+
+
+@pytest.mark.parametrize("impl", ["reference", "fast"])
+def test_smoothing_is_the_same_in_both_implementations(impl):
+    torch.manual_seed(5)
+    model = TinySeg().double().train()
+    x, y = torch.randn(2, 1, 6, 6, dtype=torch.float64), torch.randint(0, 2, (2, 6, 6))
+    xm, ym = torch.randn(2, 1, 6, 6, dtype=torch.float64), torch.randint(0, 2, (2, 6, 6))
+    plain = meta_weights(copy.deepcopy(model), x, two_terms(y), xm, meta_ce(ym), lr=0.1, impl=impl, normalise="element")
+    smooth = meta_weights(copy.deepcopy(model), x, two_terms(y), xm, meta_ce(ym), lr=0.1, impl=impl,
+                          normalise="element", smooth=3)
+    expected, _ = normalise_weights([-g for g in plain.meta_grads], mode="element", smooth=3)
+    assert all(torch.allclose(w, e) for w, e in zip(smooth.weights, expected))
+    assert not torch.allclose(smooth.weights[0], plain.weights[0])

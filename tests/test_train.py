@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 from medl2b.cli import app
 from medl2b.config import load_config
 from medl2b.errors import InputError
-from medl2b.train.trainer import Trainer, train
+from medl2b.train.trainer import EpochStats, Trainer, train
 
 TINY_SEG = {"features": [4, 4, 8, 8, 16, 4], "batch_size": 4, "meta_batch_size": 4, "steps_per_epoch": 2}
 TINY_CLS = {"width": 0.0625, "image_size": 32, "batch_size": 8, "meta_batch_size": 8, "steps_per_epoch": 2}
@@ -102,6 +103,17 @@ def test_score_gated_warmup_waits_for_the_validation_score():
         load_config("prostate-seg", overrides={"warmup_until_score": 0.3, "meta_set": "gmm"})
     with pytest.raises(InputError, match="warmup_max_epochs must be in"):
         load_config("prostate-seg", overrides={"warmup_max_epochs": 500})
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"meta_smooth": 4}, "meta_smooth must be an odd size"), ({"meta_smooth": 0}, "meta_smooth must be an odd size"),
+    ({"method": "l2b+clean", "meta_set": "gmm"}, "needs them as its meta set"),
+])
+def test_new_meta_keys_are_checked(overrides, match):
+    with pytest.raises(InputError, match=match):
+        load_config("prostate-seg", overrides=overrides)
+    with pytest.raises(InputError, match="meta_smooth applies to segmentation"):
+        load_config("skin-lesion-cls", overrides={"meta_smooth": 3})
 
 
 def test_unreached_warmup_score_hands_over_at_the_cap(promise12_prepared, tmp_path):
@@ -249,6 +261,37 @@ def test_clean_case_baselines_train_on_the_right_samples(task, promise12_prepare
         assert float(read_rows(run)[-1]["beta_sum"]) == 0.0  # plain CE weights
     n_meta = sizes["meta-only"]
     assert n_meta > 0 and sizes["ce+clean"] == sizes["ce"] + n_meta
+
+
+@pytest.mark.parametrize("task", ["seg", "cls"])
+def test_l2b_plus_clean_trains_on_its_trusted_meta_cases(task, promise12_prepared, isic_prepared, tmp_path):
+    """l2b+clean: the clean meta cases join the training data marked trusted (full weight on their given
+    label) and stay the meta set; the noisy samples get meta weights; the statistics leave the trusted out."""
+    run = tmp_path / f"{task}-l2b+clean"
+    cfg = (seg_cfg(promise12_prepared, run, method="l2b+clean") if task == "seg"
+           else cls_cfg(isic_prepared, run, method="l2b+clean"))
+    trainer = Trainer(cfg, progress=False)
+    train = trainer.task.train_slices if task == "seg" else trainer.task.train_images
+    meta = trainer.task.val_slices if task == "seg" else trainer.task.val_images
+    n_meta = len(meta)
+    assert n_meta > 0 and trainer.task.meta_set is not None
+    trusted = np.asarray(train.trusted)
+    assert trusted[-n_meta:].all() and not trusted[:-n_meta].any()
+    assert bool(trainer.task.train_set[len(train) - 1]["trusted"]) and not trainer.task.train_set[0]["trusted"]
+    # one step with a batch of four noisy samples and a trusted one: the trusted one gets plain CE's weight
+    batch = torch.utils.data.default_collate([trainer.task.train_set[i] for i in (0, 1, 2, 3, len(train) - 1)])
+    meta_batch = torch.utils.data.default_collate([trainer.task.meta_set[0], trainer.task.meta_set[1]])
+    seen = {}
+    original = trainer._record_weights
+    trainer._record_weights = lambda stats, weights, *rest: (seen.update(w=weights), original(stats, weights, *rest))
+    trainer.train_step(batch, meta_batch, EpochStats(warmup=False), warm=False, step=0)
+    alpha, beta = seen["w"]
+    fixed = torch.full_like(alpha[0], 1.0 / alpha.numel())
+    assert torch.allclose(alpha[-1], fixed) and float(beta[-1].sum()) == 0.0
+    assert not (torch.allclose(alpha[:-1], fixed) and float(beta[:-1].sum()) == 0.0)  # the noisy ones: meta weights
+    trainer.fit()
+    rows = read_rows(run)
+    assert float(rows[-1]["beta_sum"]) > 0.0 and rows[-1]["warmup"] == "0"
 
 
 def test_meta_batches_come_from_foreground_slices(promise12_prepared, tmp_path):

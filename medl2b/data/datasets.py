@@ -24,6 +24,7 @@ worker from the loader's base seed (``base_seed + worker_id``), which again foll
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -117,6 +118,8 @@ class SliceSet:
         clean: int64 (N, H, W); the clean map.
         case: Case id of each slice, length N.
         slice_index: Axial index z of each slice in its volume, length N.
+        trusted: bool (N,); True for clean meta cases trained on (``l2b+clean``): their given label
+            is known to be right and keeps its full weight. Default all False.
     """
 
     image: torch.Tensor
@@ -124,9 +127,18 @@ class SliceSet:
     clean: torch.Tensor
     case: list[str] = field(default_factory=list)
     slice_index: list[int] = field(default_factory=list)
+    trusted: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.trusted is None:
+            self.trusted = torch.zeros(len(self), dtype=torch.bool)
 
     def __len__(self) -> int:
         return int(self.image.shape[0])
+
+    def as_trusted(self) -> "SliceSet":
+        """The same slices, every one marked trusted."""
+        return dataclasses.replace(self, trusted=torch.ones(len(self), dtype=torch.bool))
 
     def concat(self, other: "SliceSet") -> "SliceSet":
         """This set's slices followed by ``other``'s (same image size and channels)."""
@@ -136,7 +148,7 @@ class SliceSet:
             return other
         return SliceSet(torch.cat([self.image, other.image]), torch.cat([self.label, other.label]),
                         torch.cat([self.clean, other.clean]), self.case + other.case,
-                        self.slice_index + other.slice_index)
+                        self.slice_index + other.slice_index, torch.cat([self.trusted, other.trusted]))
 
 
 def load_slices(prepared_dir: str | os.PathLike, cases: str | Sequence[str], *, label: str = "noisy") -> SliceSet:
@@ -288,7 +300,7 @@ class SegSliceDataset(_Augmented):
         return {"image": _plain(data["image"]).float().contiguous(),
                 "label": _plain(data["label"])[0].round().long(),
                 "clean": _plain(data["clean"])[0].round().long(),
-                "index": int(index)}
+                "trusted": bool(s.trusted[index]), "index": int(index)}
 
 
 # --------------------------------------------------------------------------- classification
@@ -303,6 +315,7 @@ class ImageSet:
         label: int64 (N,), noisy labels for the train split with ``label="noisy"``, else clean.
         clean: int64 (N,), clean labels.
         classes: Class names, label ``k`` is ``classes[k]``.
+        trusted: bool (N,); True for clean meta images trained on (``l2b+clean``). Default all False.
     """
 
     images: np.ndarray
@@ -310,15 +323,24 @@ class ImageSet:
     label: np.ndarray
     clean: np.ndarray
     classes: list[str] = field(default_factory=list)
+    trusted: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.trusted is None:
+            self.trusted = np.zeros(len(self), dtype=bool)
 
     def __len__(self) -> int:
         return int(self.index.shape[0])
+
+    def as_trusted(self) -> "ImageSet":
+        """The same images, every one marked trusted."""
+        return dataclasses.replace(self, trusted=np.ones(len(self), dtype=bool))
 
     def concat(self, other: "ImageSet") -> "ImageSet":
         """This split's images followed by ``other``'s (same store)."""
         return ImageSet(self.images, np.concatenate([self.index, other.index]),
                         np.concatenate([self.label, other.label]), np.concatenate([self.clean, other.clean]),
-                        self.classes)
+                        self.classes, np.concatenate([self.trusted, other.trusted]))
 
 
 def load_isic(prepared_dir: str | os.PathLike, split: str, *, label: str = "noisy") -> ImageSet:
@@ -393,4 +415,4 @@ class IsicDataset(_Augmented):
         return {"image": ((pixels - self._mean) / self._std).contiguous(),
                 "label": torch.tensor(int(self.images.label[index]), dtype=torch.long),
                 "clean": torch.tensor(int(self.images.clean[index]), dtype=torch.long),
-                "index": int(index)}
+                "trusted": bool(self.images.trusted[index]), "index": int(index)}

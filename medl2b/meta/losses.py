@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 
 from medl2b.inference import flip_averaged_probs
-from medl2b.meta.methods import META_LOSSES, Method, fixed_weights, get_method, make_loss_terms
+from medl2b.meta.methods import META_LOSSES, Method, fixed_weights, get_method, make_loss_terms, trust_weights
 from medl2b.meta.step import meta_weights
 
 __all__ = ["meta_objective", "weighted_losses"]
@@ -25,7 +25,8 @@ def weighted_losses(model, method: Method, x: torch.Tensor, y: torch.Tensor, xm:
                     ym: torch.Tensor | None = None, *, lr: float, warm: bool = False, bootstrap_beta: float = 0.8,
                     meta_impl: str = "fast", param_names: Sequence[str] | None = None, pseudo_tta: bool = False,
                     reduce_meta_grad: Callable[[list[torch.Tensor]], None] | None = None, lean: bool = True,
-                    meta_loss: str = "ce", meta_grad: Sequence[torch.Tensor] | None = None):
+                    meta_loss: str = "ce", meta_grad: Sequence[torch.Tensor] | None = None,
+                    trusted: torch.Tensor | None = None, meta_smooth: int = 1):
     """Weights and per-element losses of one training step, for any method: the one shared code path.
 
     Returns ``(weights, losses, meta)``: the real step is ``Σ_k (weights[k] * losses[k]).sum()``;
@@ -36,6 +37,9 @@ def weighted_losses(model, method: Method, x: torch.Tensor, y: torch.Tensor, xm:
     ``meta_loss`` is the clean objective the weights are learned for (:func:`meta_objective`).
     ``meta_grad``: reuse this ``v = ∇_θ L_meta`` of an earlier step instead of a new meta batch
     (the amortised step, config ``meta_every``; ``xm``/``ym`` may then be ``None``).
+    ``trusted``: bool ``(B,)``, samples whose given label is known right (``l2b+clean`` trains on its clean
+    meta cases): a meta step gives them plain CE's weight (:func:`~medl2b.meta.methods.trust_weights`).
+    ``meta_smooth``: segmentation, average each pixel's meta evidence over that neighbourhood first.
     """
     n_terms = 1 if warm else method.n_terms
     pseudo = flip_averaged_probs(model, x).argmax(1) if (n_terms == 2 and pseudo_tta) else None
@@ -46,7 +50,10 @@ def weighted_losses(model, method: Method, x: torch.Tensor, y: torch.Tensor, xm:
         objective = meta_objective(meta_loss, ym) if meta_grad is None else None
         out = meta_weights(model, x, terms, xm, objective, lr=lr,
                            normalise=method.normalise, impl=meta_impl, param_names=param_names,
-                           reduce_meta_grad=reduce_meta_grad, lean=lean, meta_grad=meta_grad)
+                           reduce_meta_grad=reduce_meta_grad, lean=lean, meta_grad=meta_grad, smooth=meta_smooth)
+        if trusted is not None and bool(trusted.any()):
+            out.weights = trust_weights(out.weights, trusted, mode=method.normalise)
+            out.skipped = False  # the trusted samples still train
         return out.weights, out.losses, out
     losses = terms(model(x))
     return fixed_weights(get_method("ce") if warm else method, losses, bootstrap_beta=bootstrap_beta), losses, None

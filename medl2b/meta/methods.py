@@ -14,6 +14,9 @@ method        weights                                             meta step
 ``l2b-sum1``  α, β from the meta gradient, α_i + β_i = 1          yes, 2 terms
 ``ce+clean``  ``ce`` on the noisy training data plus the clean     no
               meta cases as ordinary training data
+``l2b+clean`` ``l2b`` on the noisy training data plus the clean     yes, 2 terms
+              meta cases, which keep α = 1/N, β = 0 (trusted) and
+              stay the meta set
 ``meta-only`` ``ce`` on the clean meta cases alone (the paper's    no
               Table 5 "UNet++ meta")
 ============  ==================================================  ===============
@@ -35,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["META_IMPLS", "META_LOSSES", "META_METHODS", "METHODS", "Method", "NORMALISATIONS", "STEP_METHODS",
-           "fixed_weights", "get_method", "make_loss_terms"]
+           "fixed_weights", "get_method", "make_loss_terms", "trust_weights"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ METHODS: dict[str, Method] = {
     "l2b": Method("l2b", uses_meta=True, n_terms=2),
     "l2b-sum1": Method("l2b-sum1", uses_meta=True, n_terms=2, normalise="element"),
     "ce+clean": Method("ce+clean", uses_meta=False, n_terms=1, train_on="train+meta"),
+    "l2b+clean": Method("l2b+clean", uses_meta=True, n_terms=2, train_on="train+meta"),
     "meta-only": Method("meta-only", uses_meta=False, n_terms=1, train_on="meta"),
 }
 
@@ -74,14 +78,14 @@ META_IMPLS: tuple[str, ...] = ("fast", "fast-lowmem", "reference")
 
 def get_method(name: str, *, normalise: str | None = None) -> Method:
     """The method called ``name``. ``normalise`` (``"batch"`` | ``"element"``) overrides how
-    ``l2b`` normalises its weights (config key ``meta_normalise``); ``l2b-sum1`` is always
-    ``"element"`` and ``l2rw`` (one term) always ``"batch"``, so it is ignored for them."""
+    ``l2b`` and ``l2b+clean`` normalise their weights (config key ``meta_normalise``); ``l2b-sum1``
+    is always ``"element"`` and ``l2rw`` (one term) always ``"batch"``, so it is ignored for them."""
     if name not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {name!r}")
     if normalise is not None and normalise not in NORMALISATIONS:
         raise ValueError(f"normalise must be one of {', '.join(NORMALISATIONS)}, got {normalise!r}")
     method = METHODS[name]
-    if name == "l2b" and normalise is not None:
+    if name in ("l2b", "l2b+clean") and normalise is not None:
         method = dataclasses.replace(method, normalise=normalise)
     return method
 
@@ -118,3 +122,30 @@ def fixed_weights(method: Method, losses: list[torch.Tensor], *, bootstrap_beta:
     if method.n_terms == 2:  # a meta method during warm-up: plain CE on the given labels
         return [first, torch.zeros_like(first)]
     return [first]
+
+
+def trust_weights(weights: list[torch.Tensor], trusted: torch.Tensor, *, mode: str = "batch") -> list[torch.Tensor]:
+    """Give the elements of trusted samples (clean cases trained on, ``l2b+clean``) plain CE's weight.
+
+    Args:
+        weights: the meta step's weights per term, each of shape ``(B, ...)``.
+        trusted: bool ``(B,)``, one flag per sample (a segmentation sample's every pixel).
+        mode: the weights' normalisation. ``"element"``: every element already weighs 1/N in all,
+            so a trusted one just moves all of it to its given label. ``"batch"``: the others'
+            weights are renormalised to sum to their fraction of the batch.
+
+    Returns:
+        Weights with α = 1/N and β = 0 on trusted elements (N: elements in the batch).
+    """
+    mask = trusted.to(device=weights[0].device, dtype=torch.bool).reshape(-1, *([1] * (weights[0].ndim - 1)))
+    mask = mask.expand_as(weights[0])
+    n = weights[0].numel()
+    scale = 1.0
+    if mode == "batch":  # the others' weights, renormalised to their share of the batch
+        left = float(sum(w.masked_fill(mask, 0.0).sum() for w in weights))
+        scale = (1.0 - float(mask.float().mean())) / left if left > 0 else 0.0
+    out = []
+    for k, w in enumerate(weights):
+        fixed = torch.full_like(w, 1.0 / n if k == 0 else 0.0)
+        out.append(torch.where(mask, fixed, w * scale))
+    return out

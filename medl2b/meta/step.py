@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.autograd import forward_ad as fwad
 from torch.func import functional_call
@@ -42,7 +43,7 @@ from torch.func import functional_call
 from medl2b.meta.jvp import lean_tangents
 from medl2b.meta.methods import META_IMPLS
 
-__all__ = ["MetaWeights", "meta_weights", "normalise_weights"]
+__all__ = ["MetaWeights", "meta_weights", "normalise_weights", "smooth_evidence"]
 
 LossTerms = Callable[[torch.Tensor], Sequence[torch.Tensor]]
 
@@ -75,7 +76,30 @@ class MetaWeights:
     fresh: bool = True
 
 
-def normalise_weights(neg_grads: Sequence[torch.Tensor], *, mode: str = "batch") -> tuple[list[torch.Tensor], bool]:
+def smooth_evidence(neg_grads: Sequence[torch.Tensor], size: int) -> list[torch.Tensor]:
+    """Average each term's meta evidence ``−∂L_meta/∂ε`` over a ``size``-wide box of neighbouring
+    pixels (voxels) of the same image, before it is rectified and normalised.
+
+    One pixel's evidence is a single dot product ⟨v, ∇ℓ_i⟩ with a noisy meta gradient ``v``; label
+    errors come in connected regions whose pixels carry the same kind of evidence, so pooling it
+    over a neighbourhood averages the noise. Shapes ``(B, H, W)`` or ``(B, D, H, W)``; ``size`` odd;
+    borders average over the pixels inside the image (``count_include_pad=False``).
+    """
+    if size <= 1:
+        return list(neg_grads)
+    if size % 2 == 0:
+        raise ValueError(f"smoothing size must be odd, got {size}")
+    out = []
+    for g in neg_grads:
+        if g.ndim not in (3, 4):
+            raise ValueError(f"smoothing needs per-pixel evidence (B, H, W) or (B, D, H, W), got shape {tuple(g.shape)}")
+        pool = F.avg_pool2d if g.ndim == 3 else F.avg_pool3d
+        out.append(pool(g[:, None].float(), size, stride=1, padding=size // 2, count_include_pad=False)[:, 0].to(g.dtype))
+    return out
+
+
+def normalise_weights(neg_grads: Sequence[torch.Tensor], *, mode: str = "batch",
+                      smooth: int = 1) -> tuple[list[torch.Tensor], bool]:
     """Rectify and normalise meta-gradients into weights.
 
     Args:
@@ -85,13 +109,15 @@ def normalise_weights(neg_grads: Sequence[torch.Tensor], *, mode: str = "batch")
             one, ``α_i + β_i = 1`` (the ``l2b-sum1`` ablation); an element whose terms are
             all ≤ 0 gets an equal split; the result is divided by the number of elements so
             the batch total is 1, like a mean.
+        smooth: segmentation: first average the evidence over a ``smooth``-wide neighbourhood
+            (:func:`smooth_evidence`; config ``meta_smooth``); 1 = per pixel, as is.
 
     Returns:
         The weights (detached) and whether the batch was skipped (batch mode, total 0).
     """
     if mode not in ("batch", "element"):
         raise ValueError(f"mode must be 'batch' or 'element', got {mode!r}")
-    rect = [g.detach().clamp_min(0) for g in neg_grads]
+    rect = [g.detach().clamp_min(0) for g in smooth_evidence([g.detach() for g in neg_grads], smooth)]
     if mode == "batch":
         total = sum(r.sum() for r in rect)
         if not torch.isfinite(total) or float(total) <= 0.0:
@@ -136,6 +162,7 @@ def meta_weights(
     reduce_meta_grad: Callable[[list[torch.Tensor]], None] | None = None,
     lean: bool = True,
     meta_grad: Sequence[torch.Tensor] | None = None,
+    smooth: int = 1,
 ) -> MetaWeights:
     """Compute L2B/L2RW weights for one training batch.
 
@@ -162,6 +189,8 @@ def meta_weights(
         meta_grad: fast implementations: a ``v`` from an earlier step (its ``MetaWeights.meta_grad``)
             to weigh this batch with, instead of a new meta forward and backward (the amortised
             step, config ``meta_every``). ``meta_inputs`` and ``meta_loss`` are then unused.
+        smooth: segmentation: average each pixel's evidence over a ``smooth``-wide neighbourhood
+            before normalising (:func:`smooth_evidence`); 1 = off.
     """
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}")
@@ -171,14 +200,14 @@ def meta_weights(
     if impl == "reference":
         if meta_grad is not None:
             raise ValueError("meta_grad (a reused v) needs impl 'fast' or 'fast-lowmem'")
-        return _reference(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, normalise)
+        return _reference(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, normalise, smooth)
     if meta_grad is not None and len(meta_grad) != len(params):
         raise ValueError(f"meta_grad has {len(meta_grad)} tensors for {len(params)} parameters")
     return _fast(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, normalise, reduce_meta_grad,
-                 share_forward=impl == "fast", lean=lean, v=meta_grad)
+                 share_forward=impl == "fast", lean=lean, v=meta_grad, smooth=smooth)
 
 
-def _reference(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, normalise) -> MetaWeights:
+def _reference(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, normalise, smooth=1) -> MetaWeights:
     names, tensors = list(params), list(params.values())
     losses = list(loss_terms(model(inputs)))  # real forward at θ: real BN statistics move once
     eps = [torch.zeros_like(l, requires_grad=True) for l in losses]
@@ -189,12 +218,12 @@ def _reference(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, no
     m_loss = meta_loss(meta_out)
     g_eps = torch.autograd.grad(m_loss, eps, retain_graph=True, allow_unused=True)
     g_eps = [torch.zeros_like(e) if g is None else g.detach() for e, g in zip(eps, g_eps)]
-    weights, skipped = normalise_weights([-g for g in g_eps], mode=normalise)
+    weights, skipped = normalise_weights([-g for g in g_eps], mode=normalise, smooth=smooth)
     return MetaWeights(weights, losses, g_eps, float(m_loss.detach()), skipped)
 
 
 def _fast(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, normalise, reduce_meta_grad=None,
-          share_forward: bool = True, lean: bool = True, v=None) -> MetaWeights:
+          share_forward: bool = True, lean: bool = True, v=None, smooth: int = 1) -> MetaWeights:
     names, tensors = list(params), list(params.values())
     fresh = v is None
     m_value = None
@@ -228,5 +257,5 @@ def _fast(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, normali
     else:
         losses = list(loss_terms(model(inputs)))  # a plain training forward for the real step
     g_eps = [-lr * t for t in tangents]
-    weights, skipped = normalise_weights([-g for g in g_eps], mode=normalise)
+    weights, skipped = normalise_weights([-g for g in g_eps], mode=normalise, smooth=smooth)
     return MetaWeights(weights, losses, g_eps, m_value, skipped, meta_grad=v, fresh=fresh)

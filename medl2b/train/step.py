@@ -32,20 +32,23 @@ class StepModule(nn.Module):
 
     def __init__(self, net: nn.Module, method: Method, *, bootstrap_beta: float = 0.8, meta_impl: str = "fast",
                  param_names: Sequence[str] | None = None, pseudo_tta: bool = False,
-                 reduce_meta_grad: Callable[[list[torch.Tensor]], None] | None = None, meta_loss: str = "ce"):
+                 reduce_meta_grad: Callable[[list[torch.Tensor]], None] | None = None, meta_loss: str = "ce",
+                 meta_smooth: int = 1):
         super().__init__()
         self.net = net
         self.method = method
         self.options = {"bootstrap_beta": bootstrap_beta, "meta_impl": meta_impl, "param_names": param_names,
-                        "pseudo_tta": pseudo_tta, "reduce_meta_grad": reduce_meta_grad, "meta_loss": meta_loss}
+                        "pseudo_tta": pseudo_tta, "reduce_meta_grad": reduce_meta_grad, "meta_loss": meta_loss,
+                        "meta_smooth": meta_smooth}
         self._meta_grad: list[torch.Tensor] | None = None
 
-    def forward(self, x, y, xm=None, ym=None, *, lr: float, warm: bool = False, refresh: bool = True):
+    def forward(self, x, y, xm=None, ym=None, *, lr: float, warm: bool = False, refresh: bool = True,
+                trusted: torch.Tensor | None = None):
         reuse = None if (refresh or warm) else self._meta_grad
         if not refresh and reuse is None and self.method.uses_meta and not warm:
             raise ValueError("refresh=False before any meta step: there is no v to reuse")
         weights, losses, meta = weighted_losses(self.net, self.method, x, y, xm, ym, lr=lr, warm=warm,
-                                                meta_grad=reuse, **self.options)
+                                                meta_grad=reuse, trusted=trusted, **self.options)
         self._meta_grad = None if meta is None else meta.meta_grad
         loss = sum((w * l.float()).sum() for w, l in zip(weights, losses))
         return loss, weights, losses, meta

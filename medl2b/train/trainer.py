@@ -143,7 +143,7 @@ class Trainer:
                                       meta_impl=cfg.meta_impl, param_names=self.head,
                                       pseudo_tta=cfg.pseudo_label_tta and cfg.is_segmentation,
                                       reduce_meta_grad=distributed.average_in_place if self.dist.enabled else None,
-                                      meta_loss=cfg.meta_loss)
+                                      meta_loss=cfg.meta_loss, meta_smooth=cfg.meta_smooth)
         self.engine = self.step_module
         if self.dist.enabled:
             self.engine = DistributedDataParallel(
@@ -444,7 +444,7 @@ class Trainer:
             ym = meta_batch["label"]
         with self._autocast(meta=self.method.uses_meta and not warm):
             loss, weights, losses, meta_out = self.engine(x, y, xm, ym, lr=self.optimizer.param_groups[0]["lr"],
-                                                          warm=warm, refresh=refresh)
+                                                          warm=warm, refresh=refresh, trusted=batch.get("trusted"))
         skipped = meta_out is not None and meta_out.skipped
         if meta_out is not None and meta_out.fresh:
             stats.meta_loss += meta_out.meta_loss
@@ -460,7 +460,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         stats.steps += 1
         stats.loss += plain
-        self._record_weights(stats, weights, y, batch["clean"])
+        self._record_weights(stats, weights, y, batch["clean"], batch.get("trusted"))
         if index is not None:
             self.record.add(index, losses[0], weights if meta_out is not None else None)
         if skipped and not self.dist.enabled:
@@ -474,10 +474,11 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.clip_grad)
         self.optimizer.step()
 
-    def _record_weights(self, stats: EpochStats, weights, given, clean) -> None:
+    def _record_weights(self, stats: EpochStats, weights, given, clean, trusted=None) -> None:
         """Per epoch: Σα and Σβ per batch; on elements whose given label is wrong vs right (known on
         synthesised noise), the mean of N·α and N·β (1 = an average element's weight) and the mean
-        β/(α+β) share over elements with any weight (how far the target moved to the pseudo-label)."""
+        β/(α+β) share over elements with any weight (how far the target moved to the pseudo-label).
+        Trusted samples (clean cases trained on, fixed weights) are left out of the wrong/right means."""
         with torch.no_grad():
             n = weights[0].numel()
             alpha = weights[0].float()
@@ -487,9 +488,12 @@ class Trainer:
             total = alpha + beta
             share = beta / total.clamp_min(torch.finfo(total.dtype).tiny)
             wrong = given != clean
+            noisy = torch.ones_like(wrong)
+            if trusted is not None:
+                noisy = ~trusted.to(wrong.device).bool().reshape(-1, *([1] * (wrong.ndim - 1))).expand_as(wrong)
             for name, w, valid in (("alpha", alpha * n, None), ("beta", beta * n, None),
                                    ("beta_share", share, total > 0)):
-                for part, mask in (("wrong", wrong), ("right", ~wrong)):
+                for part, mask in (("wrong", wrong & noisy), ("right", ~wrong & noisy)):
                     if valid is not None:
                         mask = mask & valid
                     acc = stats.split[f"{name}_on_{part}"]
