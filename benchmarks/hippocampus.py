@@ -58,7 +58,8 @@ SHARED = {"meta-only", "oracle"}  # independent of the noise level
 METHOD = {"oracle": ("ce", {"label_source": "clean"}), "l2b-gmm": ("l2b", {"meta_set": "gmm"}),
           "l2b-batch": ("l2b", {"meta_normalise": "batch"}),
           "l2b-k2": ("l2b", {"meta_every": 2}), "l2b-k4": ("l2b", {"meta_every": 4}),
-          "ce-3d": ("ce", {}), "l2b-3d": ("l2b", {})}
+          "ce-3d": ("ce", {}), "l2b-3d": ("l2b", {}),
+          "l2b-smooth5": ("l2b", {"meta_smooth": 5}), "l2b-mb16": ("l2b", {"meta_batch_size": 16})}
 PROFILE = {"ce-3d": "cpu-3d", "l2b-3d": "cpu-3d"}  # 3-D UNet++ on whole volumes; the rest: 2-D slices, cpu
 BLOCKS = [
     [(0.6, m) for m in ("ce", "l2b", "ce+clean", "meta-only", "oracle")],
@@ -68,9 +69,13 @@ BLOCKS = [
     [(0.6, m) for m in ("bootstrap", "l2rw", "l2b-gmm")],
     [(0.6, m) for m in ("l2b-k2", "l2b-k4")],
     [(0.6, m) for m in ("ce-3d", "l2b-3d")],
+    [(0.6, m) for m in ("l2b-smooth5", "l2b+clean")],
+    [(level, "l2b+clean") for level in (0.8, 0.4)],
 ]
 ORDER = ("ce", "ce+clean", "meta-only", "bootstrap", "l2rw", "l2b-batch", "l2b", "l2b-k2", "l2b-k4", "l2b-gmm",
-         "oracle", "ce-3d", "l2b-3d")
+         "l2b-smooth5", "l2b-mb16", "l2b+clean", "oracle", "ce-3d", "l2b-3d")
+#: issue 25: the L2B variants compared on weight separation, validation and test (one table)
+VARIANTS = ("l2b", "l2b-smooth5", "l2b-mb16", "l2b+clean")
 
 
 def prepare(raw: Path, work: Path) -> dict[float, Path]:
@@ -145,9 +150,53 @@ def tables(rows: list[dict]) -> str:
         out.append(f"| {level} | {p['ce']:.2f} | {p['l2b']:.2f} | {', '.join(f'{d:+.2f}' for d in p['diffs'])} | "
                    f"{p['diff']:+.2f} ± {p['diff_std']:.2f} | {p['mean']('ce+clean'):.2f} | "
                    f"{p['mean']('meta-only'):.2f} | {p['oracle']:.2f} | {p['gap']:.0%} |")
+    out += variants_table(rows)
     out += amortised_table(rows)
     out += dims_table(rows)
     return "\n".join(out)
+
+
+def separation(run: str) -> tuple[float, float]:
+    """The pseudo-label's weight share β/(α+β) on wrongly and on rightly labelled training pixels, mean over
+    the last third of the run's epochs (its metrics.csv; trusted clean cases are not counted)."""
+    rows = _history(Path(run))
+    last = rows[len(rows) - max(1, len(rows) // 3):]
+    return tuple(sum(float(r[f"beta_share_on_{part}"]) for r in last) / len(last) for part in ("wrong", "right"))
+
+
+def variants_table(rows: list[dict]) -> list[str]:
+    """Issue 25: every L2B variant at every level, paired by seed with ce and ce+clean, with its validation
+    score (the 4 clean cases; for l2b+clean they are training data too) and its weight separation."""
+    lines = []
+    for level in sorted({r["level"] for r in rows}, reverse=True):
+        ce = {r["seed"]: r for r in rows if r["method"] == "ce" and math.isclose(r["level"], level)}
+        clean = {r["seed"]: r for r in rows if r["method"] == "ce+clean" and math.isclose(r["level"], level)}
+        oracle = {r["seed"]: r for r in rows if r["method"] == "oracle"}
+        for method in VARIANTS:
+            runs = {r["seed"]: r for r in rows if r["method"] == method and math.isclose(r["level"], level)}
+            if not runs:
+                continue
+            seeds = sorted(runs)
+            sep = [separation(runs[s]["run"]) for s in seeds]
+
+            def diff(other):
+                d = [100 * (runs[s]["dice"] - other[s]["dice"]) for s in seeds if s in other]
+                return f"{fmt(d)} ({len(d)})" if d else "–"
+            gap = [(runs[s]["dice"] - ce[s]["dice"]) / (oracle[s]["dice"] - ce[s]["dice"])
+                   for s in seeds if s in ce and s in oracle]
+            closed = f"{sum(gap) / len(gap):.0%}" if gap else "–"
+            lines.append(f"| {level} | {method} | {len(seeds)} | {fmt([runs[s]['val_best'] for s in seeds], digits=3)} | "
+                         f"{sum(w for w, _ in sep) / len(sep):.2f} / {sum(r for _, r in sep) / len(sep):.2f} | "
+                         f"{fmt([runs[s]['dice'] for s in seeds], 100)} | {diff(ce)} | {diff(clean)} | {closed} |")
+    if not lines:
+        return []
+    return ["", ("L2B variants (issue 25), paired by seed. Validation: best Dice on the 4 clean meta cases (for "
+            "``l2b+clean`` also its training data, so not a held-out score). β share: the pseudo-label's share of the "
+            "weight on wrongly / rightly labelled training pixels, mean over the last third of training. − CE and "
+            "− ce+clean: Dice points, paired seeds in brackets; gap closed: (L2B − CE) / (oracle − CE), mean over "
+            "seeds:"), "",
+            ("| noise Dice | method | seeds | validation Dice | β share wrong / right | test Dice (%) | − CE | "
+            "− ce+clean | gap closed |"), "|---|---|---|---|---|---|---|---|---|", *lines]
 
 
 def by_seed_06(rows: list[dict], method: str) -> dict[int, dict]:

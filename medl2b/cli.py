@@ -172,7 +172,7 @@ def train_cmd(
                                                             "(default: the prepared dataset's own)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared dataset folder."),
     out: Path = typer.Option(..., "--out", help="Run folder (config, log, metrics, checkpoints)."),
-    method: Optional[str] = typer.Option(None, "--method", help="ce | bootstrap | l2rw | l2b | l2b-sum1 | ce+clean | meta-only."),
+    method: Optional[str] = typer.Option(None, "--method", help="ce | bootstrap | l2rw | l2b | l2b-sum1 | ce+clean | l2b+clean | meta-only."),
     meta_set: Optional[str] = typer.Option(None, "--meta-set", help="clean (trusted meta split) | gmm (no trusted set)."),
     profile: Optional[str] = typer.Option(None, "--profile", help="A profile of the task config, e.g. cpu."),
     config: Optional[Path] = typer.Option(None, "--config", help="Extra YAML of config keys."),
