@@ -74,7 +74,7 @@ def test_noisy_for_train_clean_elsewhere(promise12_prepared, train_slices):
 def test_seg_dataset_items(train_slices):
     plain = SegSliceDataset(train_slices)
     item = plain[5]
-    assert set(item) == {"image", "label", "clean", "index"} and item["index"] == 5
+    assert set(item) == {"image", "label", "clean", "trusted", "index"} and item["index"] == 5 and not item["trusted"]
     assert torch.equal(item["image"], train_slices.image[5]) and torch.equal(item["label"], train_slices.label[5])
     assert torch.equal(item["clean"], train_slices.clean[5]) and type(item["image"]) is torch.Tensor
     patches = SegSliceDataset(train_slices, crop=(32, 32), crop_fg=1.0)
@@ -128,7 +128,7 @@ def test_isic_image_set_and_items(isic_prepared):
     assert np.array_equal(meta.label, meta.clean)
 
     item = IsicDataset(train, augment=False)[2]
-    assert set(item) == {"image", "label", "clean", "index"} and item["index"] == 2
+    assert set(item) == {"image", "label", "clean", "trusted", "index"} and item["index"] == 2 and not item["trusted"]
     assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
     assert item["label"].dtype == torch.int64 and item["label"].ndim == 0
     expected = (torch.from_numpy(np.array(train.images[train.index[2]])).permute(2, 0, 1).float() / 255
