@@ -164,6 +164,27 @@ def separation(run: str) -> tuple[float, float]:
     return tuple(sum(float(r[f"beta_share_on_{part}"]) for r in last) / len(last) for part in ("wrong", "right"))
 
 
+def pseudo_on_wrong(run: str) -> dict:
+    """What the run's last network predicts on the wrongly labelled pixels of its noisy training slices:
+    the share where it gives the right (clean) class and where it repeats the wrong given one. With
+    α + β = 1 per pixel, a pixel whose pseudo-label equals its given label always splits 50/50, so
+    ``right + 0.5 · same`` bounds the β share any meta step could reach on wrong pixels with this network."""
+    import torch
+
+    from medl2b.data.datasets import load_slices
+    from medl2b.evaluate.run import load_run
+    from medl2b.inference import predict_logits
+
+    model, cfg = load_run(run, checkpoint="latest")
+    train = load_slices(cfg.data, "train", label="noisy")
+    with torch.no_grad():
+        pred = predict_logits(model, train.image, batch_size=64).argmax(1)
+    wrong = train.label != train.clean
+    n = max(int(wrong.sum()), 1)
+    return {"right": float((pred[wrong] == train.clean[wrong]).sum()) / n,
+            "same": float((pred[wrong] == train.label[wrong]).sum()) / n}
+
+
 def variants_table(rows: list[dict]) -> list[str]:
     """Issue 25: every L2B variant at every level, paired by seed with ce and ce+clean, with its validation
     score (the 4 clean cases; for l2b+clean they are training data too) and its weight separation."""
@@ -177,7 +198,10 @@ def variants_table(rows: list[dict]) -> list[str]:
             if not runs:
                 continue
             seeds = sorted(runs)
-            sep = [separation(runs[s]["run"]) for s in seeds]
+            sep = [runs[s].get("separation") or separation(runs[s]["run"]) for s in seeds]
+            pse = [runs[s]["pseudo_on_wrong"] for s in seeds if "pseudo_on_wrong" in runs[s]]
+            right = sum(p["right"] for p in pse) / len(pse) if pse else math.nan
+            same = sum(p["same"] for p in pse) / len(pse) if pse else math.nan
 
             def diff(other):
                 d = [100 * (runs[s]["dice"] - other[s]["dice"]) for s in seeds if s in other]
@@ -187,16 +211,20 @@ def variants_table(rows: list[dict]) -> list[str]:
             closed = f"{sum(gap) / len(gap):.0%}" if gap else "–"
             lines.append(f"| {level} | {method} | {len(seeds)} | {fmt([runs[s]['val_best'] for s in seeds], digits=3)} | "
                          f"{sum(w for w, _ in sep) / len(sep):.2f} / {sum(r for _, r in sep) / len(sep):.2f} | "
+                         f"{right:.2f} / {same:.2f} / {right + 0.5 * same:.2f} | "
                          f"{fmt([runs[s]['dice'] for s in seeds], 100)} | {diff(ce)} | {diff(clean)} | {closed} |")
     if not lines:
         return []
     return ["", ("L2B variants (issue 25), paired by seed. Validation: best Dice on the 4 clean meta cases (for "
             "``l2b+clean`` also its training data, so not a held-out score). β share: the pseudo-label's share of the "
-            "weight on wrongly / rightly labelled training pixels, mean over the last third of training. − CE and "
+            "weight on wrongly / rightly labelled training pixels, mean over the last third of training. Last network "
+            "on wrong pixels: the share it predicts right, the share where it repeats the wrong label, and the β share "
+            "an ideal meta step could reach with it (right + ½ same: equal labels always split 50/50). − CE and "
             "− ce+clean: Dice points, paired seeds in brackets; gap closed: (L2B − CE) / (oracle − CE), mean over "
             "seeds:"), "",
-            ("| noise Dice | method | seeds | validation Dice | β share wrong / right | test Dice (%) | − CE | "
-            "− ce+clean | gap closed |"), "|---|---|---|---|---|---|---|---|---|", *lines]
+            ("| noise Dice | method | seeds | validation Dice | β share wrong / right | last network on wrong pixels: "
+            "right / same / ideal β share | test Dice (%) | − CE | − ce+clean | gap closed |"),
+            "|---|---|---|---|---|---|---|---|---|---|", *lines]
 
 
 def by_seed_06(rows: list[dict], method: str) -> dict[int, dict]:
@@ -306,6 +334,8 @@ def main() -> None:
             fh.write(json.dumps(row) + "\n")
         print(f"[{i}/{len(schedule)}] {level} {name} seed {seed}: Dice {row['dice']:.4f} "
               f"(val {row['val_best']:.4f}; {row['train_s']:.0f}s train, {time.time() - t0:.0f}s total)", flush=True)
+    if args.report_only:
+        enrich(done, results)
     text = tables(done)
     figs = weight_figures([{**r, "task": "seg"} for r in done], ROOT / "benchmarks" / "figures", prefix="hippocampus")
     text += "\n\n" + "\n".join(f"![{p.stem}](benchmarks/figures/{p.name})" for p in figs)
@@ -317,6 +347,21 @@ def main() -> None:
     if not args.no_write:
         write_benchmarks_md(text, section="hippocampus")
         write_demo_summary(done, args.seeds)
+
+
+def enrich(rows: list[dict], results: Path) -> None:
+    """Add the weight separation and the last network's pseudo-labels on wrong pixels to the L2B variants'
+    rows whose run folders are here, and write them back, so that the committed results keep them."""
+    changed = False
+    for r in rows:
+        if r["method"] in VARIANTS and Path(r["run"]).exists() and "pseudo_on_wrong" not in r:
+            r["separation"] = list(separation(r["run"]))
+            r["pseudo_on_wrong"] = pseudo_on_wrong(r["run"])
+            changed = True
+    if changed:
+        tmp = results.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp.replace(results)
 
 
 def write_demo_summary(rows: list[dict], seeds: int) -> None:
