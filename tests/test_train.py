@@ -70,6 +70,13 @@ def test_every_method_trains_on_both_tasks(task, method, promise12_prepared, isi
     if method in ("l2rw", "l2b", "l2b-sum1"):
         assert math.isfinite(float(main["meta_loss"]))
     assert 0.0 <= float(main["val_score"]) <= 1.0
+    assert warm["pseudo_differs_on_wrong"] == ""  # one loss term in warm-up: not defined (NaN, written empty)
+    if task == "seg" and method == "l2b-sum1":
+        # α + β = 1 per pixel: where the pseudo-label equals the wrong given label the split is 50/50, so the
+        # β share on wrong pixels is exactly differ · (share where they differ) + (1 − differ) / 2
+        d, s_d = float(main["pseudo_differs_on_wrong"]), float(main["beta_share_on_wrong_differ"])
+        assert 0.0 < d <= 1.0 and 0.0 <= s_d <= 1.0
+        assert float(main["beta_share_on_wrong"]) == pytest.approx(d * s_d + (1 - d) / 2, abs=1e-5)
 
 
 def test_gmm_meta_set_logs_size_and_precision(promise12_prepared, tmp_path):

@@ -75,7 +75,7 @@ log = logging.getLogger("medl2b")
 
 METRIC_COLUMNS = ["epoch", "warmup", "lr", "train_loss", "meta_loss", "alpha_sum", "beta_sum", "alpha_on_wrong",
                   "alpha_on_right", "beta_on_wrong", "beta_on_right", "beta_share_on_wrong", "beta_share_on_right",
-                  "skipped_steps", "steps", "val_score", "meta_size", "meta_precision", "meta_base_rate", "time_s"]
+                  "pseudo_differs_on_wrong", "beta_share_on_wrong_differ", "skipped_steps", "steps", "val_score", "meta_size", "meta_precision", "meta_base_rate", "time_s"]
 
 LATEST, PREVIOUS, BEST = "checkpoint_latest.pt", "checkpoint_previous.pt", "checkpoint_best.pt"
 
@@ -105,7 +105,7 @@ class EpochStats:
     beta_sum: float = 0.0
     split: dict = field(default_factory=lambda: {k: [0.0, 0] for k in (
         "alpha_on_wrong", "alpha_on_right", "beta_on_wrong", "beta_on_right", "beta_share_on_wrong",
-        "beta_share_on_right")})
+        "beta_share_on_right", "pseudo_differs_on_wrong", "beta_share_on_wrong_differ")})
 
 
 class Trainer:
@@ -460,7 +460,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         stats.steps += 1
         stats.loss += plain
-        self._record_weights(stats, weights, y, batch["clean"], batch.get("trusted"))
+        self._record_weights(stats, weights, y, batch["clean"], batch.get("trusted"), losses)
         if index is not None:
             self.record.add(index, losses[0], weights if meta_out is not None else None)
         if skipped and not self.dist.enabled:
@@ -474,10 +474,13 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.clip_grad)
         self.optimizer.step()
 
-    def _record_weights(self, stats: EpochStats, weights, given, clean, trusted=None) -> None:
+    def _record_weights(self, stats: EpochStats, weights, given, clean, trusted=None, losses=None) -> None:
         """Per epoch: Σα and Σβ per batch; on elements whose given label is wrong vs right (known on
         synthesised noise), the mean of N·α and N·β (1 = an average element's weight) and the mean
         β/(α+β) share over elements with any weight (how far the target moved to the pseudo-label).
+        With two loss terms, also on wrong elements: the share whose pseudo-label differs from the given
+        label (equal labels have equal losses, and α + β = 1 splits them 50/50 whatever the meta step
+        says), and the β share on those alone: the meta step's own choice where it has one.
         Trusted samples (clean cases trained on, fixed weights) are left out of the wrong/right means."""
         with torch.no_grad():
             n = weights[0].numel()
@@ -496,9 +499,18 @@ class Trainer:
                 for part, mask in (("wrong", wrong & noisy), ("right", ~wrong & noisy)):
                     if valid is not None:
                         mask = mask & valid
-                    acc = stats.split[f"{name}_on_{part}"]
+                    acc = stats.split.setdefault(f"{name}_on_{part}", [0.0, 0])
                     acc[0] += float(w[mask].sum())
                     acc[1] += int(mask.sum())
+            if losses is not None and len(losses) > 1:
+                differ = (losses[0].detach() != losses[1].detach()) & wrong & noisy
+                acc = stats.split.setdefault("pseudo_differs_on_wrong", [0.0, 0])
+                acc[0] += float(differ.sum())
+                acc[1] += int((wrong & noisy).sum())
+                acc = stats.split.setdefault("beta_share_on_wrong_differ", [0.0, 0])
+                mask = differ & (total > 0)
+                acc[0] += float(share[mask].sum())
+                acc[1] += int(mask.sum())
 
     def validate(self) -> float:
         """Score on the clean validation (meta) cases: mean 3-D Dice or accuracy."""
