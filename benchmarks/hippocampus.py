@@ -315,6 +315,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="extra config KEY=VALUE for every run")
     ap.add_argument("--no-write", action="store_true", help="print the tables only")
     ap.add_argument("--report-only", action="store_true", help="write the tables from the finished runs, train nothing")
+    ap.add_argument("--section", default="hippocampus",
+                    help="the BENCHMARKS.md markers to write between (issue 25's runs: hippocampus-issue25)")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     results = args.work / "results.jsonl"
@@ -337,16 +339,18 @@ def main() -> None:
     if args.report_only:
         enrich(done, results)
     text = tables(done)
-    figs = weight_figures([{**r, "task": "seg"} for r in done], ROOT / "benchmarks" / "figures", prefix="hippocampus")
+    figs = weight_figures([{**r, "task": "seg"} for r in done], ROOT / "benchmarks" / "figures", prefix=args.section)
     text += "\n\n" + "\n".join(f"![{p.stem}](benchmarks/figures/{p.name})" for p in figs)
     plan = {(level, name, seed) for seed in range(args.seeds) for block in BLOCKS for level, name in block}
     finished_now = len(plan & {(r["level"], r["method"], r["seed"]) for r in done})
-    text += (f"\n\nCommand: `python benchmarks/hippocampus.py --seeds {args.seeds}`; {finished_now} of "
+    flag = "" if args.section == "hippocampus" else f" --section {args.section}"
+    text += (f"\n\nCommand: `python benchmarks/hippocampus.py --seeds {args.seeds}{flag}`; {finished_now} of "
              f"{len(plan)} runs of the whole plan finished.")
     print(text)
     if not args.no_write:
-        write_benchmarks_md(text, section="hippocampus")
-        write_demo_summary(done, args.seeds)
+        write_benchmarks_md(text, section=args.section)
+        if args.section == "hippocampus":
+            write_demo_summary(done, args.seeds)
 
 
 def enrich(rows: list[dict], results: Path) -> None:
