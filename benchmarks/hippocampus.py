@@ -185,6 +185,59 @@ def pseudo_on_wrong(run: str) -> dict:
             "same": float((pred[wrong] == train.label[wrong]).sum()) / n}
 
 
+def evidence_probe(run: str, *, batches: int = 32, seed: int = 0) -> dict:
+    """How much the meta step knows about each pixel, measured with the run's last network: on training
+    pixels whose pseudo-label differs from the given label, how well the meta evidence for the
+    pseudo-label, (−∂L_meta/∂ε_β) − (−∂L_meta/∂ε_α), ranks the wrongly labelled ones first (AUROC), against
+    the network's own confidence margin p(pseudo) − p(given); and how often the meta step picks the
+    pseudo-label (its evidence is the larger) on wrong and on right given labels, overall and per
+    (given, pseudo) class pair. ``batches`` random training batches of the run's batch size, each with a
+    random meta batch of clean foreground slices (seeded); the virtual step at the run's base learning rate."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    from medl2b.data.datasets import load_slices
+    from medl2b.evaluate.ranking import ranking_quality
+    from medl2b.evaluate.run import load_run
+    from medl2b.meta.losses import weighted_losses
+    from medl2b.meta.methods import get_method
+
+    model, cfg = load_run(run, checkpoint="latest")
+    train = load_slices(cfg.data, "train", label="noisy")
+    meta = load_slices(cfg.data, "meta", label="clean")
+    fg = np.flatnonzero(meta.clean.flatten(1).sum(1).numpy() > 0)
+    rng = np.random.default_rng(seed)
+    method = get_method("l2b", normalise="element")
+    parts = {"evidence": [], "confidence": [], "wrong": [], "pair": []}
+    for _ in range(batches):
+        idx = rng.choice(len(train), cfg.batch_size, replace=False)
+        midx = rng.choice(fg, cfg.meta_batch_size, replace=False)
+        x, y, clean = train.image[idx], train.label[idx], train.clean[idx]
+        out = weighted_losses(copy.deepcopy(model).train(), method, x, y, meta.image[midx], meta.clean[midx],
+                              lr=cfg.lr, meta_loss=cfg.meta_loss)[2]
+        with torch.no_grad():
+            prob = model.eval()(x).softmax(1)
+        pseudo = prob.argmax(1)
+        differ = pseudo != y
+        margin = prob.gather(1, pseudo[:, None])[:, 0] - prob.gather(1, y[:, None])[:, 0]
+        parts["evidence"].append((out.meta_grads[0] - out.meta_grads[1])[differ].numpy())
+        parts["confidence"].append(margin[differ].numpy())
+        parts["wrong"].append((y != clean)[differ].numpy())
+        parts["pair"].append(np.stack([y[differ].numpy(), pseudo[differ].numpy()], 1))
+    ev, conf, wrong, pair = (np.concatenate(parts[k]) for k in ("evidence", "confidence", "wrong", "pair"))
+
+    def summary(m):
+        return {"n": int(m.sum()), "wrong_share": float(wrong[m].mean()),
+                "evidence_auroc": ranking_quality(ev[m], wrong[m])["auroc"],
+                "confidence_auroc": ranking_quality(conf[m], wrong[m])["auroc"],
+                "picks_pseudo_on_wrong": float((ev[m & wrong] > 0).mean()) if (m & wrong).any() else None,
+                "picks_pseudo_on_right": float((ev[m & ~wrong] > 0).mean()) if (m & ~wrong).any() else None}
+    pairs = {f"{g}->{p}": summary((pair[:, 0] == g) & (pair[:, 1] == p)) for g, p in sorted({tuple(r) for r in pair})}
+    return {"all": summary(np.ones(len(ev), dtype=bool)), "pairs": pairs}
+
+
 def variants_table(rows: list[dict]) -> list[str]:
     """Issue 25: every L2B variant at every level, paired by seed with ce and ce+clean, with its validation
     score (the 4 clean cases; for l2b+clean they are training data too) and its weight separation."""
@@ -202,6 +255,10 @@ def variants_table(rows: list[dict]) -> list[str]:
             pse = [runs[s]["pseudo_on_wrong"] for s in seeds if "pseudo_on_wrong" in runs[s]]
             right = sum(p["right"] for p in pse) / len(pse) if pse else math.nan
             same = sum(p["same"] for p in pse) / len(pse) if pse else math.nan
+            evs = [runs[s]["evidence"]["all"] for s in seeds if "evidence" in runs[s]]
+
+            def avg(key):
+                return f"{sum(e[key] for e in evs) / len(evs):.2f}" if evs else "–"
 
             def diff(other):
                 d = [100 * (runs[s]["dice"] - other[s]["dice"]) for s in seeds if s in other]
@@ -212,6 +269,8 @@ def variants_table(rows: list[dict]) -> list[str]:
             lines.append(f"| {level} | {method} | {len(seeds)} | {fmt([runs[s]['val_best'] for s in seeds], digits=3)} | "
                          f"{sum(w for w, _ in sep) / len(sep):.2f} / {sum(r for _, r in sep) / len(sep):.2f} | "
                          f"{right:.2f} / {same:.2f} / {right + 0.5 * same:.2f} | "
+                         f"{avg('evidence_auroc')} / {avg('confidence_auroc')} | "
+                         f"{avg('picks_pseudo_on_wrong')} / {avg('picks_pseudo_on_right')} | "
                          f"{fmt([runs[s]['dice'] for s in seeds], 100)} | {diff(ce)} | {diff(clean)} | {closed} |")
     if not lines:
         return []
@@ -219,12 +278,17 @@ def variants_table(rows: list[dict]) -> list[str]:
             "``l2b+clean`` also its training data, so not a held-out score). β share: the pseudo-label's share of the "
             "weight on wrongly / rightly labelled training pixels, mean over the last third of training. Last network "
             "on wrong pixels: the share it predicts right, the share where it repeats the wrong label, and the β share "
-            "an ideal meta step could reach with it (right + ½ same: equal labels always split 50/50). − CE and "
+            "an ideal meta step could reach with it (right + ½ same: equal labels always split 50/50). Evidence probe "
+            "(``evidence_probe``, the last network, pixels whose pseudo-label differs from the given one): AUROC of "
+            "the meta evidence for the pseudo-label against the network's own confidence margin at telling wrong "
+            "given labels from right ones, and how often the meta step picks the pseudo-label on wrong / right "
+            "given labels. − CE and "
             "− ce+clean: Dice points, paired seeds in brackets; gap closed: (L2B − CE) / (oracle − CE), mean over "
             "seeds:"), "",
             ("| noise Dice | method | seeds | validation Dice | β share wrong / right | last network on wrong pixels: "
-            "right / same / ideal β share | test Dice (%) | − CE | − ce+clean | gap closed |"),
-            "|---|---|---|---|---|---|---|---|---|---|", *lines]
+            "right / same / ideal β share | AUROC meta evidence / confidence | picks pseudo on wrong / right | "
+            "test Dice (%) | − CE | − ce+clean | gap closed |"),
+            "|---|---|---|---|---|---|---|---|---|---|---|---|", *lines]
 
 
 def by_seed_06(rows: list[dict], method: str) -> dict[int, dict]:
@@ -358,9 +422,10 @@ def enrich(rows: list[dict], results: Path) -> None:
     rows whose run folders are here, and write them back, so that the committed results keep them."""
     changed = False
     for r in rows:
-        if r["method"] in VARIANTS and Path(r["run"]).exists() and "pseudo_on_wrong" not in r:
+        if r["method"] in VARIANTS and Path(r["run"]).exists() and "evidence" not in r:
             r["separation"] = list(separation(r["run"]))
             r["pseudo_on_wrong"] = pseudo_on_wrong(r["run"])
+            r["evidence"] = evidence_probe(r["run"])
             changed = True
     if changed:
         tmp = results.with_suffix(".tmp")
