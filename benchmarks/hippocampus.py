@@ -400,8 +400,7 @@ def main() -> None:
             fh.write(json.dumps(row) + "\n")
         print(f"[{i}/{len(schedule)}] {level} {name} seed {seed}: Dice {row['dice']:.4f} "
               f"(val {row['val_best']:.4f}; {row['train_s']:.0f}s train, {time.time() - t0:.0f}s total)", flush=True)
-    if args.report_only:
-        enrich(done, results)
+    enrich(done, args.work)
     text = tables(done)
     figs = weight_figures([{**r, "task": "seg"} for r in done], ROOT / "benchmarks" / "figures", prefix=args.section)
     text += "\n\n" + "\n".join(f"![{p.stem}](benchmarks/figures/{p.name})" for p in figs)
@@ -417,20 +416,24 @@ def main() -> None:
             write_demo_summary(done, args.seeds)
 
 
-def enrich(rows: list[dict], results: Path) -> None:
-    """Add the weight separation and the last network's pseudo-labels on wrong pixels to the L2B variants'
-    rows whose run folders are here, and write them back, so that the committed results keep them."""
-    changed = False
+def enrich(rows: list[dict], work: Path) -> None:
+    """Add the weight separation, the last network's pseudo-labels on wrong pixels and the evidence probe to
+    the L2B variants' rows. Computed once per run folder that is here and cached in ``work/enrich.jsonl``
+    (results.jsonl is only ever appended to, by the runs), so rows keep them once the folders are gone."""
+    cache_path = work / "enrich.jsonl"
+    cache = {}
+    if cache_path.exists():
+        cache = {e["run"]: e for e in map(json.loads, cache_path.read_text().splitlines())}
     for r in rows:
-        if r["method"] in VARIANTS and Path(r["run"]).exists() and "evidence" not in r:
-            r["separation"] = list(separation(r["run"]))
-            r["pseudo_on_wrong"] = pseudo_on_wrong(r["run"])
-            r["evidence"] = evidence_probe(r["run"])
-            changed = True
-    if changed:
-        tmp = results.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        tmp.replace(results)
+        if r["method"] not in VARIANTS:
+            continue
+        if r["run"] not in cache and Path(r["run"]).exists():
+            entry = {"run": r["run"], "separation": list(separation(r["run"])),
+                     "pseudo_on_wrong": pseudo_on_wrong(r["run"]), "evidence": evidence_probe(r["run"])}
+            with open(cache_path, "a") as fh:
+                fh.write(json.dumps(entry) + "\n")
+            cache[r["run"]] = entry
+        r.update({k: v for k, v in cache.get(r["run"], {}).items() if k != "run"})
 
 
 def write_demo_summary(rows: list[dict], seeds: int) -> None:
