@@ -29,6 +29,15 @@ Runs go in priority order, every seed of a block before the next block:
 7. noise 0.6: ce-3d, l2b-3d: ``ce`` and ``l2b`` with the ``cpu-3d`` profile (a 3-D UNet++ on whole
    volumes, voxel-wise α/β; evaluated by sliding windows). Its table sets them beside the 2-D rows
    of block 1, paired by seed.
+8. issue 25, noise 0.6 (run with ``--seeds 1``): ce, l2b, ce+clean, oracle and the variants
+   ``l2b-smooth5`` (``meta_smooth: 5``), ``l2b+clean`` (the clean cases trained on as trusted samples)
+   and ``l2b-mb16`` (meta batch 16).
+9. issue 25, noise 0.8: ce, ce+clean, l2b, l2b+clean.
+
+Issue 25's runs go to their own tables: ``--section hippocampus-issue25`` (and their own ``--work``).
+Each L2B variant's row also gets, from its run folder, the weight separation over the last third of
+training, the last network's pseudo-labels on wrong pixels and the evidence probe
+(:func:`evidence_probe`), cached in ``--work/enrich.jsonl``.
 
 Each run trains with the ``segmentation`` task's ``cpu`` profile (block 7: ``cpu-3d``), is
 evaluated on the 40 test cases with its best checkpoint (chosen on the clean meta cases, never
@@ -69,8 +78,8 @@ BLOCKS = [
     [(0.6, m) for m in ("bootstrap", "l2rw", "l2b-gmm")],
     [(0.6, m) for m in ("l2b-k2", "l2b-k4")],
     [(0.6, m) for m in ("ce-3d", "l2b-3d")],
-    [(0.6, m) for m in ("l2b-smooth5", "l2b+clean")],
-    [(level, "l2b+clean") for level in (0.8, 0.4)],
+    [(0.6, m) for m in ("ce", "l2b", "ce+clean", "oracle", "l2b-smooth5", "l2b+clean", "l2b-mb16")],
+    [(0.8, m) for m in ("ce", "ce+clean", "l2b", "l2b+clean")],
 ]
 ORDER = ("ce", "ce+clean", "meta-only", "bootstrap", "l2rw", "l2b-batch", "l2b", "l2b-k2", "l2b-k4", "l2b-gmm",
          "l2b-smooth5", "l2b-mb16", "l2b+clean", "oracle", "ce-3d", "l2b-3d")
