@@ -442,9 +442,11 @@ class Trainer:
                                                   for k, v in meta_batch.items() if k != "index"})
             xm = self.task.input_transform(meta_batch["image"])
             ym = meta_batch["label"]
+        # only a method that trains on its clean cases has trusted samples; the others skip the check (a host sync)
+        trusted = batch.get("trusted") if self.method.train_on != "train" else None
         with self._autocast(meta=self.method.uses_meta and not warm):
             loss, weights, losses, meta_out = self.engine(x, y, xm, ym, lr=self.optimizer.param_groups[0]["lr"],
-                                                          warm=warm, refresh=refresh, trusted=batch.get("trusted"))
+                                                          warm=warm, refresh=refresh, trusted=trusted)
         skipped = meta_out is not None and meta_out.skipped
         if meta_out is not None and meta_out.fresh:
             stats.meta_loss += meta_out.meta_loss
@@ -460,7 +462,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         stats.steps += 1
         stats.loss += plain
-        self._record_weights(stats, weights, y, batch["clean"], batch.get("trusted"), losses)
+        self._record_weights(stats, weights, y, batch["clean"], trusted, losses)
         if index is not None:
             self.record.add(index, losses[0], weights if meta_out is not None else None)
         if skipped and not self.dist.enabled:
