@@ -155,7 +155,7 @@ def cleanlab_scores(data: Path, work: Path, seed: int, folds: int, epochs: int |
             images = load_isic(data, "train")
             sub = type(images)(images.images, images.index[held], images.label[held], images.clean[held],
                                images.classes)
-            logits, given, _ = predict_dataset(model, IsicDataset(sub, augment=False), batch_size=64,
+            logits, given, _ = predict_dataset(model, IsicDataset(sub), batch_size=64,
                                                transform=lambda b: b)
             quality[held] = get_label_quality_scores(given.numpy(), F.softmax(logits.float(), 1).numpy())
         else:

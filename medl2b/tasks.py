@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from rich.progress import track
 from torch.utils.data import Dataset, Subset
 
-from medl2b.data.augment import BatchAugment
-from medl2b.data.datasets import (ImageSet, IsicDataset, SegSliceDataset, SliceSet, load_isic, load_manifest,
-                                  load_slices, load_volumes, train_window)
+from medl2b.data.augment import BatchAugment, SquareAugment
+from medl2b.data.datasets import (IMAGENET_MEAN, IMAGENET_STD, ImageSet, IsicDataset, SegSliceDataset, SliceSet,
+                                  load_isic, load_manifest, load_slices, load_volumes, train_window)
 from medl2b.data.grid import prediction_to_raw
 from medl2b.data.msd import write_mask
 from medl2b.data.nifti import read_nifti
@@ -526,21 +526,26 @@ class ClassificationTask(Task):
         self.num_classes = len(manifest["classes"])
         self.in_channels = 3
         self.size = cfg.image_size or int(manifest["size"])
+        self._augment = SquareAugment(IMAGENET_MEAN, IMAGENET_STD) if cfg.augment else None
 
     def setup_training(self, *, use_meta_cases: bool) -> None:
         cfg = self.cfg
         self.val_images = load_isic(self.data, "meta")
         train = _compose(cfg, lambda: load_isic(self.data, "train", label=cfg.label_source), self.val_images)
         self.train_images = train
-        self.meta_set = IsicDataset(self.val_images, augment=cfg.augment) if use_meta_cases else None
-        self.train_set = IsicDataset(train, augment=cfg.augment)
-        self.train_plain = IsicDataset(train, augment=False)
+        self.meta_set = IsicDataset(self.val_images) if use_meta_cases else None
+        self.train_set = self.train_plain = IsicDataset(train)  # served plain; augment_batch augments on the device
 
     def input_transform(self, x: torch.Tensor) -> torch.Tensor:
         """The run's image size (the prepared images may be larger)."""
         if x.shape[-1] == self.size and x.shape[-2] == self.size:
             return x
         return F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+
+    def augment_batch(self, batch: dict) -> dict:
+        if self._augment is None:
+            return batch
+        return {**batch, "image": self._augment(batch["image"])}
 
     def _predict(self, model, dataset, device):
         return predict_dataset(model, dataset, batch_size=self.batch_size, device=device,
@@ -552,10 +557,10 @@ class ClassificationTask(Task):
         n = len(pixels)
         images = ImageSet(images=pixels, index=np.arange(n), label=np.zeros(n, dtype=np.int64),
                           clean=np.zeros(n, dtype=np.int64), classes=list(self.manifest["classes"]))
-        return self._predict(model, IsicDataset(images, augment=False), device)[0]
+        return self._predict(model, IsicDataset(images), device)[0]
 
     def validate(self, model, device) -> float:
-        logits, _, clean = self._predict(model, IsicDataset(self.val_images, augment=False), device)
+        logits, _, clean = self._predict(model, IsicDataset(self.val_images), device)
         metrics = classification_metrics(clean.numpy(), logits.argmax(1).numpy(), n_classes=self.num_classes)
         return float(metrics[self.cfg.val_metric])
 
@@ -575,7 +580,7 @@ class ClassificationTask(Task):
 
     def evaluate(self, model, split, out, device, *, checkpoint, figures, progress, extra, run) -> dict:
         split_items(self.manifest, split)
-        logits, _, clean = self._predict(model, IsicDataset(load_isic(self.data, split), augment=False), device)
+        logits, _, clean = self._predict(model, IsicDataset(load_isic(self.data, split)), device)
         pred, y = logits.argmax(1).numpy(), clean.numpy()
         classes = self.manifest["classes"]
         metrics = classification_metrics(y, pred, n_classes=len(classes), class_names=classes)

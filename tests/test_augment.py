@@ -1,10 +1,12 @@
-"""BatchAugment: one spatial draw for image and labels, reproducible from torch's seed."""
+"""BatchAugment: one spatial draw for image and labels; SquareAugment: the symmetries of the square and a
+brightness scale. Both reproducible from torch's seed."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from medl2b.data.augment import BatchAugment
+from medl2b.data.augment import BatchAugment, SquareAugment
 
 
 def _batch():
@@ -35,3 +37,40 @@ def test_image_and_labels_move_together_and_runs_repeat():
     assert all(torch.equal(a, b) for a, b in zip((img, lab, lab2), again))
     torch.manual_seed(8)
     assert not torch.equal(aug(image, labels)[1], lab)
+
+
+def test_square_augment_draws_every_symmetry_keeps_pixels_and_repeats():
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    aug = SquareAugment(mean, std, max_gain=0.0)  # symmetries only: pixel values are kept exactly
+    base = torch.arange(3 * 5 * 5, dtype=torch.float32).view(1, 3, 5, 5) / 75
+    image = base.repeat(256, 1, 1, 1)
+    torch.manual_seed(0)
+    out = aug(image)
+    assert out.shape == image.shape and out.dtype == image.dtype
+    symmetries = []
+    for k in range(4):
+        rot = torch.rot90(base, k, (-2, -1))
+        symmetries += [rot, rot.flip(-1)]
+    seen = [next(i for i, s in enumerate(symmetries) if torch.allclose(o[None], s, atol=1e-5)) for o in out]
+    counts = torch.bincount(torch.tensor(seen), minlength=8)
+    assert (counts > 15).all(), counts  # all 8 symmetries, each about 32 times in 256
+    torch.manual_seed(0)
+    assert torch.equal(aug(image), out)
+    torch.manual_seed(1)
+    assert not torch.equal(aug(image), out)
+
+
+def test_square_augment_scales_brightness_of_the_unnormalised_pixels():
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    pixels = torch.full((400, 3, 4, 4), 0.5)  # a flat image: symmetries do not change it
+    image = (pixels - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    torch.manual_seed(2)
+    out = SquareAugment(mean.tolist(), std.tolist(), max_gain=0.1)(image)
+    back = out * std.view(1, 3, 1, 1) + mean.view(1, 3, 1, 1)
+    gain = back[:, 0, 0, 0] / 0.5
+    assert torch.allclose(back, gain.view(-1, 1, 1, 1) * 0.5, atol=1e-5)  # one gain per image, all channels
+    assert float(gain.min()) >= 0.9 - 1e-5 and float(gain.max()) <= 1.1 + 1e-5
+    unchanged = (gain - 1).abs() < 1e-6
+    assert 0.4 < float(unchanged.float().mean()) < 0.6  # p = 0.5
+    with pytest.raises(ValueError, match="S, S"):
+        SquareAugment(mean.tolist(), std.tolist())(torch.zeros(2, 3, 4, 5))

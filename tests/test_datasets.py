@@ -127,7 +127,7 @@ def test_isic_image_set_and_items(isic_prepared):
     meta = load_isic(isic_prepared, "meta")
     assert np.array_equal(meta.label, meta.clean)
 
-    item = IsicDataset(train, augment=False)[2]
+    item = IsicDataset(train)[2]
     assert set(item) == {"image", "label", "clean", "trusted", "index"} and item["index"] == 2 and not item["trusted"]
     assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
     assert item["label"].dtype == torch.int64 and item["label"].ndim == 0
@@ -139,12 +139,3 @@ def test_isic_image_set_and_items(isic_prepared):
         load_isic(isic_prepared, "val")
 
 
-def test_isic_augmentation_is_seeded_by_torch(isic_prepared):
-    ds = IsicDataset(load_isic(isic_prepared, "train"), augment=True)
-    torch.manual_seed(3)
-    a = torch.stack([ds[i]["image"] for i in range(8)])
-    torch.manual_seed(3)
-    b = torch.stack([ds[i]["image"] for i in range(8)])
-    torch.manual_seed(4)
-    c = torch.stack([ds[i]["image"] for i in range(8)])
-    assert torch.equal(a, b) and not torch.equal(a, c) and a.shape == (8, 3, 32, 32)

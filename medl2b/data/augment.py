@@ -1,4 +1,4 @@
-"""Batched segmentation augmentation on the device: one call per batch, not per slice.
+"""Batched augmentation on the device: one call per batch, not per slice or image.
 
 A per-slice MONAI transform chain in the Dataset would be a large share of a CE step on a
 CPU (numbers in ``BENCHMARKS.md``) and on a GPU it would starve the network.
@@ -13,6 +13,12 @@ and applies one spatial draw to the image and to every label map of a slice:
   ``x + U(−0.1, 0.1)``, with p = 0.3 Gaussian noise of std 0.05 (as MONAI's
   ``RandScaleIntensity``, ``RandShiftIntensity``, ``RandGaussianNoise`` with those settings).
 
+Classification (ISIC) uses :class:`SquareAugment`: a uniformly random symmetry of the square
+(flips and 90° rotations; a dermoscopy image has no up or left) and, with p = 0.5, a brightness
+scale ``x · (1 + U(−0.1, 0.1))`` of the [0, 1] pixels. As a MONAI chain per image
+(``RandFlip``, ``RandRotate90``, ``RandScaleIntensity``) it was 24.6 s of a 41 s CE epoch on one
+CPU thread at 32 px (``BENCHMARKS.md``); batched it is a few tensor ops.
+
 Every draw comes from torch's global generator (on the CPU), so ``torch.manual_seed``
 makes it reproducible, and the trainer's per-epoch reseeding makes ``--resume`` exact.
 """
@@ -20,11 +26,12 @@ makes it reproducible, and the trainer's per-epoch reseeding makes ``--resume`` 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BatchAugment"]
+__all__ = ["BatchAugment", "SquareAugment"]
 
 
 class BatchAugment:
@@ -84,3 +91,42 @@ class BatchAugment:
             noise = torch.randn(image.shape, generator=None).to(dev) * 0.05
             out = out + noise * noisy.view(shape)
         return (out.to(dtype), *warped)
+
+
+class SquareAugment:
+    """Random symmetries of the square and a brightness scale, for a batch of normalised RGB images.
+
+    Each image gets one of the 8 symmetries of the square (transpose, then flips along each axis, each
+    with p = 0.5: all 8 equally likely) and, with p = 0.5, its [0, 1] pixels scaled by
+    ``1 + U(−max_gain, max_gain)``. The batch is normalised (``(x − mean) / std`` per channel, as the
+    datasets serve it), so the scale is applied to the un-normalised pixels.
+
+    Args:
+        mean: Per-channel mean of the normalisation.
+        std: Per-channel standard deviation of the normalisation.
+        max_gain: Largest relative brightness change.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], *, max_gain: float = 0.1):
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.max_gain = float(max_gain)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """Augment ``image`` (B, C, S, S); returns the same shape and dtype."""
+        if image.ndim != 4 or image.shape[-1] != image.shape[-2] or image.shape[1] != self.mean.shape[1]:
+            raise ValueError(f"image must be (B, {self.mean.shape[1]}, S, S), got shape {tuple(image.shape)}")
+        b = image.shape[0]
+        r = torch.rand(b, 5)  # transpose, flip rows, flip columns, gain on, gain
+        dev = image.device
+
+        def where(col: int, changed: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+            return torch.where((r[:, col] < 0.5).to(dev).view(b, 1, 1, 1), changed, out)
+
+        out = where(0, image.transpose(-1, -2), image)
+        out = where(1, out.flip(-2), out)
+        out = where(2, out.flip(-1), out)
+        gain = torch.where(r[:, 3] < 0.5, 1 + (2 * r[:, 4] - 1) * self.max_gain, torch.ones(b)).to(dev)
+        mean, std = self.mean.to(dev), self.std.to(dev)
+        out = ((out.float() * std + mean) * gain.view(b, 1, 1, 1) - mean) / std
+        return out.to(image.dtype)

@@ -6,13 +6,14 @@ into one :class:`SliceSet` of 2-D axial slices (``volume[:, :, z]``), and
 larger than the window); segmentation augmentation happens on whole batches on the device
 (:class:`medl2b.data.augment.BatchAugment`). Classification (ISIC 2019): :func:`load_isic`
 memory-maps ``images.npy`` for one split (:class:`ImageSet`) and :class:`IsicDataset` serves
-it, optionally augmented.
+it plain; classification augmentation also happens on whole batches on the device
+(:class:`medl2b.data.augment.SquareAugment`).
 
 Each item carries both the training label (noisy for train cases/images when
 ``label="noisy"``) and the clean one, plus ``index``, the item's position in the
 dataset, so a trainer can keep per-sample state.
 
-Randomness of the random patches and of the ISIC augmentation: MONAI's random transforms keep
+Randomness of the random patches: MONAI's random transforms keep
 their own ``numpy.random.RandomState`` that neither ``torch.manual_seed`` nor
 ``monai.utils.set_determinism`` touches. So each ``__getitem__`` draws one integer
 from torch's global generator (``torch.randint``) and re-seeds the transform chain
@@ -34,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.transforms import Compose, RandCropByPosNegLabeld, RandFlipd, RandRotate90d, RandScaleIntensityd
+from monai.transforms import Compose, RandCropByPosNegLabeld
 from torch.utils.data import Dataset
 
 from medl2b.data.nifti import read_nifti
@@ -373,35 +374,23 @@ def load_isic(prepared_dir: str | os.PathLike, split: str, *, label: str = "nois
                     clean=clean, classes=list(manifest["classes"]))
 
 
-def _cls_augment():
-    return Compose([
-        RandFlipd("image", prob=0.5, spatial_axis=0),
-        RandFlipd("image", prob=0.5, spatial_axis=1),
-        RandRotate90d("image", prob=0.5, max_k=3),
-        RandScaleIntensityd("image", factors=0.1, prob=0.5),
-    ])
-
-
-class IsicDataset(_Augmented):
-    """ISIC images as a torch Dataset.
+class IsicDataset(Dataset):
+    """ISIC images as a torch Dataset, served plain.
 
     Items: ``{"image": float32 (3, S, S) normalised with ImageNet mean/std,
     "label": int64 scalar, "clean": int64 scalar, "index": int}`` where ``index`` is
     the item's position in this dataset (``images.index[index]`` is its row in the
-    store). With ``augment``: random flips, 90° rotations and a brightness scale.
-    See the module docstring for what seeds the augmentation.
+    store). Items are never augmented here: training augments whole batches on the device with
+    :class:`medl2b.data.augment.SquareAugment`.
 
     Args:
         images: An :class:`ImageSet`.
-        augment: Apply the random augmentation.
     """
 
-    def __init__(self, images: ImageSet, *, augment: bool) -> None:
+    def __init__(self, images: ImageSet) -> None:
         if not isinstance(images, ImageSet):
             raise TypeError(f"images must be an ImageSet, got {type(images).__name__}")
-        super().__init__(_cls_augment() if augment else None)
         self.images = images
-        self.augment = bool(augment)
         self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
@@ -411,7 +400,6 @@ class IsicDataset(_Augmented):
     def __getitem__(self, index: int) -> dict:
         row = int(self.images.index[index])
         pixels = torch.from_numpy(np.array(self.images.images[row])).permute(2, 0, 1).float().div_(255.0)
-        pixels = _plain(self._apply({"image": pixels})["image"]).float()
         return {"image": ((pixels - self._mean) / self._std).contiguous(),
                 "label": torch.tensor(int(self.images.label[index]), dtype=torch.long),
                 "clean": torch.tensor(int(self.images.clean[index]), dtype=torch.long),
