@@ -31,6 +31,7 @@ writes the tables from what has finished, between the ``isic`` markers of BENCHM
     python benchmarks/isic.py                  # everything, 3 seeds (hours on 2 CPU cores)
     python benchmarks/isic.py --blocks 1       # block 1 only
     python benchmarks/isic.py --report-only    # tables from the finished runs
+    python benchmarks/isic.py --workers 2      # two copies, one thread each, sharing the runs (2 cores)
 
 The finished runs are committed in ``benchmarks/results/isic_results.jsonl``; to continue from them,
 copy it to ``bench_runs/isic/results.jsonl`` first. The runs of the profile before ``train_balance``
@@ -44,7 +45,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -232,6 +236,42 @@ def weight_table(rows: list[dict]) -> list[str]:
     return lines if any_rows else []
 
 
+def claim(work: Path, key) -> bool:
+    """Claim a run for this process (a file created exclusively); False when a live process holds it.
+    A claim whose process is gone (an interrupted benchmark) is taken over."""
+    claims = work / "claims"
+    claims.mkdir(exist_ok=True)
+    path = claims / ("_".join(str(k) for k in key) + ".pid")
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                os.kill(int(path.read_text() or 0), 0)
+                return False  # held by a live worker
+            except (ProcessLookupError, ValueError):
+                path.unlink(missing_ok=True)  # stale: its worker is gone
+                continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return True
+    return False
+
+
+def spawn_workers(n: int) -> None:
+    """Run ``n`` copies of this command, one thread each (two small trainings share 2 cores better
+    than one training uses both), and wait for them."""
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if not skip and not a.startswith("--workers"):
+            argv.append(a)
+        skip = a == "--workers"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, __file__, *argv], env=env) for _ in range(n)]
+    for p in procs:
+        p.wait()
+
+
 def load_rows(results: Path) -> list[dict]:
     if not results.exists():
         return []
@@ -245,29 +285,35 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--blocks", default=",".join(str(i + 1) for i in range(len(BLOCKS))))
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="start this many copies of the script, one thread each; they share the runs through claims")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     results = args.work / "results.jsonl"
     rows = load_rows(results)
     if not args.report_only:
         blocks = [BLOCKS[int(b) - 1] for b in args.blocks.split(",")]
-        data = prepare(args.raw, args.work, sorted({lv for b in blocks for lv, _ in b}))
+        data = prepare(args.raw, args.work, sorted({lv for b in blocks for lv, _ in b}))  # before any worker starts
+        if args.workers > 1:
+            spawn_workers(args.workers)
+            blocks = []
         done = {(r["level"] if r["method"] not in SHARED else None, r["method"], r["seed"]) for r in rows}
         for block in blocks:
             for seed in range(args.seeds):
                 for level, name in block:
                     key = (level if name not in SHARED else None, name, seed)
-                    if key in done:
+                    if key in done or not claim(args.work, key):
                         continue
                     print(f"[isic] noise {level} {name} seed {seed}", flush=True)
                     row = run_one(level, name, seed, data[level], args.work)
                     with open(results, "a") as fh:
                         fh.write(json.dumps(row) + "\n")
-                    rows.append(row)
+                    rows = load_rows(results)  # with the other workers' runs
                     done.add(key)
                     print(f"[isic]   acc {row['accuracy']:.3f} bacc {row['balanced_accuracy']:.3f} "
                           f"auroc {row['auroc']:.3f} ({row['train_s']:.0f} s)", flush=True)
                     write_benchmarks_md(tables(rows), section="isic")
+    rows = load_rows(results)
     write_benchmarks_md(tables(rows), section="isic")
     print(tables(rows))
 
