@@ -34,10 +34,10 @@ writes the tables from what has finished, between the ``isic`` markers of BENCHM
     python benchmarks/isic.py --workers 2      # two copies, one thread each, sharing the runs (2 cores)
 
 The finished runs are committed in ``benchmarks/results/isic_results.jsonl``; to continue from them,
-copy it to ``bench_runs/isic/results.jsonl`` first. The runs of the profile before ``train_balance``
-(class-balanced training draws) became its default are kept in
-``benchmarks/results/isic_results_unbalanced.jsonl`` (``--work`` a folder holding it as results.jsonl
-and ``--report-only`` prints their tables).
+copy it to ``bench_runs/isic/results.jsonl`` first. Earlier profiles' runs are kept, each readable with
+``--report-only`` from a ``--work`` folder holding it as results.jsonl:
+``isic_results_6epochs.jsonl`` (6 epochs, per-image augmentation) and ``isic_results_unbalanced.jsonl``
+(6 epochs, before ``train_balance`` became the default).
 """
 
 from __future__ import annotations
@@ -170,8 +170,9 @@ def _pick(rows, level, method):
 
 def tables(rows: list[dict]) -> str:
     levels = sorted({r["level"] for r in rows if r["method"] not in SHARED})
+    epochs = "/".join(str(n) for n in sorted({len(r["epochs"]) for r in rows if r["method"] != "meta-only"}))
     out = [("### ISIC 2019 (real HAM10000 dermoscopy, 1,600 lesion-grouped test images; ResNet-50 × 0.25 from "
-            "scratch at 32 px, the `cpu` profile; mean ± std over seeds)"), "",
+            f"scratch at 32 px, {epochs} epochs, the `cpu` profile; mean ± std over seeds)"), "",
            ("| noise | method | seeds | accuracy (%) | balanced accuracy (%) | macro AUROC (%) | "
             + " | ".join(f"recall {c}" for c in CLASSES) + " | best val score (%) | train time (s), min / median |"),
            "|---|---|---|---|---|---|" + "---|" * len(CLASSES) + "---|---|"]
