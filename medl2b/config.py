@@ -74,6 +74,9 @@ class TrainConfig:
                                         # given class), with replacement: every given class equally often
     val_metric: str = "accuracy"        # classification: accuracy | balanced_accuracy on the clean meta split
                                         # (chooses checkpoint_best and the score-gated warm-up)
+    val_holdout: float = 0.0            # share of the clean meta split held out for validation only: neither in
+                                        # the meta step nor trained on (by case; by lesion and class for ISIC);
+                                        # 0 = validate on the meta set itself, as the paper does
     meta_loss: str = "ce"               # ce | dice | ce+dice (dice: segmentation only; see medl2b.meta.losses.meta_objective)
     meta_normalise: str = "batch"       # l2b: batch (Σα + Σβ = 1 over the batch) | element (α_i + β_i = 1)
     meta_smooth: int = 1                # segmentation: average each pixel's meta evidence over this odd-sized
@@ -150,6 +153,8 @@ class TrainConfig:
             raise InputError(where, "val_metric applies to classification; segmentation validates on Dice")
         if self.meta_balance and self.is_segmentation:
             raise InputError(where, "meta_balance applies to classification; segmentation uses meta_foreground")
+        if not 0.0 <= self.val_holdout < 1.0:
+            raise InputError(where, f"val_holdout must be in [0, 1), got {self.val_holdout}")
         if self.meta_smooth < 1 or self.meta_smooth % 2 == 0:
             raise InputError(where, f"meta_smooth must be an odd size >= 1, got {self.meta_smooth}")
         if self.meta_smooth > 1 and not self.is_segmentation:

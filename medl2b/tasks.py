@@ -35,6 +35,7 @@ from medl2b.data.datasets import (IMAGENET_MEAN, IMAGENET_STD, ImageSet, IsicDat
                                   load_isic, load_manifest, load_slices, load_volumes, train_window)
 from medl2b.data.grid import prediction_to_raw
 from medl2b.data.msd import write_mask
+from medl2b.data.splits import hold_out
 from medl2b.data.nifti import read_nifti
 from medl2b.errors import InputError
 from medl2b.evaluate import figures as fig
@@ -174,20 +175,32 @@ class SliceTask(Task):
         fg = 1.0 if self.cfg.meta_foreground else self.cfg.patch_fg
         return {"crop": self.window, "crop_fg": self.cfg.patch_fg}, {"crop": self.window, "crop_fg": fg}
 
+    def clean_cases(self) -> tuple[list[str], list[str]]:
+        """The clean meta split as ``(meta cases, validation cases)``: the same list unless ``val_holdout``
+        holds some cases out for validation only."""
+        cases = list(self.manifest["splits"]["meta"])
+        held = _held_out(self.cfg, cases, cases, None)
+        if not held.any():
+            return cases, cases
+        return [c for c, h in zip(cases, held) if not h], [c for c, h in zip(cases, held) if h]
+
     def setup_training(self, *, use_meta_cases: bool) -> None:
         cfg, splits = self.cfg, self.manifest["splits"]
-        self.val_slices = self._load(splits["meta"], label="clean") if splits["meta"] else None
-        train = _compose(cfg, lambda: self._load(splits["train"], label=cfg.label_source), self.val_slices)
+        meta_cases, val_cases = self.clean_cases()
+        self.meta_slices = self._load(meta_cases, label="clean") if meta_cases else None
+        self.val_slices = (self.meta_slices if val_cases == meta_cases
+                           else self._load(val_cases, label="clean"))
+        train = _compose(cfg, lambda: self._load(splits["train"], label=cfg.label_source), self.meta_slices)
         self.train_slices = train
         self._check_train(train)
         train_crop, meta_crop = self._crops(train)
         # items are served plain; BatchAugment transforms whole batches on the device (augment_batch)
-        meta = (SegSliceDataset(self.val_slices, **meta_crop)
-                if (use_meta_cases and self.val_slices) else None)
+        meta = (SegSliceDataset(self.meta_slices, **meta_crop)
+                if (use_meta_cases and self.meta_slices) else None)
         if meta is not None and cfg.meta_foreground:
             # A meta batch of background-only slices rewards predicting background everywhere; draw meta
             # batches from the clean slices that hold foreground (all slices if none does).
-            has_fg = np.flatnonzero(self.val_slices.clean.flatten(1).sum(1).numpy() > 0)
+            has_fg = np.flatnonzero(self.meta_slices.clean.flatten(1).sum(1).numpy() > 0)
             if len(has_fg):
                 meta = Subset(meta, has_fg.tolist())
         self.train_set = SegSliceDataset(train, **train_crop)
@@ -312,7 +325,7 @@ class SliceTask(Task):
         if not splits["meta"]:
             return None
         train = self._weight_view(self._load(splits["train"], label="noisy"))
-        meta = self._weight_view(self._load(splits["meta"], label="clean"))
+        meta = self._weight_view(self._load(self.clean_cases()[0], label="clean"))
         if indices is None:
             wrong = (train.label != train.clean).flatten(1).sum(1)
             idx = torch.argsort(wrong, descending=True)[:n]
@@ -530,10 +543,16 @@ class ClassificationTask(Task):
 
     def setup_training(self, *, use_meta_cases: bool) -> None:
         cfg = self.cfg
-        self.val_images = load_isic(self.data, "meta")
-        train = _compose(cfg, lambda: load_isic(self.data, "train", label=cfg.label_source), self.val_images)
+        clean = load_isic(self.data, "meta")
+        entries = self.manifest["images"]
+        # a lesion's images stay on one side (its id, else the image's own name)
+        lesions = [entries[i].get("lesion_id") or entries[i]["image"] for i in clean.index]
+        held = _held_out(cfg, [entries[i]["image"] for i in clean.index], lesions, clean.clean)
+        self.meta_images = clean.subset(~held)
+        self.val_images = clean.subset(held) if held.any() else self.meta_images
+        train = _compose(cfg, lambda: load_isic(self.data, "train", label=cfg.label_source), self.meta_images)
         self.train_images = train
-        self.meta_set = IsicDataset(self.val_images) if use_meta_cases else None
+        self.meta_set = IsicDataset(self.meta_images) if use_meta_cases else None
         self.train_set = self.train_plain = IsicDataset(train)  # served plain; augment_batch augments on the device
 
     def input_transform(self, x: torch.Tensor) -> torch.Tensor:
@@ -565,7 +584,7 @@ class ClassificationTask(Task):
         return float(metrics[self.cfg.val_metric])
 
     def meta_classes(self) -> np.ndarray | None:
-        return None if self.meta_set is None else np.asarray(self.val_images.clean)
+        return None if self.meta_set is None else np.asarray(self.meta_images.clean)
 
     def train_classes(self) -> np.ndarray | None:
         return np.asarray(self.train_images.label)
@@ -630,6 +649,16 @@ def split_items(manifest: dict, split: str) -> list:
     if not items:
         raise InputError("--split", f"split {split!r} is empty in this dataset")
     return items
+
+
+def _held_out(cfg, names: list[str], groups, strata) -> np.ndarray:
+    """The ``val_holdout`` mask over the clean meta samples ``names`` (an :class:`InputError` when the
+    split is too small to hold any out)."""
+    held = hold_out(groups, cfg.val_holdout, strata=strata)
+    if cfg.val_holdout > 0 and not held.any():
+        raise InputError(cfg.data, f"val_holdout {cfg.val_holdout} needs at least 2 clean meta cases (lesions) in "
+                                   f"a class; the meta split has {len(names)} sample(s)")
+    return held
 
 
 def _compose(cfg, load_train, clean_meta):

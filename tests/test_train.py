@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from medl2b.cli import app
 from medl2b.config import load_config
 from medl2b.errors import InputError
+from medl2b.tasks import _held_out
 from medl2b.train.trainer import EpochStats, Trainer, train
 
 TINY_SEG = {"features": [4, 4, 8, 8, 16, 4], "batch_size": 4, "meta_batch_size": 4, "steps_per_epoch": 2}
@@ -261,7 +262,7 @@ def test_clean_case_baselines_train_on_the_right_samples(task, promise12_prepare
         sizes[method] = len(trainer.task.train_set)
         if method != "ce":
             labels = trainer.task.train_slices if task == "seg" else trainer.task.train_images
-            meta = trainer.task.val_slices if task == "seg" else trainer.task.val_images
+            meta = trainer.task.meta_slices if task == "seg" else trainer.task.meta_images
             tail = labels.label[-len(meta):]
             assert (tail == meta.clean).all() if task == "cls" else torch.equal(tail, meta.clean)
         trainer.fit()
@@ -279,7 +280,7 @@ def test_l2b_plus_clean_trains_on_its_trusted_meta_cases(task, promise12_prepare
            else cls_cfg(isic_prepared, run, method="l2b+clean"))
     trainer = Trainer(cfg, progress=False)
     train = trainer.task.train_slices if task == "seg" else trainer.task.train_images
-    meta = trainer.task.val_slices if task == "seg" else trainer.task.val_images
+    meta = trainer.task.meta_slices if task == "seg" else trainer.task.meta_images
     n_meta = len(meta)
     assert n_meta > 0 and trainer.task.meta_set is not None
     trusted = np.asarray(train.trusted)
@@ -299,6 +300,49 @@ def test_l2b_plus_clean_trains_on_its_trusted_meta_cases(task, promise12_prepare
     trainer.fit()
     rows = read_rows(run)
     assert float(rows[-1]["beta_sum"]) > 0.0 and rows[-1]["warmup"] == "0"
+
+
+@pytest.mark.parametrize("task", ["seg", "cls"])
+def test_val_holdout_validates_on_clean_cases_kept_out_of_meta_step_and_training(task, promise12_prepared,
+                                                                                  isic_prepared, tmp_path):
+    """val_holdout: part of the clean split validates only; the rest is the meta set and what l2b+clean
+    trains on. The same part for every seed."""
+    def task_of(seed, **kw):
+        cfg = (seg_cfg(promise12_prepared, tmp_path / f"{task}-{seed}", method="l2b+clean", seed=seed, **kw)
+               if task == "seg" else cls_cfg(isic_prepared, tmp_path / f"{task}-{seed}", method="l2b+clean",
+                                             seed=seed, **kw))
+        return Trainer(cfg, progress=False)
+
+    plain = task_of(0).task
+    t = task_of(0, val_holdout=0.5)
+    if task == "seg":
+        full, meta, val = plain.meta_slices, t.task.meta_slices, t.task.val_slices
+        assert plain.val_slices is full
+        names = lambda s: set(s.case)  # noqa: E731
+        assert len(set(val.case)) == len(set(full.case)) // 2
+    else:
+        full, meta, val = plain.meta_images, t.task.meta_images, t.task.val_images
+        assert plain.val_images is full
+        names = lambda s: set(s.index.tolist())  # noqa: E731
+        assert set(val.clean.tolist()) <= set(meta.clean.tolist())  # every held-out class keeps meta images
+    assert names(meta) and names(val) and not names(meta) & names(val)
+    assert names(meta) | names(val) == names(full)
+    train = t.task.train_slices if task == "seg" else t.task.train_images
+    assert len(train) == len(plain.train_slices if task == "seg" else plain.train_images) - len(full) + len(meta)
+    assert np.asarray(train.trusted).sum() == len(meta)  # only the meta part is trained on
+    assert len(t.task.meta_set) <= len(meta)
+    other = task_of(1, val_holdout=0.5).task
+    assert names(other.val_slices if task == "seg" else other.val_images) == names(val)
+    t.fit()
+    assert math.isfinite(float(read_rows(tmp_path / f"{task}-0")[-1]["val_score"]))
+
+
+def test_val_holdout_is_checked(promise12_prepared, tmp_path):
+    with pytest.raises(InputError, match="val_holdout must be in"):
+        seg_cfg(promise12_prepared, tmp_path / "x", val_holdout=1.0)
+    cfg = seg_cfg(promise12_prepared, tmp_path / "y", val_holdout=0.5)
+    with pytest.raises(InputError, match="val_holdout 0.5 needs at least 2"):
+        _held_out(cfg, ["case00"], ["case00"], None)  # one clean case: nothing can be held out
 
 
 def test_meta_batches_come_from_foreground_slices(promise12_prepared, tmp_path):

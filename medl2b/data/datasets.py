@@ -337,6 +337,12 @@ class ImageSet:
         """The same images, every one marked trusted."""
         return dataclasses.replace(self, trusted=np.ones(len(self), dtype=bool))
 
+    def subset(self, mask: np.ndarray) -> "ImageSet":
+        """The images where ``mask`` (bool, (N,)) is True, in order."""
+        mask = np.asarray(mask, dtype=bool)
+        return ImageSet(self.images, self.index[mask], self.label[mask], self.clean[mask], self.classes,
+                        self.trusted[mask])
+
     def concat(self, other: "ImageSet") -> "ImageSet":
         """This split's images followed by ``other``'s (same store)."""
         return ImageSet(self.images, np.concatenate([self.index, other.index]),

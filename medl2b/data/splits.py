@@ -19,7 +19,7 @@ import numpy as np
 
 from medl2b.errors import InputError
 
-__all__ = ["SPLIT_KEYS", "load_split", "split_cases"]
+__all__ = ["SPLIT_KEYS", "hold_out", "load_split", "split_cases"]
 
 SPLIT_KEYS = ("train", "meta", "test")
 
@@ -104,3 +104,43 @@ def split_cases(cases: Sequence[str], *, meta_cases: int = 3, test_cases: int = 
     order = [cases[i] for i in np.random.default_rng([seed, 1212]).permutation(len(cases))]
     return {"train": sorted(order[test_cases + meta_cases:]), "meta": sorted(order[test_cases:test_cases + meta_cases]),
             "test": sorted(order[:test_cases])}, "seeded"
+
+
+def hold_out(groups: Sequence, share: float, *, strata: Sequence | None = None, seed: int = 0) -> np.ndarray:
+    """Which clean meta samples to hold out for validation only (config ``val_holdout``).
+
+    Whole groups (a case, a lesion's images) go to one side. Within each stratum (a class; one stratum
+    when ``strata`` is None) groups are drawn in a seeded order until at least ``share`` of the stratum's
+    samples are held out, but never all of them: a stratum of one group stays on the meta side. The
+    draw depends on ``seed`` only, not on the run's seed, so every method and seed validates on the
+    same samples.
+
+    Args:
+        groups: Group id per sample.
+        share: Share of each stratum to hold out, in [0, 1).
+        strata: Stratum per sample (a group must lie in one stratum), or None.
+        seed: Seed of the draw.
+
+    Returns:
+        Boolean mask, True = held out.
+    """
+    groups = np.asarray(groups)
+    strata = np.zeros(len(groups), dtype=np.int64) if strata is None else np.asarray(strata)
+    held = np.zeros(len(groups), dtype=bool)
+    if share <= 0:
+        return held
+    rng = np.random.default_rng([seed, 4040])
+    for stratum in sorted(set(strata.tolist())):
+        members = strata == stratum
+        names = sorted(set(groups[members].tolist()))
+        if len(names) < 2:
+            continue
+        want = max(1, int(round(share * int(members.sum()))))
+        for name in (names[i] for i in rng.permutation(len(names))):
+            if held[members].sum() >= want:
+                break
+            rest = members & ~held & (groups != name)
+            if not rest.any():  # would empty the meta side of this stratum
+                break
+            held |= members & (groups == name)
+    return held
