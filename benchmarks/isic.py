@@ -57,8 +57,11 @@ import torch
 from accuracy import fmt, mean_std, paired, times, write_benchmarks_md
 
 from medl2b.config import load_config, load_config_file
+from medl2b.data.datasets import IsicDataset, load_isic
 from medl2b.data.isic2019 import CLASSES, prepare_isic2019
-from medl2b.evaluate.run import evaluate_run
+from medl2b.evaluate.metrics import classification_metrics
+from medl2b.evaluate.run import evaluate_run, load_run
+from medl2b.tasks import build_task
 from medl2b.train.record import FIELDS
 from medl2b.train.trainer import train
 
@@ -168,7 +171,7 @@ def _pick(rows, level, method):
     return [r for r in rows if r["method"] == method and (lv is None or math.isclose(r["level"], lv))]
 
 
-def tables(rows: list[dict]) -> str:
+def tables(rows: list[dict], fits: dict[str, dict] | None = None) -> str:
     levels = sorted({r["level"] for r in rows if r["method"] not in SHARED})
     epochs = "/".join(str(n) for n in sorted({len(r["epochs"]) for r in rows if r["method"] != "meta-only"}))
     out = [("### ISIC 2019 (real HAM10000 dermoscopy, 1,600 lesion-grouped test images; ResNet-50 × 0.25 from "
@@ -200,6 +203,7 @@ def tables(rows: list[dict]) -> str:
                        f"{_num(p['mean']('ce+clean'))} | {_num(p['mean']('l2rw'))} | {_num(p['mean']('bootstrap'))} | "
                        f"{_num(p['oracle'])} | {'–' if math.isnan(gap) else f'{gap:.0%}'} |")
     out += weight_table(rows)
+    out += fit_table(rows, fits or {})
     out += ["", "The paper (ImageNet-pretrained ResNet-50 at 224 px; 20,400 train / 640 meta / 4,291 test), accuracy:",
             "", "| noise | CE | L2B |", "|---|---|---|"]
     out += [f"| {lv:.0%} | {PAPER['ce'][lv]} | {PAPER['l2b'][lv]} |" for lv in sorted(PAPER["ce"])]
@@ -273,6 +277,58 @@ def spawn_workers(n: int) -> None:
         p.wait()
 
 
+def fit_stats(row: dict) -> dict:
+    """How the run's best checkpoint fits its own training images, against their clean labels (training data,
+    never test): balanced accuracy and accuracy, and the share of wrongly labelled images it predicts as
+    their given (wrong) label, i.e. the noise it memorised; with the clean meta images' score (its
+    validation score) beside them."""
+    run = Path(row["run"])
+    model, cfg = load_run(run, checkpoint="best")
+    task = build_task(cfg, training=False)
+    images = load_isic(cfg.data, "train", label="noisy")
+    logits = task._predict(model, IsicDataset(images), torch.device("cpu"))[0]
+    pred = logits.argmax(1).numpy()
+    m = classification_metrics(images.clean, pred, n_classes=len(CLASSES))
+    wrong = images.label != images.clean
+    return {"run": str(run), "train_clean_bacc": float(m["balanced_accuracy"]), "train_clean_acc": float(m["accuracy"]),
+            "memorised": float((pred[wrong] == images.label[wrong]).mean()) if wrong.any() else float("nan")}
+
+
+def enrich(rows: list[dict], cache: Path) -> dict[str, dict]:
+    """fit_stats of every row whose run folder exists, cached in ``cache`` (jsonl) by run folder."""
+    have = {r["run"]: r for r in load_rows(cache)}
+    for row in rows:
+        if row["run"] not in have and (Path(row["run"]) / "checkpoint_best.pt").exists() and row["method"] != "meta-only":
+            have[row["run"]] = fit_stats(row)
+            with open(cache, "a") as fh:
+                fh.write(json.dumps(have[row["run"]]) + "\n")
+    return have
+
+
+def fit_table(rows: list[dict], fits: dict[str, dict]) -> list[str]:
+    """Validation (clean meta images) against the fit of the training images' clean labels, per method."""
+    lines = ["", ("How each best checkpoint fits (mean over seeds): its score on the clean meta images (which the meta "
+                  "methods also learn from), its balanced accuracy on the training images' clean labels, and the "
+                  "share of wrongly labelled training images it predicts as their wrong given label (memorised):"), "",
+             "| noise | method | seeds | val bacc (meta images) | train bacc (clean labels) | memorised | test bacc |",
+             "|---|---|---|---|---|---|---|"]
+    n = 0
+    for level in sorted({r["level"] for r in rows if r["method"] not in SHARED}):
+        for method in ORDER:
+            rs = [r for r in _pick(rows, level, method) if r["run"] in fits]
+            if not rs:
+                continue
+            f = [fits[r["run"]] for r in rs]
+            val = mean_std([100 * r["val_best"] for r in rs])[0]
+            tr = mean_std([100 * x["train_clean_bacc"] for x in f])[0]
+            mem = mean_std([100 * x["memorised"] for x in f if math.isfinite(x["memorised"])])[0]
+            shared = " (level-free)" if method in SHARED else ""
+            lines.append(f"| {level:.0%} | {method}{shared} | {len(rs)} | {val:.1f} | {tr:.1f} | "
+                         f"{_num(mem)} | {100 * mean_std([r['balanced_accuracy'] for r in rs])[0]:.1f} |")
+            n += 1
+    return lines if n else []
+
+
 def load_rows(results: Path) -> list[dict]:
     if not results.exists():
         return []
@@ -315,8 +371,9 @@ def main() -> None:
                           f"auroc {row['auroc']:.3f} ({row['train_s']:.0f} s)", flush=True)
                     write_benchmarks_md(tables(rows), section="isic")
     rows = load_rows(results)
-    write_benchmarks_md(tables(rows), section="isic")
-    print(tables(rows))
+    fits = enrich(rows, args.work / "enrich.jsonl")
+    write_benchmarks_md(tables(rows, fits), section="isic")
+    print(tables(rows, fits))
 
 
 if __name__ == "__main__":
