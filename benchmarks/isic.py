@@ -19,7 +19,7 @@ Runs go in priority order, every seed of a block before the next block:
 2. 20 %: ce, l2b;
 3. 40 %: ce+clean, meta-only; 20 %: ce+clean;
 4. 40 %: bootstrap, l2rw;
-5. 40 %: l2b-nobal.
+5. 40 %: l2b-nobal (an ablation, only with ``--blocks 5``).
 
 Each run trains with the ``cpu`` profile of ``skin-lesion-cls``, is evaluated on the 1,600
 test images with its best checkpoint (chosen on the clean meta images' accuracy, never on
@@ -28,10 +28,10 @@ run's per-sample record: mean N·α and β share on wrongly and rightly labelled
 class). Finished runs are skipped when the script is started again; ``--report-only``
 writes the tables from what has finished, between the ``isic`` markers of BENCHMARKS.md.
 
-    python benchmarks/isic.py                  # everything, 3 seeds (hours on 2 CPU cores)
+    python benchmarks/isic.py --workers 2      # blocks 1-4, 3 seeds: the tables in BENCHMARKS.md (~2 h on 2 cores)
     python benchmarks/isic.py --blocks 1       # block 1 only
     python benchmarks/isic.py --report-only    # tables from the finished runs
-    python benchmarks/isic.py --workers 2      # two copies, one thread each, sharing the runs (2 cores)
+    python benchmarks/isic.py                  # the same in one process
 
 The finished runs are committed in ``benchmarks/results/isic_results.jsonl``; to continue from them,
 copy it to ``bench_runs/isic/results.jsonl`` first. Earlier profiles' runs are kept, each readable with
@@ -340,7 +340,7 @@ def main() -> None:
     ap.add_argument("--raw", type=Path, default=ROOT.parent / "shared" / "data" / "ISIC2019_HAM10000")
     ap.add_argument("--work", type=Path, default=ROOT / "bench_runs" / "isic")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--blocks", default=",".join(str(i + 1) for i in range(len(BLOCKS))))
+    ap.add_argument("--blocks", default="1,2,3,4", help="comma-separated, from 1-5 (5: the meta_balance ablation)")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--workers", type=int, default=1,
                     help="start this many copies of the script, one thread each; they share the runs through claims")
