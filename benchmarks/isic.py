@@ -22,7 +22,7 @@ Runs go in priority order, every seed of a block before the next block:
 5. 40 %: l2b-nobal (an ablation, only with ``--blocks 5``).
 
 Each run trains with the ``cpu`` profile of ``skin-lesion-cls``, is evaluated on the 1,600
-test images with its best checkpoint (chosen on the clean meta images' accuracy, never on
+test images with its best checkpoint (chosen on the clean meta images' balanced accuracy, never on
 test), and is appended to ``--work/results.jsonl`` with its weight statistics (from the
 run's per-sample record: mean N·α and β share on wrongly and rightly labelled images, per
 class). Finished runs are skipped when the script is started again; ``--report-only``
