@@ -19,7 +19,9 @@ Runs go in priority order, every seed of a block before the next block:
 2. 20 %: ce, l2b;
 3. 40 %: ce+clean, meta-only; 20 %: ce+clean;
 4. 40 %: bootstrap, l2rw;
-5. 40 %: l2b-nobal (an ablation, only with ``--blocks 5``).
+5. 40 %: l2b-nobal (an ablation, only with ``--blocks 5``);
+6. 40 %: ce-holdout, l2b-holdout: ``val_holdout: 0.25``, a quarter of the clean meta images (whole lesions,
+   per class) validates only and leaves the meta set (only with ``--blocks 6``).
 
 Each run trains with the ``cpu`` profile of ``skin-lesion-cls``, is evaluated on the 1,600
 test images with its best checkpoint (chosen on the clean meta images' balanced accuracy, never on
@@ -68,15 +70,17 @@ from medl2b.train.trainer import train
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = 32
 SHARED = {"meta-only", "oracle"}  # independent of the noise level
-METHOD = {"oracle": ("ce", {"label_source": "clean"}), "l2b-nobal": ("l2b", {"meta_balance": False})}
+METHOD = {"oracle": ("ce", {"label_source": "clean"}), "l2b-nobal": ("l2b", {"meta_balance": False}),
+          "ce-holdout": ("ce", {"val_holdout": 0.25}), "l2b-holdout": ("l2b", {"val_holdout": 0.25})}
 BLOCKS = [
     [(0.4, m) for m in ("ce", "l2b", "oracle")],
     [(0.2, m) for m in ("ce", "l2b")],
     [(0.4, "ce+clean"), (0.4, "meta-only"), (0.2, "ce+clean")],
     [(0.4, m) for m in ("bootstrap", "l2rw")],
     [(0.4, "l2b-nobal")],
+    [(0.4, "ce-holdout"), (0.4, "l2b-holdout")],
 ]
-ORDER = ("ce", "bootstrap", "l2rw", "ce+clean", "meta-only", "l2b-nobal", "l2b", "oracle")
+ORDER = ("ce", "bootstrap", "l2rw", "ce+clean", "meta-only", "l2b-nobal", "ce-holdout", "l2b-holdout", "l2b", "oracle")
 PAPER = {"ce": {0.2: 79.4, 0.3: 77.5, 0.4: 75.3, 0.5: 73.7}, "l2b": {0.2: 81.1, 0.3: 80.2, 0.4: 78.6, 0.5: 76.8}}
 
 
@@ -340,7 +344,7 @@ def main() -> None:
     ap.add_argument("--raw", type=Path, default=ROOT.parent / "shared" / "data" / "ISIC2019_HAM10000")
     ap.add_argument("--work", type=Path, default=ROOT / "bench_runs" / "isic")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--blocks", default="1,2,3,4", help="comma-separated, from 1-5 (5: the meta_balance ablation)")
+    ap.add_argument("--blocks", default="1,2,3,4", help="comma-separated, from 1-6 (5, 6: ablations)")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--workers", type=int, default=1,
                     help="start this many copies of the script, one thread each; they share the runs through claims")
