@@ -294,8 +294,11 @@ def fit_stats(row: dict) -> dict:
     pred = logits.argmax(1).numpy()
     m = classification_metrics(images.clean, pred, n_classes=len(CLASSES))
     wrong = images.label != images.clean
+    # the last epoch's checkpoint on test, reported beside the chosen one (never used to choose anything)
+    last = evaluate_run(run, split="test", checkpoint="latest", out=run / "eval_latest", figures=False)
     return {"run": str(run), "train_clean_bacc": float(m["balanced_accuracy"]), "train_clean_acc": float(m["accuracy"]),
-            "memorised": float((pred[wrong] == images.label[wrong]).mean()) if wrong.any() else float("nan")}
+            "memorised": float((pred[wrong] == images.label[wrong]).mean()) if wrong.any() else float("nan"),
+            "last_acc": float(last["accuracy"]), "last_bacc": float(last["balanced_accuracy"])}
 
 
 def enrich(rows: list[dict], cache: Path) -> dict[str, dict]:
@@ -313,9 +316,12 @@ def fit_table(rows: list[dict], fits: dict[str, dict]) -> list[str]:
     """Validation (clean meta images) against the fit of the training images' clean labels, per method."""
     lines = ["", ("How each best checkpoint fits (mean over seeds): its score on the clean meta images (which the meta "
                   "methods also learn from), its balanced accuracy on the training images' clean labels, and the "
-                  "share of wrongly labelled training images it predicts as their wrong given label (memorised):"), "",
-             "| noise | method | seeds | val bacc (meta images) | train bacc (clean labels) | memorised | test bacc |",
-             "|---|---|---|---|---|---|---|"]
+                  "share of wrongly labelled training images it predicts as their wrong given label (memorised); and, "
+                  "for comparison only, the test scores of the chosen (best) checkpoint and of the last epoch's. "
+                  "`-holdout` rows validate on their held-out quarter of the meta images:"), "",
+             "| noise | method | seeds | val bacc (meta images) | train bacc (clean labels) | memorised | "
+             "test bacc, best / last | test acc, best / last |",
+             "|---|---|---|---|---|---|---|---|"]
     n = 0
     for level in sorted({r["level"] for r in rows if r["method"] not in SHARED}):
         for method in ORDER:
@@ -327,8 +333,12 @@ def fit_table(rows: list[dict], fits: dict[str, dict]) -> list[str]:
             tr = mean_std([100 * x["train_clean_bacc"] for x in f])[0]
             mem = mean_std([100 * x["memorised"] for x in f if math.isfinite(x["memorised"])])[0]
             shared = " (level-free)" if method in SHARED else ""
-            lines.append(f"| {level:.0%} | {method}{shared} | {len(rs)} | {val:.1f} | {tr:.1f} | "
-                         f"{_num(mem)} | {100 * mean_std([r['balanced_accuracy'] for r in rs])[0]:.1f} |")
+            def m(vals):
+                return _num(100 * mean_std(vals)[0])
+
+            lines.append(f"| {level:.0%} | {method}{shared} | {len(rs)} | {val:.1f} | {tr:.1f} | {_num(mem)} | "
+                         f"{m([r['balanced_accuracy'] for r in rs])} / {m([x['last_bacc'] for x in f])} | "
+                         f"{m([r['accuracy'] for r in rs])} / {m([x['last_acc'] for x in f])} |")
             n += 1
     return lines if n else []
 
