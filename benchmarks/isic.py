@@ -303,7 +303,7 @@ def fit_stats(row: dict) -> dict:
 
 def enrich(rows: list[dict], cache: Path) -> dict[str, dict]:
     """fit_stats of every row whose run folder exists, cached in ``cache`` (jsonl) by run folder."""
-    have = {r["run"]: r for r in load_rows(cache)}
+    have = {r["run"]: r for r in load_rows(cache) if "last_bacc" in r}  # older entries lack the last epoch
     for row in rows:
         if row["run"] not in have and (Path(row["run"]) / "checkpoint_best.pt").exists() and row["method"] != "meta-only":
             have[row["run"]] = fit_stats(row)
@@ -343,6 +343,10 @@ def fit_table(rows: list[dict], fits: dict[str, dict]) -> list[str]:
     return lines if n else []
 
 
+def _done(rows: list[dict]) -> set:
+    return {(r["level"] if r["method"] not in SHARED else None, r["method"], r["seed"]) for r in rows}
+
+
 def load_rows(results: Path) -> list[dict]:
     if not results.exists():
         return []
@@ -368,12 +372,16 @@ def main() -> None:
         if args.workers > 1:
             spawn_workers(args.workers)
             blocks = []
-        done = {(r["level"] if r["method"] not in SHARED else None, r["method"], r["seed"]) for r in rows}
+        done = _done(rows)
         for block in blocks:
             for seed in range(args.seeds):
                 for level, name in block:
                     key = (level if name not in SHARED else None, name, seed)
                     if key in done or not claim(args.work, key):
+                        continue
+                    # another worker may have finished it and exited since this one read the results
+                    done |= _done(load_rows(results))
+                    if key in done:
                         continue
                     print(f"[isic] noise {level} {name} seed {seed}", flush=True)
                     row = run_one(level, name, seed, data[level], args.work)
