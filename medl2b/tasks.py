@@ -35,8 +35,8 @@ from medl2b.data.datasets import (IMAGENET_MEAN, IMAGENET_STD, ImageSet, IsicDat
                                   load_isic, load_manifest, load_slices, load_volumes, train_window)
 from medl2b.data.grid import prediction_to_raw
 from medl2b.data.msd import write_mask
-from medl2b.data.splits import hold_out
 from medl2b.data.nifti import read_nifti
+from medl2b.data.splits import hold_out
 from medl2b.errors import InputError
 from medl2b.evaluate import figures as fig
 from medl2b.evaluate.dice import mean_foreground_dice
@@ -79,7 +79,7 @@ class Task:
         return x
 
     def augment_batch(self, batch: dict) -> dict:
-        """Augmentation applied to a whole batch on the device (default: none; items are augmented)."""
+        """Augmentation applied to a whole batch on the device (default: none). Datasets serve items plain."""
         return batch
 
     def validate(self, model, device) -> float:
@@ -179,7 +179,7 @@ class SliceTask(Task):
         """The clean meta split as ``(meta cases, validation cases)``: the same list unless ``val_holdout``
         holds some cases out for validation only."""
         cases = list(self.manifest["splits"]["meta"])
-        held = _held_out(self.cfg, cases, cases, None)
+        held = _held_out(self.cfg, cases, None)
         if not held.any():
             return cases, cases
         return [c for c, h in zip(cases, held) if not h], [c for c, h in zip(cases, held) if h]
@@ -547,7 +547,7 @@ class ClassificationTask(Task):
         entries = self.manifest["images"]
         # a lesion's images stay on one side (its id, else the image's own name)
         lesions = [entries[i].get("lesion_id") or entries[i]["image"] for i in clean.index]
-        held = _held_out(cfg, [entries[i]["image"] for i in clean.index], lesions, clean.clean)
+        held = _held_out(cfg, lesions, clean.clean)
         self.meta_images = clean.subset(~held)
         self.val_images = clean.subset(held) if held.any() else self.meta_images
         train = _compose(cfg, lambda: load_isic(self.data, "train", label=cfg.label_source), self.meta_images)
@@ -651,13 +651,13 @@ def split_items(manifest: dict, split: str) -> list:
     return items
 
 
-def _held_out(cfg, names: list[str], groups, strata) -> np.ndarray:
-    """The ``val_holdout`` mask over the clean meta samples ``names`` (an :class:`InputError` when the
-    split is too small to hold any out)."""
+def _held_out(cfg, groups, strata) -> np.ndarray:
+    """The ``val_holdout`` mask over the clean meta samples (``groups``: case or lesion per sample); an
+    :class:`InputError` when the split is too small to hold any out."""
     held = hold_out(groups, cfg.val_holdout, strata=strata)
     if cfg.val_holdout > 0 and not held.any():
         raise InputError(cfg.data, f"val_holdout {cfg.val_holdout} needs at least 2 clean meta cases (lesions) in "
-                                   f"a class; the meta split has {len(names)} sample(s)")
+                                   f"a class; the meta split has {len(groups)} sample(s)")
     return held
 
 

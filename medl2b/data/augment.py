@@ -16,8 +16,9 @@ and applies one spatial draw to the image and to every label map of a slice:
 Classification (ISIC) uses :class:`SquareAugment`: a uniformly random symmetry of the square
 (flips and 90° rotations; a dermoscopy image has no up or left) and, with p = 0.5, a brightness
 scale ``x · (1 + U(−0.1, 0.1))`` of the [0, 1] pixels. As a MONAI chain per image
-(``RandFlip``, ``RandRotate90``, ``RandScaleIntensity``) it was 24.6 s of a 41 s CE epoch on one
-CPU thread at 32 px (``BENCHMARKS.md``); batched it is a few tensor ops.
+(``RandFlip``, ``RandRotate90``, ``RandScaleIntensity``) it cost 24.6 s of item loading per epoch on one
+CPU thread at 32 px, more than the network's own 16.5 s; batched, the median CE epoch fell from 33.8 s
+to 15.4 s (``BENCHMARKS.md``).
 
 Every draw comes from torch's global generator (on the CPU), so ``torch.manual_seed``
 makes it reproducible, and the trainer's per-epoch reseeding makes ``--resume`` exact.
