@@ -342,7 +342,7 @@ def test_val_holdout_is_checked(promise12_prepared, tmp_path):
         seg_cfg(promise12_prepared, tmp_path / "x", val_holdout=1.0)
     cfg = seg_cfg(promise12_prepared, tmp_path / "y", val_holdout=0.5)
     with pytest.raises(InputError, match="val_holdout 0.5 needs at least 2"):
-        _held_out(cfg, ["case00"], ["case00"], None)  # one clean case: nothing can be held out
+        _held_out(cfg, ["case00"], None)  # one clean case: nothing can be held out
 
 
 def test_meta_batches_come_from_foreground_slices(promise12_prepared, tmp_path):
@@ -411,3 +411,19 @@ def test_meta_every_fetches_a_meta_batch_only_when_it_refreshes(promise12_prepar
         load_config("segmentation", overrides={"meta_every": 2, "meta_impl": "reference"})
     with pytest.raises(InputError, match="meta_every"):
         load_config("segmentation", overrides={"meta_every": 0})
+
+
+def test_classification_batches_are_augmented_on_the_device_only_when_asked(isic_prepared, tmp_path):
+    """ClassificationTask.augment_batch: items are served plain; batches are augmented on the device, seeded by
+    torch, and left alone with augment off."""
+    on = Trainer(cls_cfg(isic_prepared, tmp_path / "on"), progress=False).task
+    off = Trainer(cls_cfg(isic_prepared, tmp_path / "off", augment=False), progress=False).task
+    batch = torch.utils.data.default_collate([on.train_set[i] for i in range(16)])
+    assert torch.equal(batch["image"], torch.utils.data.default_collate([on.train_set[i] for i in range(16)])["image"])
+    assert off.augment_batch(batch) is batch
+    torch.manual_seed(0)
+    out = on.augment_batch(batch)
+    assert torch.equal(out["label"], batch["label"]) and out["image"].shape == batch["image"].shape
+    assert not torch.allclose(out["image"], batch["image"])
+    torch.manual_seed(0)
+    assert torch.equal(on.augment_batch(batch)["image"], out["image"])
