@@ -101,6 +101,8 @@ class L2B:
             for ``l2b-sum1``); ``"batch"``: all weights of the batch sum to 1; ``"element"``:
             α_i + β_i = 1 per element, divided by the number of elements. Meta methods only.
         bootstrap_beta: b of ``method="bootstrap"``.
+        pseudo_floor: two-term methods: the pseudo-label term only where the model's confidence
+            (largest softmax probability) is at least this; 0 = everywhere (the paper).
     """
 
     method: str = "l2b"
@@ -109,6 +111,7 @@ class L2B:
     scope: str | Sequence[str] = "all"
     normalise: str | None = None
     bootstrap_beta: float = 0.8
+    pseudo_floor: float = 0.0
 
     def __post_init__(self) -> None:
         if self.method not in API_METHODS:
@@ -126,6 +129,8 @@ class L2B:
             object.__setattr__(self, "scope", tuple(self.scope))
             if not self.scope:
                 raise ValueError("scope: the list of parameter names is empty")
+        if not 0.0 <= self.pseudo_floor < 1.0:
+            raise ValueError(f"pseudo_floor must be in [0, 1), got {self.pseudo_floor}")
         if self.normalise is not None:
             if self.normalise not in NORMALISATIONS:
                 raise ValueError(f"normalise must be None or one of {', '.join(NORMALISATIONS)}, got {self.normalise!r}")
@@ -204,7 +209,8 @@ class L2B:
             raise ValueError(f"method {self.method!r} needs a meta batch: pass x_meta and y_meta (or warm=True)")
         weights, losses, meta = weighted_losses(
             model, method, x, y, x_meta, y_meta, lr=lr, warm=warm, bootstrap_beta=self.bootstrap_beta,
-            meta_impl=self.impl, param_names=self.param_names(model), meta_loss=self.meta_loss)
+            meta_impl=self.impl, param_names=self.param_names(model), meta_loss=self.meta_loss,
+            pseudo_floor=self.pseudo_floor)
         loss = sum((w * l.float()).sum() for w, l in zip(weights, losses))
         alpha = weights[0]
         beta = weights[1] if len(weights) > 1 else torch.zeros_like(alpha)

@@ -81,6 +81,9 @@ class TrainConfig:
     meta_normalise: str = "batch"       # l2b: batch (Σα + Σβ = 1 over the batch) | element (α_i + β_i = 1)
     meta_smooth: int = 1                # segmentation: average each pixel's meta evidence over this odd-sized
                                         # neighbourhood before normalising (1 = per pixel)
+    pseudo_floor: float = 0.0           # two-term methods: the pseudo-label term only where the network's
+                                        # confidence (largest softmax probability) is at least this; below it an
+                                        # element gets no β (0 = everywhere, the paper)
     # model
     features: list[int] = field(default_factory=lambda: [32, 32, 64, 128, 256, 32])  # UNet++ widths
     spatial_dims: int = 2               # segmentation: 2 = UNet++ on slices, 3 = on whole (padded) volumes
@@ -159,6 +162,8 @@ class TrainConfig:
             raise InputError(where, f"meta_smooth must be an odd size >= 1, got {self.meta_smooth}")
         if self.meta_smooth > 1 and not self.is_segmentation:
             raise InputError(where, "meta_smooth applies to segmentation (per-pixel weights)")
+        if not 0.0 <= self.pseudo_floor < 1.0:
+            raise InputError(where, f"pseudo_floor must be in [0, 1), got {self.pseudo_floor}")
         if self.train_balance and self.is_segmentation:
             raise InputError(where, "train_balance applies to classification")
         if self.meta_set == "gmm" and self.method in TRAINS_ON_META:

@@ -355,7 +355,8 @@ class SliceTask(Task):
         net = copy.deepcopy(model).train()
         x, y = train.image[idx].to(device), train.label[idx].to(device)
         weights, _, _ = weighted_losses(net, method, x, y, meta.image[midx].to(device), meta.clean[midx].to(device),
-                                        meta_loss=cfg.meta_loss, lr=cfg.lr, meta_smooth=cfg.meta_smooth)
+                                        meta_loss=cfg.meta_loss, lr=cfg.lr, meta_smooth=cfg.meta_smooth,
+                                        pseudo_floor=cfg.pseudo_floor)
         count = weights[0].numel()
         alpha = (weights[0] * count).cpu().numpy()
         beta = (weights[1] * count).cpu().numpy() if len(weights) > 1 else np.zeros_like(alpha)

@@ -377,3 +377,47 @@ def test_smoothing_is_the_same_in_both_implementations(impl):
     expected, _ = normalise_weights([-g for g in plain.meta_grads], mode="element", smooth=3)
     assert all(torch.allclose(w, e) for w, e in zip(smooth.weights, expected))
     assert not torch.allclose(smooth.weights[0], plain.weights[0])
+
+
+@pytest.mark.parametrize("impl", ["reference", "fast"])
+def test_pseudo_floor_removes_beta_below_the_confidence_floor(impl):
+    """pseudo_floor: an element whose confidence is below the floor has a zero pseudo-label loss, no meta
+    evidence for it and so β = 0; elements above the floor keep exactly the weights of the plain step."""
+    from medl2b.meta.losses import weighted_losses
+    from medl2b.meta.methods import get_method
+
+    torch.manual_seed(7)
+    model = TinySeg().double().train()
+    x, y = torch.randn(2, 1, 6, 6, dtype=torch.float64), torch.randint(0, 2, (2, 6, 6))
+    xm, ym = torch.randn(2, 1, 6, 6, dtype=torch.float64), torch.randint(0, 2, (2, 6, 6))
+    with torch.no_grad():
+        conf = torch.softmax(copy.deepcopy(model)(x), 1).amax(1)
+    floor = float(conf.median())
+    low = conf < floor
+    assert low.any() and (~low).any()
+    method = get_method("l2b", normalise="element")
+    plain, losses0, m0 = weighted_losses(copy.deepcopy(model), method, x, y, xm, ym, lr=0.1, meta_impl=impl)
+    gated, losses1, m1 = weighted_losses(copy.deepcopy(model), method, x, y, xm, ym, lr=0.1, meta_impl=impl,
+                                         pseudo_floor=floor)
+    assert float(losses1[1][low].abs().sum()) == 0.0 and float(m1.meta_grads[1][low].abs().sum()) == 0.0
+    assert float(gated[1][low].abs().sum()) == 0.0
+    assert torch.allclose(gated[0][~low], plain[0][~low]) and torch.allclose(gated[1][~low], plain[1][~low])
+    assert torch.allclose(losses1[0], losses0[0])
+    # α absorbs the pixel: where the given label helps the meta set it takes the whole element weight
+    helps = low & (m1.meta_grads[0] < 0)
+    assert helps.any() and torch.allclose(gated[0][helps], torch.full_like(gated[0][helps], 1.0 / y.numel()))
+
+
+def test_pseudo_floor_with_flip_averaged_pseudo_labels_and_bad_values():
+    from medl2b.meta.methods import make_loss_terms
+
+    logits = torch.tensor([[2.0, 0.0], [0.1, 0.0]])  # confidences 0.88 and 0.52
+    y = torch.tensor([1, 1])
+    given, pseudo = make_loss_terms(y, n_terms=2, floor=0.6)(logits)
+    assert float(pseudo[0]) > 0 and float(pseudo[1]) == 0.0 and float(given[1]) > 0
+    pre = make_loss_terms(y, n_terms=2, pseudo=torch.tensor([0, 0]), confidence=torch.tensor([0.5, 0.9]), floor=0.6)
+    assert [float(v) == 0.0 for v in pre(logits)[1]] == [True, False]
+    with pytest.raises(ValueError, match="confidence"):
+        make_loss_terms(y, n_terms=2, pseudo=torch.tensor([0, 0]), floor=0.6)(logits)
+    with pytest.raises(ValueError, match="floor"):
+        make_loss_terms(y, n_terms=2, floor=1.0)

@@ -116,6 +116,7 @@ def test_score_gated_warmup_waits_for_the_validation_score():
 @pytest.mark.parametrize("overrides,match", [
     ({"meta_smooth": 4}, "meta_smooth must be an odd size"), ({"meta_smooth": 0}, "meta_smooth must be an odd size"),
     ({"method": "l2b+clean", "meta_set": "gmm"}, "needs them as its meta set"),
+    ({"pseudo_floor": 1.0}, "pseudo_floor must be in"), ({"pseudo_floor": -0.1}, "pseudo_floor must be in"),
 ])
 def test_new_meta_keys_are_checked(overrides, match):
     with pytest.raises(InputError, match=match):

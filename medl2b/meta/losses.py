@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 
 from medl2b.inference import flip_averaged_probs
-from medl2b.meta.methods import META_LOSSES, Method, fixed_weights, get_method, make_loss_terms, trust_weights
+from medl2b.meta.methods import (META_LOSSES, Method, fixed_weights, floor_weights, get_method, make_loss_terms,
+                                 trust_weights)
 from medl2b.meta.step import meta_weights
 
 __all__ = ["meta_objective", "weighted_losses"]
@@ -26,7 +27,7 @@ def weighted_losses(model, method: Method, x: torch.Tensor, y: torch.Tensor, xm:
                     meta_impl: str = "fast", param_names: Sequence[str] | None = None, pseudo_tta: bool = False,
                     reduce_meta_grad: Callable[[list[torch.Tensor]], None] | None = None, lean: bool = True,
                     meta_loss: str = "ce", meta_grad: Sequence[torch.Tensor] | None = None,
-                    trusted: torch.Tensor | None = None, meta_smooth: int = 1):
+                    trusted: torch.Tensor | None = None, meta_smooth: int = 1, pseudo_floor: float = 0.0):
     """Weights and per-element losses of one training step, for any method: the one shared code path.
 
     Returns ``(weights, losses, meta)``: the real step is ``Σ_k (weights[k] * losses[k]).sum()``;
@@ -40,10 +41,14 @@ def weighted_losses(model, method: Method, x: torch.Tensor, y: torch.Tensor, xm:
     ``trusted``: bool ``(B,)``, samples whose given label is known right (``l2b+clean`` trains on its clean
     meta cases): a meta step gives them plain CE's weight (:func:`~medl2b.meta.methods.trust_weights`).
     ``meta_smooth``: segmentation, average each pixel's meta evidence over that neighbourhood first.
+    ``pseudo_floor``: the pseudo-label term counts only where the network's confidence is at least this
+    (:func:`~medl2b.meta.methods.make_loss_terms`); 0 = everywhere.
     """
     n_terms = 1 if warm else method.n_terms
-    pseudo = flip_averaged_probs(model, x).argmax(1) if (n_terms == 2 and pseudo_tta) else None
-    terms = make_loss_terms(y, n_terms=n_terms, pseudo=pseudo)
+    pseudo = confidence = None
+    if n_terms == 2 and pseudo_tta:
+        confidence, pseudo = flip_averaged_probs(model, x).max(1)
+    terms = make_loss_terms(y, n_terms=n_terms, pseudo=pseudo, floor=pseudo_floor, confidence=confidence)
     if method.uses_meta and not warm:
         if meta_grad is None and (xm is None or ym is None):
             raise ValueError(f"{method.name} needs a meta batch")
@@ -51,12 +56,17 @@ def weighted_losses(model, method: Method, x: torch.Tensor, y: torch.Tensor, xm:
         out = meta_weights(model, x, terms, xm, objective, lr=lr,
                            normalise=method.normalise, impl=meta_impl, param_names=param_names,
                            reduce_meta_grad=reduce_meta_grad, lean=lean, meta_grad=meta_grad, smooth=meta_smooth)
+        if terms.gate is not None and len(out.weights) == 2:
+            out.weights = floor_weights(out.weights, terms.gate)
         if trusted is not None and bool(trusted.any()):
             out.weights = trust_weights(out.weights, trusted, mode=method.normalise)
             out.skipped = False  # the trusted samples still train
         return out.weights, out.losses, out
     losses = terms(model(x))
-    return fixed_weights(get_method("ce") if warm else method, losses, bootstrap_beta=bootstrap_beta), losses, None
+    weights = fixed_weights(get_method("ce") if warm else method, losses, bootstrap_beta=bootstrap_beta)
+    if terms.gate is not None:  # bootstrap below the floor: the given label keeps the whole weight
+        weights = floor_weights(weights, terms.gate)
+    return weights, losses, None
 
 
 def meta_objective(name: str, target: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:

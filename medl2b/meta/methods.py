@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["META_IMPLS", "META_LOSSES", "META_METHODS", "METHODS", "Method", "NORMALISATIONS", "STEP_METHODS",
-           "fixed_weights", "get_method", "make_loss_terms", "trust_weights"]
+           "fixed_weights", "floor_weights", "get_method", "make_loss_terms", "trust_weights"]
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,8 @@ def get_method(name: str, *, normalise: str | None = None) -> Method:
     return method
 
 
-def make_loss_terms(target: torch.Tensor, *, n_terms: int, pseudo: torch.Tensor | None = None
+def make_loss_terms(target: torch.Tensor, *, n_terms: int, pseudo: torch.Tensor | None = None,
+                    floor: float = 0.0, confidence: torch.Tensor | None = None
                     ) -> Callable[[torch.Tensor], list[torch.Tensor]]:
     """Build ``logits -> [ℓ(logits, y), ℓ(logits, ŷ)]`` (per-element cross-entropy).
 
@@ -99,18 +100,52 @@ def make_loss_terms(target: torch.Tensor, *, n_terms: int, pseudo: torch.Tensor 
         n_terms: 1 (given label only) or 2 (and the pseudo-label).
         pseudo: precomputed pseudo-labels (e.g. flip-averaged); when ``None`` they are
             the argmax of the detached logits of this very forward.
+        floor: the pseudo-label floor (config ``pseudo_floor``): the pseudo-label term of an element
+            whose confidence (its largest softmax probability) is below ``floor`` is zero, so it has no
+            gradient, no meta evidence and therefore no weight β. 0 = every element (the paper).
+        confidence: the confidence of a precomputed ``pseudo`` (same shape); by default the largest
+            softmax probability of this very forward.
     """
     if n_terms not in (1, 2):
         raise ValueError(f"n_terms must be 1 or 2, got {n_terms}")
+    if not 0.0 <= floor < 1.0:
+        raise ValueError(f"floor must be in [0, 1), got {floor}")
+    return _LossTerms(target, n_terms, pseudo, floor, confidence)
 
-    def terms(logits: torch.Tensor) -> list[torch.Tensor]:
-        given = F.cross_entropy(logits, target, reduction="none")
-        if n_terms == 1:
+
+class _LossTerms:
+    """The callable of :func:`make_loss_terms`. After a call, ``gate`` holds where the pseudo-label term
+    counts (bool, the losses' shape), or ``None`` without a floor."""
+
+    def __init__(self, target, n_terms, pseudo, floor, confidence):
+        self.target, self.n_terms, self.pseudo, self.floor, self.confidence = target, n_terms, pseudo, floor, confidence
+        self.gate: torch.Tensor | None = None
+
+    def __call__(self, logits: torch.Tensor) -> list[torch.Tensor]:
+        given = F.cross_entropy(logits, self.target, reduction="none")
+        if self.n_terms == 1:
             return [given]
-        p = logits.detach().argmax(1) if pseudo is None else pseudo
-        return [given, F.cross_entropy(logits, p, reduction="none")]
+        p = logits.detach().argmax(1) if self.pseudo is None else self.pseudo
+        second = F.cross_entropy(logits, p, reduction="none")
+        if self.floor > 0.0:
+            if self.pseudo is None:
+                conf = torch.softmax(logits.detach().float(), 1).amax(1)
+            elif self.confidence is None:
+                raise ValueError("a floor on precomputed pseudo-labels needs their confidence")
+            else:
+                conf = self.confidence
+            self.gate = conf >= self.floor
+            second = second * self.gate.to(second.dtype)
+        return [given, second]
 
-    return terms
+
+def floor_weights(weights: list[torch.Tensor], gate: torch.Tensor) -> list[torch.Tensor]:
+    """Move the β of elements below the pseudo-label floor (``~gate``) to their α, so β is exactly 0 there and
+    every element keeps its total weight. Batch normalisation already gives them β = 0 (their pseudo-label
+    term has no meta evidence); per-element normalisation splits an element without positive evidence
+    equally, and that half moves to the given label here."""
+    closed = ~gate.to(device=weights[0].device, dtype=torch.bool)
+    return [weights[0] + weights[1] * closed, weights[1] * ~closed]
 
 
 def fixed_weights(method: Method, losses: list[torch.Tensor], *, bootstrap_beta: float = 0.8) -> list[torch.Tensor]:

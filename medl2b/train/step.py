@@ -33,13 +33,13 @@ class StepModule(nn.Module):
     def __init__(self, net: nn.Module, method: Method, *, bootstrap_beta: float = 0.8, meta_impl: str = "fast",
                  param_names: Sequence[str] | None = None, pseudo_tta: bool = False,
                  reduce_meta_grad: Callable[[list[torch.Tensor]], None] | None = None, meta_loss: str = "ce",
-                 meta_smooth: int = 1):
+                 meta_smooth: int = 1, pseudo_floor: float = 0.0):
         super().__init__()
         self.net = net
         self.method = method
         self.options = {"bootstrap_beta": bootstrap_beta, "meta_impl": meta_impl, "param_names": param_names,
                         "pseudo_tta": pseudo_tta, "reduce_meta_grad": reduce_meta_grad, "meta_loss": meta_loss,
-                        "meta_smooth": meta_smooth}
+                        "meta_smooth": meta_smooth, "pseudo_floor": pseudo_floor}
         self._meta_grad: list[torch.Tensor] | None = None
 
     def forward(self, x, y, xm=None, ym=None, *, lr: float, warm: bool = False, refresh: bool = True,

@@ -143,7 +143,8 @@ class Trainer:
                                       meta_impl=cfg.meta_impl, param_names=self.head,
                                       pseudo_tta=cfg.pseudo_label_tta and cfg.is_segmentation,
                                       reduce_meta_grad=distributed.average_in_place if self.dist.enabled else None,
-                                      meta_loss=cfg.meta_loss, meta_smooth=cfg.meta_smooth)
+                                      meta_loss=cfg.meta_loss, meta_smooth=cfg.meta_smooth,
+                                      pseudo_floor=cfg.pseudo_floor)
         self.engine = self.step_module
         if self.dist.enabled:
             self.engine = DistributedDataParallel(
