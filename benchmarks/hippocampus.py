@@ -33,6 +33,9 @@ Runs go in priority order, every seed of a block before the next block:
    ``l2b-smooth5`` (``meta_smooth: 5``), ``l2b+clean`` (the clean cases trained on as trusted samples)
    and ``l2b-mb16`` (meta batch 16).
 9. issue 25, noise 0.8: ce, ce+clean, l2b, l2b+clean.
+10. issue 25, noise 0.8 and 0.6: ``l2b-floor8`` (``pseudo_floor: 0.8``: the pseudo-label term only where the
+    network's confidence is at least 0.8).
+11. issue 25, noise 0.8 and 0.6: ``l2b+clean-floor8`` (``l2b+clean`` with that floor).
 
 Issue 25's runs go to their own tables: ``--section hippocampus-issue25`` (and their own ``--work``).
 Each L2B variant's row also gets, from its run folder, the weight separation over the last third of
@@ -68,7 +71,8 @@ METHOD = {"oracle": ("ce", {"label_source": "clean"}), "l2b-gmm": ("l2b", {"meta
           "l2b-batch": ("l2b", {"meta_normalise": "batch"}),
           "l2b-k2": ("l2b", {"meta_every": 2}), "l2b-k4": ("l2b", {"meta_every": 4}),
           "ce-3d": ("ce", {}), "l2b-3d": ("l2b", {}),
-          "l2b-smooth5": ("l2b", {"meta_smooth": 5}), "l2b-mb16": ("l2b", {"meta_batch_size": 16})}
+          "l2b-smooth5": ("l2b", {"meta_smooth": 5}), "l2b-mb16": ("l2b", {"meta_batch_size": 16}),
+          "l2b-floor8": ("l2b", {"pseudo_floor": 0.8}), "l2b+clean-floor8": ("l2b+clean", {"pseudo_floor": 0.8})}
 PROFILE = {"ce-3d": "cpu-3d", "l2b-3d": "cpu-3d"}  # 3-D UNet++ on whole volumes; the rest: 2-D slices, cpu
 BLOCKS = [
     [(0.6, m) for m in ("ce", "l2b", "ce+clean", "meta-only", "oracle")],
@@ -80,11 +84,13 @@ BLOCKS = [
     [(0.6, m) for m in ("ce-3d", "l2b-3d")],
     [(0.6, m) for m in ("ce", "l2b", "ce+clean", "oracle", "l2b-smooth5", "l2b+clean", "l2b-mb16")],
     [(0.8, m) for m in ("ce", "ce+clean", "l2b", "l2b+clean")],
+    [(0.8, "l2b-floor8"), (0.6, "l2b-floor8")],
+    [(0.8, "l2b+clean-floor8"), (0.6, "l2b+clean-floor8")],
 ]
 ORDER = ("ce", "ce+clean", "meta-only", "bootstrap", "l2rw", "l2b-batch", "l2b", "l2b-k2", "l2b-k4", "l2b-gmm",
-         "l2b-smooth5", "l2b-mb16", "l2b+clean", "oracle", "ce-3d", "l2b-3d")
+         "l2b-smooth5", "l2b-mb16", "l2b+clean", "l2b-floor8", "l2b+clean-floor8", "oracle", "ce-3d", "l2b-3d")
 #: issue 25: the L2B variants compared on weight separation, validation and test (one table)
-VARIANTS = ("l2b", "l2b-smooth5", "l2b-mb16", "l2b+clean")
+VARIANTS = ("l2b", "l2b-smooth5", "l2b-mb16", "l2b+clean", "l2b-floor8", "l2b+clean-floor8")
 
 
 def prepare(raw: Path, work: Path) -> dict[float, Path]:

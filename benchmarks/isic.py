@@ -22,6 +22,8 @@ Runs go in priority order, every seed of a block before the next block:
 5. 40 %: l2b-nobal (an ablation, only with ``--blocks 5``);
 6. 40 %: ce-holdout, l2b-holdout: ``val_holdout: 0.25``, a quarter of the clean meta images (whole lesions,
    per class) validates only and leaves the meta set (only with ``--blocks 6``).
+7. 40 %: l2b-floor7: ``pseudo_floor: 0.7``, the pseudo-label term only where the network's confidence is at
+   least 0.7 (only with ``--blocks 7``).
 
 Each run trains with the ``cpu`` profile of ``skin-lesion-cls``, is evaluated on the 1,600
 test images with its best checkpoint (chosen on the clean meta images' balanced accuracy, never on
@@ -71,7 +73,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SIZE = 32
 SHARED = {"meta-only", "oracle"}  # independent of the noise level
 METHOD = {"oracle": ("ce", {"label_source": "clean"}), "l2b-nobal": ("l2b", {"meta_balance": False}),
-          "ce-holdout": ("ce", {"val_holdout": 0.25}), "l2b-holdout": ("l2b", {"val_holdout": 0.25})}
+          "ce-holdout": ("ce", {"val_holdout": 0.25}), "l2b-holdout": ("l2b", {"val_holdout": 0.25}),
+          "l2b-floor7": ("l2b", {"pseudo_floor": 0.7})}
 BLOCKS = [
     [(0.4, m) for m in ("ce", "l2b", "oracle")],
     [(0.2, m) for m in ("ce", "l2b")],
@@ -79,8 +82,10 @@ BLOCKS = [
     [(0.4, m) for m in ("bootstrap", "l2rw")],
     [(0.4, "l2b-nobal")],
     [(0.4, "ce-holdout"), (0.4, "l2b-holdout")],
+    [(0.4, "l2b-floor7")],
 ]
-ORDER = ("ce", "bootstrap", "l2rw", "ce+clean", "meta-only", "l2b-nobal", "ce-holdout", "l2b-holdout", "l2b", "oracle")
+ORDER = ("ce", "bootstrap", "l2rw", "ce+clean", "meta-only", "l2b-nobal", "ce-holdout", "l2b-holdout", "l2b-floor7", "l2b",
+         "oracle")
 PAPER = {"ce": {0.2: 79.4, 0.3: 77.5, 0.4: 75.3, 0.5: 73.7}, "l2b": {0.2: 81.1, 0.3: 80.2, 0.4: 78.6, 0.5: 76.8}}
 
 
@@ -227,7 +232,7 @@ def weight_table(rows: list[dict]) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     any_rows = False
     for level in sorted({r["level"] for r in rows}):
-        for method in ("l2rw", "l2b-nobal", "l2b"):
+        for method in ("l2rw", "l2b-nobal", "l2b-floor7", "l2b"):
             rs = [r for r in _pick(rows, level, method) if r.get("weights")]
             if not rs:
                 continue
