@@ -36,6 +36,8 @@ Runs go in priority order, every seed of a block before the next block:
 10. issue 25, noise 0.8 and 0.6: ``l2b-floor8`` (``pseudo_floor: 0.8``: the pseudo-label term only where the
     network's confidence is at least 0.8).
 11. issue 25, noise 0.8 and 0.6: ``l2b+clean-floor8`` (``l2b+clean`` with that floor).
+12. issue 25, every level: ``l2b-floor8``; 13. noise 0.6 and 0.4: ``ce``, ``ce+clean`` (with block 9, the
+    baselines of every level in this section's machine state).
 
 Issue 25's runs go to their own tables: ``--section hippocampus-issue25`` (and their own ``--work``).
 Each L2B variant's row also gets, from its run folder, the weight separation over the last third of
@@ -86,6 +88,8 @@ BLOCKS = [
     [(0.8, m) for m in ("ce", "ce+clean", "l2b", "l2b+clean")],
     [(0.8, "l2b-floor8"), (0.6, "l2b-floor8")],
     [(0.8, "l2b+clean-floor8"), (0.6, "l2b+clean-floor8")],
+    [(level, "l2b-floor8") for level in LEVELS],
+    [(level, m) for level in (0.6, 0.4) for m in ("ce", "ce+clean")],
 ]
 ORDER = ("ce", "ce+clean", "meta-only", "bootstrap", "l2rw", "l2b-batch", "l2b", "l2b-k2", "l2b-k4", "l2b-gmm",
          "l2b-smooth5", "l2b-mb16", "l2b+clean", "l2b-floor8", "l2b+clean-floor8", "oracle", "ce-3d", "l2b-3d")
