@@ -363,7 +363,7 @@ def main() -> None:
     ap.add_argument("--raw", type=Path, default=ROOT.parent / "shared" / "data" / "ISIC2019_HAM10000")
     ap.add_argument("--work", type=Path, default=ROOT / "bench_runs" / "isic")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--blocks", default="1,2,3,4", help="comma-separated, from 1-6 (5, 6: ablations)")
+    ap.add_argument("--blocks", default="1,2,3,4", help="comma-separated, from 1-7 (5-7: ablations)")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--workers", type=int, default=1,
                     help="start this many copies of the script, one thread each; they share the runs through claims")
