@@ -38,6 +38,7 @@ Runs go in priority order, every seed of a block before the next block:
 11. issue 25, noise 0.8 and 0.6: ``l2b+clean-floor8`` (``l2b+clean`` with that floor).
 12. issue 25, every level: ``l2b-floor8``; 13. noise 0.6 and 0.4: ``ce``, ``ce+clean`` (with block 9, the
     baselines of every level in this section's machine state).
+14. issue 25: ``l2b-floor6`` (``pseudo_floor: 0.6``) at 0.6, 0.8 and 0.4.
 
 Issue 25's runs go to their own tables: ``--section hippocampus-issue25`` (and their own ``--work``).
 Each L2B variant's row also gets, from its run folder, the weight separation over the last third of
@@ -74,7 +75,8 @@ METHOD = {"oracle": ("ce", {"label_source": "clean"}), "l2b-gmm": ("l2b", {"meta
           "l2b-k2": ("l2b", {"meta_every": 2}), "l2b-k4": ("l2b", {"meta_every": 4}),
           "ce-3d": ("ce", {}), "l2b-3d": ("l2b", {}),
           "l2b-smooth5": ("l2b", {"meta_smooth": 5}), "l2b-mb16": ("l2b", {"meta_batch_size": 16}),
-          "l2b-floor8": ("l2b", {"pseudo_floor": 0.8}), "l2b+clean-floor8": ("l2b+clean", {"pseudo_floor": 0.8})}
+          "l2b-floor8": ("l2b", {"pseudo_floor": 0.8}), "l2b+clean-floor8": ("l2b+clean", {"pseudo_floor": 0.8}),
+          "l2b-floor6": ("l2b", {"pseudo_floor": 0.6})}
 PROFILE = {"ce-3d": "cpu-3d", "l2b-3d": "cpu-3d"}  # 3-D UNet++ on whole volumes; the rest: 2-D slices, cpu
 BLOCKS = [
     [(0.6, m) for m in ("ce", "l2b", "ce+clean", "meta-only", "oracle")],
@@ -90,11 +92,12 @@ BLOCKS = [
     [(0.8, "l2b+clean-floor8"), (0.6, "l2b+clean-floor8")],
     [(level, "l2b-floor8") for level in LEVELS],
     [(level, m) for level in (0.6, 0.4) for m in ("ce", "ce+clean")],
+    [(0.6, "l2b-floor6"), (0.8, "l2b-floor6"), (0.4, "l2b-floor6")],
 ]
 ORDER = ("ce", "ce+clean", "meta-only", "bootstrap", "l2rw", "l2b-batch", "l2b", "l2b-k2", "l2b-k4", "l2b-gmm",
-         "l2b-smooth5", "l2b-mb16", "l2b+clean", "l2b-floor8", "l2b+clean-floor8", "oracle", "ce-3d", "l2b-3d")
+         "l2b-smooth5", "l2b-mb16", "l2b+clean", "l2b-floor8", "l2b+clean-floor8", "l2b-floor6", "oracle", "ce-3d", "l2b-3d")
 #: issue 25: the L2B variants compared on weight separation, validation and test (one table)
-VARIANTS = ("l2b", "l2b-smooth5", "l2b-mb16", "l2b+clean", "l2b-floor8", "l2b+clean-floor8")
+VARIANTS = ("l2b", "l2b-smooth5", "l2b-mb16", "l2b-floor8", "l2b-floor6", "l2b+clean", "l2b+clean-floor8")
 
 
 def prepare(raw: Path, work: Path) -> dict[float, Path]:
