@@ -101,7 +101,7 @@ class L2B:
             for ``l2b-sum1``); ``"batch"``: all weights of the batch sum to 1; ``"element"``:
             α_i + β_i = 1 per element, divided by the number of elements. Meta methods only.
         bootstrap_beta: b of ``method="bootstrap"``.
-        pseudo_floor: two-term methods: the pseudo-label term only where the model's confidence
+        pseudo_floor: meta methods: the pseudo-label term only where the model's confidence
             (largest softmax probability) is at least this; 0 = everywhere (the paper).
     """
 

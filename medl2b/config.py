@@ -81,7 +81,7 @@ class TrainConfig:
     meta_normalise: str = "batch"       # l2b: batch (Σα + Σβ = 1 over the batch) | element (α_i + β_i = 1)
     meta_smooth: int = 1                # segmentation: average each pixel's meta evidence over this odd-sized
                                         # neighbourhood before normalising (1 = per pixel)
-    pseudo_floor: float = 0.0           # two-term methods: the pseudo-label term only where the network's
+    pseudo_floor: float = 0.0           # l2b (meta methods): the pseudo-label term only where the network's
                                         # confidence (largest softmax probability) is at least this; below it an
                                         # element gets no β (0 = everywhere, the paper)
     # model

@@ -41,14 +41,15 @@ def weighted_losses(model, method: Method, x: torch.Tensor, y: torch.Tensor, xm:
     ``trusted``: bool ``(B,)``, samples whose given label is known right (``l2b+clean`` trains on its clean
     meta cases): a meta step gives them plain CE's weight (:func:`~medl2b.meta.methods.trust_weights`).
     ``meta_smooth``: segmentation, average each pixel's meta evidence over that neighbourhood first.
-    ``pseudo_floor``: the pseudo-label term counts only where the network's confidence is at least this
-    (:func:`~medl2b.meta.methods.make_loss_terms`); 0 = everywhere.
+    ``pseudo_floor``: meta methods: the pseudo-label term counts only where the network's confidence is at
+    least this (:func:`~medl2b.meta.methods.make_loss_terms`); 0 = everywhere. ``bootstrap`` ignores it.
     """
     n_terms = 1 if warm else method.n_terms
     pseudo = confidence = None
     if n_terms == 2 and pseudo_tta:
         confidence, pseudo = flip_averaged_probs(model, x).max(1)
-    terms = make_loss_terms(y, n_terms=n_terms, pseudo=pseudo, floor=pseudo_floor, confidence=confidence)
+    floor = pseudo_floor if method.uses_meta else 0.0  # bootstrap stays Reed et al.'s, whatever the config
+    terms = make_loss_terms(y, n_terms=n_terms, pseudo=pseudo, floor=floor, confidence=confidence)
     if method.uses_meta and not warm:
         if meta_grad is None and (xm is None or ym is None):
             raise ValueError(f"{method.name} needs a meta batch")
@@ -63,10 +64,7 @@ def weighted_losses(model, method: Method, x: torch.Tensor, y: torch.Tensor, xm:
             out.skipped = False  # the trusted samples still train
         return out.weights, out.losses, out
     losses = terms(model(x))
-    weights = fixed_weights(get_method("ce") if warm else method, losses, bootstrap_beta=bootstrap_beta)
-    if terms.gate is not None:  # bootstrap below the floor: the given label keeps the whole weight
-        weights = floor_weights(weights, terms.gate)
-    return weights, losses, None
+    return fixed_weights(get_method("ce") if warm else method, losses, bootstrap_beta=bootstrap_beta), losses, None
 
 
 def meta_objective(name: str, target: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
