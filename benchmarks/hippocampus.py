@@ -38,7 +38,9 @@ Runs go in priority order, every seed of a block before the next block:
 11. issue 25, noise 0.8 and 0.6: ``l2b+clean-floor8`` (``l2b+clean`` with that floor).
 12. issue 25, every level: ``l2b-floor8``; 13. noise 0.6 and 0.4: ``ce``, ``ce+clean`` (with block 9, the
     baselines of every level in this section's machine state).
-14. issue 25: ``l2b-floor6`` (``pseudo_floor: 0.6``) at 0.6, 0.8 and 0.4.
+14. issue 25: ``l2b-floor6`` (``pseudo_floor: 0.6``, the segmentation default since) at 0.6, 0.8 and 0.4;
+    15. the same at 0.6 and 0.8 only; 16. ``ce``, ``ce+clean`` at 0.6 (blocks 15-16 order the runs for a short
+    session: the seeds of two levels before a third).
 
 Issue 25's runs go to their own tables: ``--section hippocampus-issue25`` (and their own ``--work``).
 Each L2B variant's row also gets, from its run folder, the weight separation over the last third of
@@ -93,6 +95,8 @@ BLOCKS = [
     [(level, "l2b-floor8") for level in LEVELS],
     [(level, m) for level in (0.6, 0.4) for m in ("ce", "ce+clean")],
     [(0.6, "l2b-floor6"), (0.8, "l2b-floor6"), (0.4, "l2b-floor6")],
+    [(0.6, "l2b-floor6"), (0.8, "l2b-floor6")],
+    [(0.6, "ce"), (0.6, "ce+clean")],
 ]
 ORDER = ("ce", "ce+clean", "meta-only", "bootstrap", "l2rw", "l2b-batch", "l2b", "l2b-k2", "l2b-k4", "l2b-gmm",
          "l2b-smooth5", "l2b-mb16", "l2b+clean", "l2b-floor8", "l2b+clean-floor8", "l2b-floor6", "oracle", "ce-3d", "l2b-3d")
