@@ -57,7 +57,7 @@ def weighted_losses(model, method: Method, x: torch.Tensor, y: torch.Tensor, xm:
         out = meta_weights(model, x, terms, xm, objective, lr=lr,
                            normalise=method.normalise, impl=meta_impl, param_names=param_names,
                            reduce_meta_grad=reduce_meta_grad, lean=lean, meta_grad=meta_grad, smooth=meta_smooth)
-        if terms.gate is not None and len(out.weights) == 2:
+        if terms.gate is not None:  # set only for two terms under a floor
             out.weights = floor_weights(out.weights, terms.gate)
         if trusted is not None and bool(trusted.any()):
             out.weights = trust_weights(out.weights, trusted, mode=method.normalise)
