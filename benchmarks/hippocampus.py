@@ -41,6 +41,10 @@ Runs go in priority order, every seed of a block before the next block:
 14. issue 25: ``l2b-floor6`` (``pseudo_floor: 0.6``, the segmentation default since) at 0.6, 0.8 and 0.4;
     15. the same at 0.6 and 0.8 only; 16. ``ce``, ``ce+clean`` at 0.6 (blocks 15-16 order the runs for a short
     session: the seeds of two levels before a third).
+17. issue 25, noise 0.6: ``ce-3d`` and ``l2b-3d-floor6`` (the ``cpu-3d`` profile with the default floor), paired
+    with the 2-D ``ce`` and ``l2b-floor6``; 18. ``oracle`` (so every seed has its own gap closed).
+19. issue 25, the budget (run with ``--seeds 1``): ``ce-e36``, ``l2b-floor6-e36``, ``ce+clean-e36`` at noise 0.8,
+    36 epochs (12 of warm-up) instead of 12 (4), set beside the 12-epoch runs of the same seed.
 
 Issue 25's runs go to their own tables: ``--section hippocampus-issue25`` (and their own ``--work``).
 Each L2B variant's row also gets, from its run folder, the weight separation over the last third of
@@ -78,8 +82,11 @@ METHOD = {"oracle": ("ce", {"label_source": "clean"}), "l2b-gmm": ("l2b", {"meta
           "ce-3d": ("ce", {}), "l2b-3d": ("l2b", {}),
           "l2b-smooth5": ("l2b", {"meta_smooth": 5}), "l2b-mb16": ("l2b", {"meta_batch_size": 16}),
           "l2b-floor8": ("l2b", {"pseudo_floor": 0.8}), "l2b+clean-floor8": ("l2b+clean", {"pseudo_floor": 0.8}),
-          "l2b-floor6": ("l2b", {"pseudo_floor": 0.6})}
-PROFILE = {"ce-3d": "cpu-3d", "l2b-3d": "cpu-3d"}  # 3-D UNet++ on whole volumes; the rest: 2-D slices, cpu
+          "l2b-floor6": ("l2b", {"pseudo_floor": 0.6}), "l2b-3d-floor6": ("l2b", {"pseudo_floor": 0.6}),
+          "ce-e36": ("ce", {"epochs": 36, "warmup_epochs": 12}),
+          "ce+clean-e36": ("ce+clean", {"epochs": 36, "warmup_epochs": 12}),
+          "l2b-floor6-e36": ("l2b", {"pseudo_floor": 0.6, "epochs": 36, "warmup_epochs": 12})}
+PROFILE = {"ce-3d": "cpu-3d", "l2b-3d": "cpu-3d", "l2b-3d-floor6": "cpu-3d"}  # 3-D UNet++ on whole volumes; the rest: 2-D slices, cpu
 BLOCKS = [
     [(0.6, m) for m in ("ce", "l2b", "ce+clean", "meta-only", "oracle")],
     [(0.6, "l2b-batch")],
@@ -97,9 +104,13 @@ BLOCKS = [
     [(0.6, "l2b-floor6"), (0.8, "l2b-floor6"), (0.4, "l2b-floor6")],
     [(0.6, "l2b-floor6"), (0.8, "l2b-floor6")],
     [(0.6, "ce"), (0.6, "ce+clean")],
+    [(0.6, "ce-3d"), (0.6, "l2b-3d-floor6")],
+    [(0.6, "oracle")],
+    [(0.8, "ce-e36"), (0.8, "l2b-floor6-e36"), (0.8, "ce+clean-e36")],
 ]
 ORDER = ("ce", "ce+clean", "meta-only", "bootstrap", "l2rw", "l2b-batch", "l2b", "l2b-k2", "l2b-k4", "l2b-gmm",
-         "l2b-smooth5", "l2b-mb16", "l2b+clean", "l2b-floor8", "l2b+clean-floor8", "l2b-floor6", "oracle", "ce-3d", "l2b-3d")
+         "l2b-smooth5", "l2b-mb16", "l2b+clean", "l2b-floor8", "l2b+clean-floor8", "l2b-floor6", "oracle", "ce-3d", "l2b-3d", "l2b-3d-floor6",
+         "ce-e36", "ce+clean-e36", "l2b-floor6-e36")
 #: issue 25: the L2B variants compared on weight separation, validation and test (one table)
 VARIANTS = ("l2b", "l2b-smooth5", "l2b-mb16", "l2b-floor8", "l2b-floor6", "l2b+clean", "l2b+clean-floor8")
 
@@ -176,10 +187,48 @@ def tables(rows: list[dict]) -> str:
         out.append(f"| {level} | {p['ce']:.2f} | {p['l2b']:.2f} | {', '.join(f'{d:+.2f}' for d in p['diffs'])} | "
                    f"{p['diff']:+.2f} ± {p['diff_std']:.2f} | {p['mean']('ce+clean'):.2f} | "
                    f"{p['mean']('meta-only'):.2f} | {p['oracle']:.2f} | {p['gap']:.0%} |")
+    out += defaults_table(rows)
     out += variants_table(rows)
     out += amortised_table(rows)
     out += dims_table(rows)
+    out += budget_table(rows)
     return "\n".join(out)
+
+
+def defaults_table(rows: list[dict], l2b: str = "l2b-floor6") -> list[str]:
+    """Issue 25's headline: L2B as the shipped segmentation defaults run it (``l2b``, which names the run
+    ``l2b-floor6``) against ``ce`` and ``ce+clean`` at every level, paired by seed, with the gap closed."""
+    oracle = {r["seed"]: r["dice"] for r in rows if r["method"] == "oracle"}
+    lines = []
+    for level in sorted({r["level"] for r in rows if r["method"] == l2b}, reverse=True):
+        by = {m: {r["seed"]: r for r in rows if r["method"] == m and math.isclose(r["level"], level)}
+              for m in ("ce", "ce+clean", l2b)}
+        seeds = sorted(set(by[l2b]) & set(by["ce"]) & set(by["ce+clean"]))
+        if not seeds:
+            continue
+
+        def d(other, seeds=seeds, by=by):
+            diffs = [100 * (by[l2b][s]["dice"] - by[other][s]["dice"]) for s in seeds]
+            m, sd = mean_std(diffs)
+            return f"{', '.join(f'{x:+.2f}' for x in diffs)} ({m:+.2f} ± {sd:.2f})"
+        gap = [(by[l2b][s]["dice"] - by["ce"][s]["dice"]) / (oracle[s] - by["ce"][s]["dice"]) for s in seeds if s in oracle]
+        lines.append(f"| {level} | {len(seeds)} | "
+                     + " | ".join(fmt([by[m][s]["dice"] for s in seeds], 100) for m in ("ce", "ce+clean", l2b))
+                     + f" | {d('ce')} | {d('ce+clean')} | "
+                     + (f"{fmt([100 * oracle[s] for s in seeds if s in oracle])} | {sum(gap) / len(gap):.0%} ({len(gap)})"
+                        if gap else "– | –")
+                     + f" | {fmt([by[l2b][s]['val_best'] for s in seeds], digits=3)} | "
+                     + "; ".join(times([by[m][s] for s in seeds]) for m in ("ce", "ce+clean", l2b)) + " |")
+    if not lines:
+        return []
+    return ["", (f"**The shipped defaults** (``medl2b train --task segmentation --profile cpu --method l2b``: "
+                 f"``pseudo_floor: 0.6``; the runs are named ``{l2b}``), paired by seed with ``ce`` and ``ce+clean``; "
+                 "test Dice on the 40 cases, mean ± std over the seeds all three ran; gap closed = (L2B − CE) / "
+                 "(oracle − CE) per seed, mean (seeds with an oracle run in brackets):"), "",
+            ("| noise Dice | seeds | ce (%) | ce+clean (%) | L2B (%) | L2B − CE per seed (mean ± std) | "
+             "L2B − ce+clean per seed (mean ± std) | oracle (%) | gap closed | L2B validation Dice | "
+             "train s, min / median: ce; ce+clean; L2B |"),
+            "|---|---|---|---|---|---|---|---|---|---|---|", *lines]
 
 
 def separation(run: str) -> tuple[float, float]:
@@ -322,16 +371,21 @@ def by_seed_06(rows: list[dict], method: str) -> dict[int, dict]:
     return {r["seed"]: r for r in rows if r["method"] == method and math.isclose(r["level"], 0.6)}
 
 
+#: the 2-D and 3-D twins the dims table pairs (issue 12's rows, and issue 25's with the default floor)
+DIMS = (("ce", "ce-3d"), ("l2b", "l2b-3d"), ("l2b-floor6", "l2b-3d-floor6"))
+
+
 def dims_table(rows: list[dict]) -> list[str]:
-    """Issue 12: 3-D UNet++ on whole volumes against the 2-D slice UNet++ at noise 0.6, paired by seed."""
-    runs = {m: by_seed_06(rows, m) for m in ("ce", "l2b", "ce-3d", "l2b-3d")}
-    if not runs["ce-3d"] and not runs["l2b-3d"]:
+    """Issues 12 and 25: 3-D UNet++ on whole volumes against the 2-D slice UNet++ at noise 0.6, paired by seed."""
+    runs = {m: by_seed_06(rows, m) for pair in DIMS for m in pair}
+    pairs = [(two, three) for two, three in DIMS if runs[two] and runs[three]]
+    if not pairs:
         return []
     lines = ["", ("2-D slices against 3-D volumes at noise 0.6 (same cases, noisy labels and seeds; the 3-D rows use the "
              "``cpu-3d`` profile). Paired differences per seed:"), "",
              ("| method | 2-D Dice (%) | 3-D Dice (%) | 3-D − 2-D per seed | 3-D − 2-D | 2-D HD95 (mm) | 3-D HD95 (mm) | "
              "train time 2-D (s, min / median) | 3-D |"), "|---|---|---|---|---|---|---|---|---|"]
-    for two, three in (("ce", "ce-3d"), ("l2b", "l2b-3d")):
+    for two, three in pairs:
         a, b = runs[two], runs[three]
         seeds = sorted(set(a) & set(b))
         diffs = [100 * (b[s]["dice"] - a[s]["dice"]) for s in seeds]
@@ -340,13 +394,52 @@ def dims_table(rows: list[dict]) -> list[str]:
                      f" | {', '.join(f'{d:+.2f}' for d in diffs)} | {dm:+.2f} ± {ds:.2f} | "
                      f"{fmt([r['hd95'] for r in a.values()])} | {fmt([r['hd95'] for r in b.values()])} | "
                      f"{times(list(a.values()))} | {times(list(b.values()))} |")
-    seeds = sorted(set(runs["ce-3d"]) & set(runs["l2b-3d"]))
-    diffs = [100 * (runs["l2b-3d"][s]["dice"] - runs["ce-3d"][s]["dice"]) for s in seeds]
-    if diffs:
-        dm, ds = mean_std(diffs)
-        lines += ["", (f"3-D L2B − 3-D CE, paired: {', '.join(f'{d:+.2f}' for d in diffs)} (mean {dm:+.2f} ± {ds:.2f} "
-                  "Dice points).")]
+    ce3d = runs["ce-3d"]
+    for three in (three for two, three in pairs if two != "ce"):
+        seeds = sorted(set(ce3d) & set(runs[three]))
+        diffs = [100 * (runs[three][s]["dice"] - ce3d[s]["dice"]) for s in seeds]
+        if diffs:
+            dm, ds = mean_std(diffs)
+            lines += ["", (f"3-D L2B (``{three}``) − 3-D CE, paired: {', '.join(f'{d:+.2f}' for d in diffs)} "
+                      f"(mean {dm:+.2f} ± {ds:.2f} Dice points; validation {fmt([runs[three][s]['val_best'] for s in seeds], digits=3)} "
+                      f"against {fmt([ce3d[s]['val_best'] for s in seeds], digits=3)}).")]
     return lines
+
+
+#: issue 25's budget study: each 36-epoch run and its 12-epoch twin
+BUDGET = (("ce", "ce-e36"), ("ce+clean", "ce+clean-e36"), ("l2b-floor6", "l2b-floor6-e36"))
+
+
+def budget_table(rows: list[dict]) -> list[str]:
+    """Issue 25: does CE memorise the noise after 12 epochs? Each method at 12 and at 36 epochs (same seeds),
+    with the epoch of its best validation Dice and how far the last epoch's validation Dice fell from it."""
+    lines = []
+    for level in sorted({r["level"] for r in rows}, reverse=True):
+        for short, long in BUDGET:
+            b = {r["seed"]: r for r in rows if r["method"] == long and math.isclose(r["level"], level)}
+            a = {r["seed"]: r for r in rows if r["method"] == short and math.isclose(r["level"], level)}
+            seeds = sorted(set(a) & set(b))
+            if not seeds:
+                continue
+            cells = []
+            for runs in (a, b):
+                hist = [_history(Path(runs[s]["run"])) for s in seeds if Path(runs[s]["run"]).exists()]
+                peak = [max(range(len(h)), key=lambda i, h=h: float(h[i]["val_score"])) + 1 for h in hist]
+                drop = [max(float(e["val_score"]) for e in h) - float(h[-1]["val_score"]) for h in hist]
+                cells += [fmt([runs[s]["val_best"] for s in seeds], digits=3),
+                          ", ".join(map(str, peak)) or "–", fmt(drop, digits=3) if drop else "–",
+                          fmt([runs[s]["dice"] for s in seeds], 100), times([runs[s] for s in seeds])]
+            diffs = [100 * (b[s]["dice"] - a[s]["dice"]) for s in seeds]
+            lines.append(f"| {level} | {short} | {len(seeds)} | " + " | ".join(cells) + f" | {fmt(diffs)} |")
+    if not lines:
+        return []
+    head = ("best val | best epoch | val drop to last | test Dice (%) | train s, min / median")
+    return ["", ("The budget (issue 25): each method at 12 epochs (4 of warm-up) and at 36 (12), same seeds. "
+            "Validation: the 4 clean cases (for ce+clean also training data). A CE run that memorises the noise "
+            "peaks early and falls by the last epoch:"), "",
+            f"| noise Dice | method | seeds | 12 ep: {head.replace(' | ', ' | 12 ep: ')} | "
+            f"36 ep: {head.replace(' | ', ' | 36 ep: ')} | 36 − 12 (test points) |",
+            "|---|---|---|" + "---|" * 10 + "---|", *lines]
 
 
 def epoch_ratios(run: str) -> tuple[float, float]:
@@ -438,8 +531,8 @@ def main() -> None:
     print(text)
     if not args.no_write:
         write_benchmarks_md(text, section=args.section)
-        if args.section == "hippocampus":
-            write_demo_summary(done, args.seeds)
+        if args.section in DEFAULT_L2B:
+            write_demo_summary(done, args.seeds, args.section)
 
 
 def enrich(rows: list[dict], work: Path) -> None:
@@ -462,17 +555,23 @@ def enrich(rows: list[dict], work: Path) -> None:
         r.update({k: v for k, v in cache.get(r["run"], {}).items() if k != "run"})
 
 
-def write_demo_summary(rows: list[dict], seeds: int) -> None:
-    """The 0.6 results the demo prints next to its one-seed run (medl2b/demo_data/hippocampus_benchmark.json)."""
+#: per BENCHMARKS.md section, the run name of L2B with the shipped segmentation defaults (the demo prints it as l2b)
+DEFAULT_L2B = {"hippocampus-issue25": "l2b-floor6"}  # the main section's l2b rows predate the floor
+
+
+def write_demo_summary(rows: list[dict], seeds: int, section: str) -> None:
+    """The 0.6 results the demo prints next to its one-seed run (medl2b/demo_data/hippocampus_benchmark.json),
+    with L2B as the shipped defaults run it."""
     dice = {}
-    for method in ("ce", "l2b", "ce+clean", "meta-only", "oracle"):
-        rs = [r for r in rows if r["method"] == method and math.isclose(r["level"], 0.6)]
+    for shown, method in (("ce", "ce"), ("l2b", DEFAULT_L2B[section]), ("ce+clean", "ce+clean"),
+                          ("meta-only", "meta-only"), ("oracle", "oracle")):
+        rs = [r for r in rows if r["method"] == method and math.isclose(r["level"], 0.6) and r["seed"] < seeds]
         if rs:
             m, s = mean_std([100 * r["dice"] for r in rs])
-            dice[method] = {"mean": round(m, 2), "std": round(s, 2), "seeds": len(rs)}
+            dice[shown] = {"mean": round(m, 2), "std": round(s, 2), "seeds": len(rs)}
     if not dice:
         return
-    summary = {"command": "python benchmarks/hippocampus.py", "level": 0.6, "test_cases": 40,
+    summary = {"command": f"python benchmarks/hippocampus.py --section {section}", "level": 0.6, "test_cases": 40,
                "seeds": max(v["seeds"] for v in dice.values()), "dice": dice}
     path = ROOT / "medl2b" / "demo_data" / "hippocampus_benchmark.json"
     path.write_text(json.dumps(summary, indent=1) + "\n")
