@@ -9,8 +9,8 @@ seed 0) shared by every method and seed: the runs are paired.
 
 Methods (``medl2b train --task segmentation --profile cpu --method ...``):
 ``ce``, ``ce+clean`` (noisy train + the clean meta cases as training data), ``meta-only``
-(the clean cases alone), ``bootstrap``, ``l2rw``, ``l2b`` (the default: α_i + β_i = 1 per
-pixel, ``meta_normalise: element``), ``l2b-batch`` (``l2b`` with the weights normalised over
+(the clean cases alone), ``bootstrap``, ``l2rw``, ``l2b`` (α_i + β_i = 1 per pixel,
+``meta_normalise: element``, and no confidence floor: ``pseudo_floor: 0``, the default until issue 25), ``l2b-batch`` (``l2b`` with the weights normalised over
 the batch, ``--set meta_normalise=batch``: the default until the diagnosis in BENCHMARKS.md),
 ``l2b-gmm`` (``l2b`` with ``--meta-set gmm``) and ``oracle`` (``ce`` on the clean labels).
 ``meta-only`` and ``oracle`` do not depend on the noise level: they run once per seed and
@@ -45,6 +45,8 @@ Runs go in priority order, every seed of a block before the next block:
     with the 2-D ``ce`` and ``l2b-floor6``; 18. ``oracle`` (so every seed has its own gap closed).
 19. issue 25, the budget (run with ``--seeds 1``): ``ce-e36``, ``l2b-floor6-e36``, ``ce+clean-e36`` at noise 0.8,
     36 epochs (12 of warm-up) instead of 12 (4), set beside the 12-epoch runs of the same seed.
+20. issue 25, noise 0.4: ``l2b`` (no floor), paired with the default ``l2b-floor6``: does the floor cost at
+    heavy noise, where it was not chosen?
 
 Issue 25's runs go to their own tables: ``--section hippocampus-issue25`` (and their own ``--work``).
 Each L2B variant's row also gets, from its run folder, the weight separation over the last third of
@@ -76,12 +78,14 @@ ROOT = Path(__file__).resolve().parent.parent
 LEVELS = (0.8, 0.6, 0.4)
 SIZE = 48
 SHARED = {"meta-only", "oracle"}  # independent of the noise level
-METHOD = {"oracle": ("ce", {"label_source": "clean"}), "l2b-gmm": ("l2b", {"meta_set": "gmm"}),
-          "l2b-batch": ("l2b", {"meta_normalise": "batch"}),
-          "l2b-k2": ("l2b", {"meta_every": 2}), "l2b-k4": ("l2b", {"meta_every": 4}),
-          "ce-3d": ("ce", {}), "l2b-3d": ("l2b", {}),
-          "l2b-smooth5": ("l2b", {"meta_smooth": 5}), "l2b-mb16": ("l2b", {"meta_batch_size": 16}),
-          "l2b-floor8": ("l2b", {"pseudo_floor": 0.8}), "l2b+clean-floor8": ("l2b+clean", {"pseudo_floor": 0.8}),
+#: rows named without a floor ran before ``pseudo_floor: 0.6`` became the default; re-runs keep them floorless
+NOFLOOR = {"pseudo_floor": 0.0}
+METHOD = {"oracle": ("ce", {"label_source": "clean"}), "l2b": ("l2b", NOFLOOR), "l2b-gmm": ("l2b", {"meta_set": "gmm", **NOFLOOR}),
+          "l2b-batch": ("l2b", {"meta_normalise": "batch", **NOFLOOR}),
+          "l2b-k2": ("l2b", {"meta_every": 2, **NOFLOOR}), "l2b-k4": ("l2b", {"meta_every": 4, **NOFLOOR}),
+          "ce-3d": ("ce", {}), "l2b-3d": ("l2b", NOFLOOR),
+          "l2b-smooth5": ("l2b", {"meta_smooth": 5, **NOFLOOR}), "l2b-mb16": ("l2b", {"meta_batch_size": 16, **NOFLOOR}),
+          "l2b+clean": ("l2b+clean", NOFLOOR), "l2b-floor8": ("l2b", {"pseudo_floor": 0.8}), "l2b+clean-floor8": ("l2b+clean", {"pseudo_floor": 0.8}),
           "l2b-floor6": ("l2b", {"pseudo_floor": 0.6}), "l2b-3d-floor6": ("l2b", {"pseudo_floor": 0.6}),
           "ce-e36": ("ce", {"epochs": 36, "warmup_epochs": 12}),
           "ce+clean-e36": ("ce+clean", {"epochs": 36, "warmup_epochs": 12}),
@@ -107,6 +111,7 @@ BLOCKS = [
     [(0.6, "ce-3d"), (0.6, "l2b-3d-floor6")],
     [(0.6, "oracle")],
     [(0.8, "ce-e36"), (0.8, "l2b-floor6-e36"), (0.8, "ce+clean-e36")],
+    [(0.4, "l2b")],
 ]
 ORDER = ("ce", "ce+clean", "meta-only", "bootstrap", "l2rw", "l2b-batch", "l2b", "l2b-k2", "l2b-k4", "l2b-gmm",
          "l2b-smooth5", "l2b-mb16", "l2b+clean", "l2b-floor8", "l2b+clean-floor8", "l2b-floor6", "oracle", "ce-3d", "l2b-3d", "l2b-3d-floor6",
