@@ -44,7 +44,8 @@ Runs go in priority order, every seed of a block before the next block:
 17. issue 25, noise 0.6: ``ce-3d`` and ``l2b-3d-floor6`` (the ``cpu-3d`` profile with the default floor), paired
     with the 2-D ``ce`` and ``l2b-floor6``; 18. ``oracle`` (so every seed has its own gap closed).
 19. issue 25, the budget (run with ``--seeds 1``): ``ce-e36``, ``l2b-floor6-e36`` at noise 0.8, 36 epochs (12 of
-    warm-up) instead of 12 (4), set beside the 12-epoch runs of the same seed; 21. ``ce+clean-e36`` the same.
+    warm-up) instead of 12 (4), set beside the 12-epoch runs of the same seed; 21. ``ce+clean-e36`` the same;
+    22. ``l2b-floor6-e36`` and 23. ``ce-e36`` alone (two lanes for a second seed: ``--blocks 22 --seeds 2``).
 20. issue 25, noise 0.4: ``l2b`` (no floor), paired with the default ``l2b-floor6``: does the floor cost at
     heavy noise, where it was not chosen?
 
@@ -113,6 +114,8 @@ BLOCKS = [
     [(0.8, "ce-e36"), (0.8, "l2b-floor6-e36")],
     [(0.4, "l2b")],
     [(0.8, "ce+clean-e36")],
+    [(0.8, "l2b-floor6-e36")],
+    [(0.8, "ce-e36")],
 ]
 ORDER = ("ce", "ce+clean", "meta-only", "bootstrap", "l2rw", "l2b-batch", "l2b", "l2b-k2", "l2b-k4", "l2b-gmm",
          "l2b-smooth5", "l2b-mb16", "l2b+clean", "l2b-floor8", "l2b+clean-floor8", "l2b-floor6", "oracle", "ce-3d", "l2b-3d", "l2b-3d-floor6",
