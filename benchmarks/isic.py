@@ -70,7 +70,12 @@ from medl2b.train.record import FIELDS
 from medl2b.train.trainer import train
 
 ROOT = Path(__file__).resolve().parent.parent
-SIZE = 32
+#: the profile, prepared image size, work folder and BENCHMARKS.md section of each record
+SETUPS = {"pretrained": {"profile": "cpu", "size": 64, "work": "isic_pretrained", "section": "isic-pretrained",
+                         "what": "EfficientNet-Lite0, ImageNet-pretrained, at 64 px"},
+          "scratch": {"profile": "cpu-scratch", "size": 32, "work": "isic", "section": "isic",
+                      "what": "ResNet-50 × 0.25 from scratch at 32 px"}}
+SETUP = SETUPS["pretrained"]
 SHARED = {"meta-only", "oracle"}  # independent of the noise level
 METHOD = {"oracle": ("ce", {"label_source": "clean"}), "l2b-nobal": ("l2b", {"meta_balance": False}),
           "ce-holdout": ("ce", {"val_holdout": 0.25}), "l2b-holdout": ("l2b", {"val_holdout": 0.25}),
@@ -92,9 +97,9 @@ PAPER = {"ce": {0.2: 79.4, 0.3: 77.5, 0.4: 75.3, 0.5: 73.7}, "l2b": {0.2: 81.1, 
 def prepare(raw: Path, work: Path, levels) -> dict[float, Path]:
     data = {}
     for level in levels:
-        out = work / f"isic_{SIZE}px_noise{level}"
+        out = work / f"isic_{SETUP['size']}px_noise{level}"
         if not (out / "dataset.json").exists():
-            prepare_isic2019(raw, out, size=SIZE, noise=level, split_file=ROOT / "data_prep/isic2019/split.json",
+            prepare_isic2019(raw, out, size=SETUP["size"], noise=level, split_file=ROOT / "data_prep/isic2019/split.json",
                              seed=0, progress=False)
         data[level] = out
     return data
@@ -137,7 +142,7 @@ def weight_stats(run: Path, data: Path) -> dict:
 def run_one(level: float, name: str, seed: int, data: Path, work: Path) -> dict:
     run = work / "runs" / f"{name}_{level}_s{seed}"
     method, extra = METHOD.get(name, (name, {}))
-    cfg = load_config("skin-lesion-cls", profile="cpu", overrides={
+    cfg = load_config("skin-lesion-cls", profile=SETUP["profile"], overrides={
         "data": str(data), "out": str(run), "method": method, "seed": seed, "device": "auto", **extra})
     if _finished(run, cfg):  # trained before the benchmark stopped, not yet evaluated: its own epoch times
         train_s = sum(float(h["time_s"]) for h in _history(run))
@@ -183,8 +188,8 @@ def _pick(rows, level, method):
 def tables(rows: list[dict], fits: dict[str, dict] | None = None) -> str:
     levels = sorted({r["level"] for r in rows if r["method"] not in SHARED})
     epochs = "/".join(str(n) for n in sorted({len(r["epochs"]) for r in rows if r["method"] != "meta-only"}))
-    out = [("### ISIC 2019 (real HAM10000 dermoscopy, 1,600 lesion-grouped test images; ResNet-50 × 0.25 from "
-            f"scratch at 32 px, {epochs} epochs, the `cpu` profile; mean ± std over seeds)"), "",
+    out = [(f"### ISIC 2019 (real HAM10000 dermoscopy, 1,600 lesion-grouped test images; {SETUP['what']}, "
+            f"{epochs} epochs, the `{SETUP['profile']}` profile; mean ± std over seeds)"), "",
            ("| noise | method | seeds | accuracy (%) | balanced accuracy (%) | macro AUROC (%) | "
             + " | ".join(f"recall {c}" for c in CLASSES) + " | best val score (%) | train time (s), min / median |"),
            "|---|---|---|---|---|---|" + "---|" * len(CLASSES) + "---|---|"]
@@ -361,13 +366,17 @@ def load_rows(results: Path) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--raw", type=Path, default=ROOT.parent / "shared" / "data" / "ISIC2019_HAM10000")
-    ap.add_argument("--work", type=Path, default=ROOT / "bench_runs" / "isic")
+    ap.add_argument("--setup", choices=sorted(SETUPS), default="pretrained",
+                    help="pretrained: the shipped cpu profile; scratch: the from-scratch record (cpu-scratch)")
+    ap.add_argument("--work", type=Path, default=None, help="default: bench_runs/<the setup's folder>")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--blocks", default="1,2,3,4", help="comma-separated, from 1-7 (5-7: ablations)")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--workers", type=int, default=1,
                     help="start this many copies of the script, one thread each; they share the runs through claims")
     args = ap.parse_args()
+    SETUP.update(SETUPS[args.setup])
+    args.work = args.work or ROOT / "bench_runs" / SETUP["work"]
     args.work.mkdir(parents=True, exist_ok=True)
     results = args.work / "results.jsonl"
     rows = load_rows(results)
@@ -396,10 +405,10 @@ def main() -> None:
                     done.add(key)
                     print(f"[isic]   acc {row['accuracy']:.3f} bacc {row['balanced_accuracy']:.3f} "
                           f"auroc {row['auroc']:.3f} ({row['train_s']:.0f} s)", flush=True)
-                    write_benchmarks_md(tables(rows), section="isic")
+                    write_benchmarks_md(tables(rows), section=SETUP["section"])
     rows = load_rows(results)
     fits = enrich(rows, args.work / "enrich.jsonl")
-    write_benchmarks_md(tables(rows, fits), section="isic")
+    write_benchmarks_md(tables(rows, fits), section=SETUP["section"])
     print(tables(rows, fits))
 
 

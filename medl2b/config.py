@@ -24,14 +24,16 @@ from medl2b.device import DEVICES
 from medl2b.errors import InputError, atomic_file
 from medl2b.meta.methods import META_IMPLS, META_LOSSES, META_METHODS, NORMALISATIONS
 from medl2b.meta.methods import METHODS as METHOD_TABLE
+from medl2b.models.registry import backbone_names, get_backbone
+import medl2b.models  # noqa: F401,E402  (registers the backbones)
 
 __all__ = ["TASKS", "SEG_TASKS", "TASK_ALIASES", "METHODS", "TrainConfig", "load_config", "load_config_file", "save_config", "task_config_path"]
 
-TASKS = ("segmentation", "prostate-seg", "skin-lesion-cls")
+TASKS = ("segmentation", "prostate-seg", "skin-lesion-cls", "classification")
 SEG_TASKS = ("segmentation", "prostate-seg")
 #: Task names that read another task's YAML. ``prostate-seg`` (PROMISE12, the name users know) is
 #: ``segmentation``; ``cfg.task`` keeps the name given, so its datasets and run folders still match.
-TASK_ALIASES = {"prostate-seg": "segmentation"}
+TASK_ALIASES = {"prostate-seg": "segmentation", "classification": "skin-lesion-cls"}
 #: Profiles of an alias that have another name in the YAML it reads.
 ALIAS_PROFILES = {"prostate-seg": {"cpu": "prostate-cpu"}}
 METHODS = tuple(METHOD_TABLE)  # every list of allowed values comes from the method table
@@ -95,9 +97,11 @@ class TrainConfig:
     patch_fg: float = 0.33              # patches (2-D and 3-D): share centred on a foreground pixel (nnU-Net's 1/3)
     patches_per_slice: int = 1          # patch training: random patches drawn from each training slice (volume)
                                         # per epoch; 1 = one pass over the samples, as without patches
-    width: float = 1.0                  # ResNet-50 widen factor
+    arch: str = "efficientnet-lite0"    # classification: a registered backbone (medl2b.models.BACKBONES)
+    width: float = 1.0                  # ResNet-50 widen factor (resnet50 only)
     image_size: int | None = None       # classification: crop/resize side; None = prepared size
-    pretrained: str | None = None       # local torchvision-layout ImageNet state dict
+    pretrained: str | None = "imagenet"  # classification: imagenet (weights an installed package ships) | a local
+                                        # state dict in the backbone's layout | null (from scratch)
     # run
     augment: bool = True
     seed: int = 0
@@ -164,6 +168,16 @@ class TrainConfig:
             raise InputError(where, "meta_smooth applies to segmentation (per-pixel weights)")
         if not 0.0 <= self.pseudo_floor < 1.0:
             raise InputError(where, f"pseudo_floor must be in [0, 1), got {self.pseudo_floor}")
+        if isinstance(self.pretrained, str) and self.pretrained.strip().lower() in ("", "none", "null"):
+            self.pretrained = None  # --pretrained none: from scratch
+        if not self.is_segmentation:
+            if self.arch not in backbone_names():
+                raise InputError(where, f"arch must be one of {', '.join(backbone_names())}, got {self.arch!r}")
+            if self.width != 1.0 and self.arch != "resnet50":
+                raise InputError(where, f"width applies to arch resnet50 only, not {self.arch}")
+            if self.pretrained == "imagenet" and not get_backbone(self.arch).packaged_weights:
+                raise InputError(where, f"no installed package ships ImageNet weights for {self.arch}; set pretrained "
+                                        "to a local weights file, or null to train from scratch")
         if self.train_balance and self.is_segmentation:
             raise InputError(where, "train_balance applies to classification")
         if self.meta_set == "gmm" and self.method in TRAINS_ON_META:

@@ -31,7 +31,7 @@ from rich.progress import track
 from torch.utils.data import Dataset, Subset
 
 from medl2b.data.augment import BatchAugment, SquareAugment
-from medl2b.data.datasets import (IMAGENET_MEAN, IMAGENET_STD, ImageSet, IsicDataset, SegSliceDataset, SliceSet,
+from medl2b.data.datasets import (ImageSet, IsicDataset, SegSliceDataset, SliceSet,
                                   load_isic, load_manifest, load_slices, load_volumes, train_window)
 from medl2b.data.grid import prediction_to_raw
 from medl2b.data.msd import write_mask
@@ -70,6 +70,9 @@ class Task:
         self.batch_size = cfg.batch_size
         self.num_classes = 0
         self.in_channels = 1
+        #: whether the training samples' clean labels are known (benchmark mode); False for a user's own labels,
+        #: where the ``clean`` of a training sample is its given label and must never be read as truth
+        self.train_truth = bool(manifest.get("train_truth", True))
 
     # ------------------------------------------------------------- training
     def setup_training(self, *, use_meta_cases: bool) -> None:
@@ -102,7 +105,10 @@ class Task:
         return np.arange(len(self.train_plain))
 
     def selection_quality(self, indices: np.ndarray, candidates: np.ndarray) -> dict[str, float]:
-        """How clean an online meta set is, from the known clean labels (precision vs the candidates' rate)."""
+        """How clean an online meta set is, from the known clean labels (precision vs the candidates' rate);
+        NaN where no clean label of a training sample exists (a user's own labels)."""
+        if not self.train_truth:
+            return {"meta_size": int(len(indices)), "meta_precision": float("nan"), "meta_base_rate": float("nan")}
         good = self._clean_mask()
         return {"meta_size": int(len(indices)),
                 "meta_precision": float(good[indices].mean()) if len(indices) else float("nan"),
@@ -410,21 +416,24 @@ class SliceTask(Task):
                              "corrupted": bool((given[g] != clean[g]).any())})
             score = score_rows(rows)
             tables[level] = rows
-            quality[level] = ranking_table_quality(rows, score)
-        header = ["rank", "case", "slice", "score", "meta_signal", "disagreement", "given_vs_clean_dice", "corrupted"]
+            if self.train_truth:  # a user's own labels: no truth to score the ranking against, it just ranks
+                quality[level] = ranking_table_quality(rows, score)
+        header = ["rank", "case", "slice", "score", "meta_signal", "disagreement"]
+        truth = ["given_vs_clean_dice", "corrupted"] if self.train_truth else []
         for level, name in (("cases", "ranking.csv"), ("slices", "ranking_slices.csv")):
             if level not in tables:
                 continue
             rows = sorted(tables[level], key=lambda r: -r["score"])
-            _write_csv(out / name, header if level == "slices" else [h for h in header if h != "slice"],
+            _write_csv(out / name, (header if level == "slices" else [h for h in header if h != "slice"]) + truth,
                        [[i + 1, r["case"], *([r["slice"]] if level == "slices" else []), f"{r['score']:.6f}",
-                         cell(r["meta_signal"]), f"{r['disagreement']:.6f}", f"{r['given_vs_clean_dice']:.6f}",
-                         int(r["corrupted"])] for i, r in enumerate(rows)])
+                         cell(r["meta_signal"]), f"{r['disagreement']:.6f}",
+                         *([f"{r['given_vs_clean_dice']:.6f}", int(r["corrupted"])] if truth else [])]
+                        for i, r in enumerate(rows)])
         suspects = [r["case"] for r in sorted(tables["cases"], key=lambda r: -r["score"])[:top]]
         if figures:
             self._audit_figure(model, tables, suspects, out, device)
         return {"task": "segmentation", "top": suspects, "quality": quality,
-                "known_truth": bool((given != clean).any())}
+                "known_truth": self.train_truth and bool((given != clean).any())}
 
     def _audit_figure(self, model, tables: dict, suspects: list[str], out: Path, device) -> None:
         """The most suspect slice of each top case: image, given vs clean, pseudo-label, α, β."""
@@ -460,7 +469,7 @@ class VolumeTask(SliceTask):
         return None
 
     def _crops(self, train: SliceSet) -> tuple[dict, dict]:
-        window = train_window(self.data, self.cfg.patch_size)
+        window = train_window(self.data, self.cfg.patch_size, manifest=self.manifest)
         if not len(train) or window == tuple(train.image.shape[2:]):
             return {}, {}
         self.window = window
@@ -471,7 +480,7 @@ class VolumeTask(SliceTask):
     def predict_image(self, model, image: torch.Tensor, device, *, tta: bool = False) -> torch.Tensor:
         """Logits ``(K, X, Y, Z)`` of a preprocessed image ``(C, X, Y, Z)`` by sliding windows of the training
         window (see :meth:`SliceTask.predict_image` for ``tta``)."""
-        roi = train_window(self.data, self.cfg.patch_size)
+        roi = train_window(self.data, self.cfg.patch_size, manifest=self.manifest)
         run = lambda x: predict_volume(model, x, roi, device=device)  # noqa: E731
         return _tta(run, image[None], self.flip_dims if tta else ())[0]
 
@@ -540,7 +549,7 @@ class ClassificationTask(Task):
         self.num_classes = len(manifest["classes"])
         self.in_channels = 3
         self.size = cfg.image_size or int(manifest["size"])
-        self._augment = SquareAugment(IMAGENET_MEAN, IMAGENET_STD) if cfg.augment else None
+        self._augment = SquareAugment() if cfg.augment else None
 
     def setup_training(self, *, use_meta_cases: bool) -> None:
         cfg = self.cfg
@@ -580,6 +589,8 @@ class ClassificationTask(Task):
         return self._predict(model, IsicDataset(images), device)[0]
 
     def validate(self, model, device) -> float:
+        if len(self.val_images) == 0:  # no trusted images: nothing clean to validate on
+            return float("nan")
         logits, _, clean = self._predict(model, IsicDataset(self.val_images), device)
         metrics = classification_metrics(clean.numpy(), logits.argmax(1).numpy(), n_classes=self.num_classes)
         return float(metrics[self.cfg.val_metric])
@@ -625,12 +636,14 @@ class ClassificationTask(Task):
                  "disagreement": float(1.0 - p_given[i]), "corrupted": bool(given[i] != clean[i]),
                  "clean": classes[int(clean[i])], "i": i} for i in range(len(images))]
         score = score_rows(rows)
-        truth = np.array([r["corrupted"] for r in rows])
+        truth = np.array([r["corrupted"] for r in rows]) if self.train_truth else np.zeros(len(rows), dtype=bool)
+        known = ["clean", "corrupted"] if self.train_truth else []  # a user's own labels: no truth, it just ranks
         ordered = sorted(rows, key=lambda r: -r["score"])
         _write_csv(out / "ranking.csv", ["rank", "image", "score", "meta_signal", "disagreement", "given",
-                                         "predicted", "clean", "corrupted"],
+                                         "predicted", *known],
                    [[i + 1, r["image"], f"{r['score']:.6f}", cell(r["meta_signal"]), f"{r['disagreement']:.6f}",
-                     r["given"], r["predicted"], r["clean"], int(r["corrupted"])] for i, r in enumerate(ordered)])
+                     r["given"], r["predicted"], *([r["clean"], int(r["corrupted"])] if known else [])]
+                    for i, r in enumerate(ordered)])
         if figures:
             shown = ordered[:top]
             pics = np.stack([np.asarray(images.images[int(images.index[r["i"]])]) for r in shown])
@@ -638,7 +651,8 @@ class ClassificationTask(Task):
                                     [f"#{j + 1} {r['image']}\ngiven {r['given']}, model {r['predicted']}"
                                      for j, r in enumerate(shown)])
         return {"task": "classification", "top": [r["image"] for r in ordered[:top]],
-                "quality": {"images": ranking_table_quality(rows, score)}, "known_truth": bool(truth.any())}
+                "quality": {"images": ranking_table_quality(rows, score)} if self.train_truth else {},
+                "known_truth": bool(truth.any())}
 
 
 # ---------------------------------------------------------------- helpers
@@ -649,6 +663,10 @@ def split_items(manifest: dict, split: str) -> list:
     items = manifest["splits"][split]
     if not items:
         raise InputError("--split", f"split {split!r} is empty in this dataset")
+    if split == "train" and manifest.get("train_truth") is False:
+        raise InputError("--split", "the train cases have only their given labels (your own labels): there is no "
+                                    "clean reference to score them against; evaluate on test (or meta, the trusted "
+                                    "cases), and rank the given labels with medl2b audit")
     return items
 
 
@@ -676,13 +694,21 @@ def _compose(cfg, load_train, clean_meta):
     return load_train().concat(clean_meta.as_trusted() if method.uses_meta else clean_meta)
 
 
-def build_task(cfg, *, training: bool = True) -> Task:
+def build_task(cfg, *, training: bool = True, manifest: dict | None = None) -> Task:
     """The task object of a config. ``training``: also load the training sets (the trusted meta
-    cases are used unless ``meta_set == 'gmm'`` or the method takes no meta step)."""
+    cases are used unless ``meta_set == 'gmm'`` or the method takes no meta step). ``manifest``: the
+    prepared dataset's manifest, or a run's own copy of it (:mod:`medl2b.data.record`), instead of
+    reading ``cfg.data`` (prediction needs nothing else)."""
     if cfg.is_segmentation:
-        task: Task = (VolumeTask if cfg.spatial_dims == 3 else SliceTask)(cfg, load_manifest(cfg.data, task=cfg.task))
+        manifest = manifest or load_manifest(cfg.data, task=cfg.task)
+        task: Task = (VolumeTask if cfg.spatial_dims == 3 else SliceTask)(cfg, manifest)
     else:
-        task = ClassificationTask(cfg, load_manifest(cfg.data, task="skin-lesion-cls"))
+        task = ClassificationTask(cfg, manifest or load_manifest(cfg.data, task="classification"))
     if training:
-        task.setup_training(use_meta_cases=cfg.uses_meta and cfg.meta_set == "clean")
+        use_meta = cfg.uses_meta and cfg.meta_set == "clean"
+        if use_meta and not task.manifest["splits"]["meta"]:
+            raise InputError(task.data / "dataset.json", f"has no trusted (clean meta) cases, which method "
+                                                         f"{cfg.method} learns its weights on: prepare it with trusted "
+                                                         "labels, or train with --meta-set gmm or --method ce")
+        task.setup_training(use_meta_cases=use_meta)
     return task

@@ -11,7 +11,7 @@ from torch import nn
 from torch.func import functional_call
 
 from medl2b.meta import meta_weights, normalise_weights
-from medl2b.models import build_resnet50, build_unetpp, head_parameter_names
+from medl2b.models import backbone_names, build_classifier, build_resnet50, build_unetpp, head_parameter_names
 from tiny_nets import TinyCls, TinySeg
 
 
@@ -68,15 +68,20 @@ def test_meta_gradient_matches_finite_differences(kind, impl):
             assert got == pytest.approx(expected, rel=1e-4, abs=1e-9), (term, idx)
 
 
-def test_fast_equals_reference_with_batchnorm_and_both_networks():
+def _network_cases(name: str):
+    """A small network of every kind medl2b trains, with a batch and a meta batch."""
+    if name == "unetpp":
+        return (build_unetpp(features=(4, 4, 8, 8, 16, 4)), torch.randn(2, 1, 32, 32), torch.randint(0, 2, (2, 32, 32)),
+                torch.randn(2, 1, 32, 32), torch.randint(0, 2, (2, 32, 32)))
+    width = 0.125 if name == "resnet50" else 1.0
+    model = build_classifier(name, num_classes=3, image_size=32, width=width, pretrained=None)
+    return model, torch.rand(4, 3, 32, 32), torch.randint(0, 3, (4,)), torch.rand(3, 3, 32, 32), torch.randint(0, 3, (3,))
+
+
+@pytest.mark.parametrize("name", ["unetpp", *backbone_names()])
+def test_fast_equals_reference_with_batchnorm_for_every_network(name):
     torch.manual_seed(1)
-    cases = [
-        (build_resnet50(num_classes=3, width=0.125), torch.randn(4, 3, 32, 32), torch.randint(0, 3, (4,)),
-         torch.randn(3, 3, 32, 32), torch.randint(0, 3, (3,))),
-        (build_unetpp(features=(4, 4, 8, 8, 16, 4)), torch.randn(2, 1, 32, 32), torch.randint(0, 2, (2, 32, 32)),
-         torch.randn(2, 1, 32, 32), torch.randint(0, 2, (2, 32, 32))),
-    ]
-    for model, x, y, xm, ym in cases:
+    for model, x, y, xm, ym in [_network_cases(name)]:
         model = model.double().train()
         x, xm = x.double(), xm.double()
         ref_model = copy.deepcopy(model)
@@ -421,3 +426,16 @@ def test_pseudo_floor_with_flip_averaged_pseudo_labels_and_bad_values():
         make_loss_terms(y, n_terms=2, pseudo=torch.tensor([0, 0]), floor=0.6)(logits)
     with pytest.raises(ValueError, match="floor"):
         make_loss_terms(y, n_terms=2, floor=1.0)
+
+
+def test_lean_rules_cover_every_heavy_layer_of_efficientnet_lite0():
+    """The static-"same"-padding convolutions and ReLU6 of EfficientNet-Lite take the hand-written rules,
+    not PyTorch's generic forward-mode ones (fast == reference is tested above)."""
+    from medl2b.meta.jvp import lean_tangents
+
+    model = build_classifier("efficientnet-lite0", num_classes=3, image_size=32, pretrained=None)
+    heavy = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ReLU6, nn.BatchNorm2d))]
+    assert len(heavy) > 100
+    with lean_tangents(model):
+        assert all("forward" in vars(m) for m in heavy)
+    assert not any("forward" in vars(m) for m in heavy)

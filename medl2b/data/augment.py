@@ -95,28 +95,25 @@ class BatchAugment:
 
 
 class SquareAugment:
-    """Random symmetries of the square and a brightness scale, for a batch of normalised RGB images.
+    """Random symmetries of the square and a brightness scale, for a batch of RGB images in [0, 1].
 
     Each image gets one of the 8 symmetries of the square (transpose, then flips along each axis, each
-    with p = 0.5: all 8 equally likely) and, with p = 0.5, its [0, 1] pixels scaled by
-    ``1 + U(−max_gain, max_gain)``. The batch is normalised (``(x − mean) / std`` per channel, as the
-    datasets serve it), so the scale is applied to the un-normalised pixels.
+    with p = 0.5: all 8 equally likely) and, with p = 0.5, its pixels scaled by
+    ``1 + U(−max_gain, max_gain)``. The datasets serve un-normalised pixels (the network normalises
+    them with its backbone's statistics), so the scale applies to the pixels directly.
 
     Args:
-        mean: Per-channel mean of the normalisation.
-        std: Per-channel standard deviation of the normalisation.
         max_gain: Largest relative brightness change.
     """
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], *, max_gain: float = 0.1):
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    def __init__(self, *, max_gain: float = 0.1, channels: int = 3):
         self.max_gain = float(max_gain)
+        self.channels = int(channels)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         """Augment ``image`` (B, C, S, S); returns the same shape and dtype."""
-        if image.ndim != 4 or image.shape[-1] != image.shape[-2] or image.shape[1] != self.mean.shape[1]:
-            raise ValueError(f"image must be (B, {self.mean.shape[1]}, S, S), got shape {tuple(image.shape)}")
+        if image.ndim != 4 or image.shape[-1] != image.shape[-2] or image.shape[1] != self.channels:
+            raise ValueError(f"image must be (B, {self.channels}, S, S), got shape {tuple(image.shape)}")
         b = image.shape[0]
         r = torch.rand(b, 5)  # transpose, flip rows, flip columns, gain on, gain
         dev = image.device
@@ -128,6 +125,4 @@ class SquareAugment:
         out = where(1, out.flip(-2), out)
         out = where(2, out.flip(-1), out)
         gain = torch.where(r[:, 3] < 0.5, 1 + (2 * r[:, 4] - 1) * self.max_gain, torch.ones(b)).to(dev)
-        mean, std = self.mean.to(dev), self.std.to(dev)
-        out = ((out.float() * std + mean) * gain.view(b, 1, 1, 1) - mean) / std
-        return out.to(image.dtype)
+        return (out.float() * gain.view(b, 1, 1, 1)).to(image.dtype)

@@ -17,7 +17,10 @@ step) and their tangent separately under ``torch.no_grad()`` from the textbook r
 * norm:  ``x̂ = (x − μ)/σ``, ``ẏ = γ̇ x̂ + ḃ + γ (ẋ − mean(ẋ) − x̂ · mean(ẋ x̂)) / σ``
   (means over the normalised dimensions; ``σ² = var + eps``, biased variance), which is
   the batch-norm backward formula applied to ``ẋ``: two fused kernels
-* (leaky) ReLU: ``ẏ = ẋ · (1 if x > 0 else slope)`` (in place when the layer is)
+* (leaky) ReLU: ``ẏ = ẋ · (1 if x > 0 else slope)`` (in place when the layer is); ReLU6 / hardtanh:
+  ``ẏ = ẋ`` inside the clamp's range, else 0
+* EfficientNet's static-"same"-padding convolution: its ``ZeroPad2d`` (the ``F.pad`` rule), then the
+  convolution rule
 * max pooling: the tangent at the argmax; ``F.pad``: the same pad of the tangent
 
 then join them with ``forward_ad.make_dual``. The tangents are the same numbers
@@ -112,7 +115,11 @@ def _linear_layer(module: nn.Module, op, x: torch.Tensor, **kw) -> torch.Tensor:
 
 
 def _conv(module, op):
+    static_padding = getattr(module, "static_padding", None)  # TensorFlow "same", fixed at construction
+
     def forward(x):
+        if static_padding is not None:  # a ZeroPad2d (the F.pad rule below) or an identity
+            x = static_padding(x)
         kw = dict(stride=module.stride, padding=module.padding, dilation=module.dilation, groups=module.groups)
         if module.padding_mode != "zeros":  # padded explicitly (the F.pad rule below), then a valid conv
             x = F.pad(x, module._reversed_padding_repeated_twice, mode=module.padding_mode)
@@ -187,6 +194,22 @@ def _primal_call(module: nn.Module, original, x_p: torch.Tensor) -> torch.Tensor
             del module.__dict__[name]
 
 
+def _hardtanh(module):
+    """ReLU6 and other clamps: ``ẏ = ẋ`` where ``min < x < max``, else 0."""
+    original, inplace = module.forward, module.inplace
+    lo, hi = float(module.min_val), float(module.max_val)
+
+    def forward(x):
+        x_p, x_t = _split(x)
+        if x_t is None:
+            return original(x)
+        y = F.hardtanh(x_p, lo, hi, inplace=inplace)
+        with torch.no_grad():  # y lies strictly inside (lo, hi) exactly where x does
+            y_t = torch.ops.aten.hardtanh_backward(x_t, y.detach(), lo, hi)
+        return _join(y, y_t)
+    return forward
+
+
 def _relu(module, slope: float):
     original, inplace = module.forward, module.inplace
 
@@ -235,12 +258,26 @@ def _pad(input, pad, mode="constant", value=None):  # noqa: A002 (F.pad's own si
     return _join(y, y_t)
 
 
+def _conv_op(module: nn.Module):
+    """The functional op of a plain convolution, or of a subclass that only pads before it (EfficientNet's
+    ``Conv2dStaticSamePadding``); ``None`` for any other subclass (its forward may do anything)."""
+    kind = type(module)
+    if kind in _CONV:
+        return _CONV[kind]
+    base = next((c for c in _CONV if isinstance(module, c)), None)
+    pad = getattr(module, "static_padding", None)
+    if base is not None and (isinstance(pad, (nn.ZeroPad2d, nn.Identity)) or type(pad).__name__ == "Identity"):
+        return _CONV[base]
+    return None
+
+
 def _rule(module: nn.Module):
     kind = type(module)
     if kind in _POOL:
         return _max_pool(module, _POOL[kind])
-    if kind in _CONV:
-        return _conv(module, _CONV[kind])
+    conv = _conv_op(module)
+    if conv is not None:
+        return _conv(module, conv)
     if kind in _DECONV:
         return _deconv(module, _DECONV[kind])
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and (module.training or module.running_mean is None):
@@ -249,6 +286,8 @@ def _rule(module: nn.Module):
         return _norm(module, instance=True)
     if kind is nn.ReLU:
         return _relu(module, 0.0)
+    if kind in (nn.ReLU6, nn.Hardtanh):
+        return _hardtanh(module)
     if kind is nn.LeakyReLU and module.negative_slope > 0:
         return _relu(module, module.negative_slope)
     return None
