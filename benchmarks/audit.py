@@ -8,11 +8,14 @@ Datasets with known synthetic corruption (one noisy label set each, noise seed 0
 * ``promise12``: phantom PROMISE12 (12 cases, 7 train), half of the train cases corrupted at 0.6;
 * ``isic20`` / ``isic40``: phantom ISIC 2019 (480 images, 64 px), 20 % / 40 % symmetric noise; the
   unit is the image;
-* ``isic-real40``: the **real** ISIC 2019 images (HAM10000 part, ``--raw-isic``) of
-  ``benchmarks/isic.py``: its committed lesion-grouped split (6,094 train images), 32 px, 40 %
-  symmetric noise, noise seed 0. The ``l2b`` and ``ce`` runs of that benchmark
-  (``--isic-work``/runs/{l2b,ce}_0.4_s{seed}) are audited as they are when they exist, so both
-  benchmarks describe the same runs; the cleanlab folds are trained here.
+* ``isic-real40-pretrained``: the **real** ISIC 2019 images (HAM10000 part, ``--raw-isic``) of
+  ``benchmarks/isic.py``: its committed lesion-grouped split (6,094 train images), 64 px, 40 %
+  symmetric noise, noise seed 0, the shipped ``cpu`` profile (ImageNet-pretrained EfficientNet-Lite0).
+  The ``l2b`` and ``ce`` runs of that benchmark (``bench_runs/isic_pretrained/runs/{l2b,ce}_0.4_s{seed}``)
+  are audited as they are when they exist, so both benchmarks describe the same runs; the cleanlab
+  folds are trained here;
+* ``isic-real40``: the record before pretrained backbones: the same at 32 px with ``cpu-scratch``
+  (ResNet-50 × 0.25 from scratch), runs of ``bench_runs/isic``.
 
 Rankers, per seed (``--seeds``, default 3):
 
@@ -44,20 +47,24 @@ import numpy as np
 from accuracy import mean_std, write_benchmarks_md
 
 ROOT = Path(__file__).resolve().parent.parent
-DATASETS = ("hippocampus", "promise12", "isic20", "isic40", "isic-real40")
+DATASETS = ("hippocampus", "promise12", "isic20", "isic40", "isic-real40", "isic-real40-pretrained")
+#: the real ISIC rows: benchmarks/isic.py's work folder, prepared size and profile
+REAL_ISIC = {"isic-real40": ("isic", 32, "cpu-scratch"), "isic-real40-pretrained": ("isic_pretrained", 64, "cpu")}
 RANKERS = ("medl2b", "cleanlab", "loss")
 
 
 def prepare(name: str, work: Path, raw_hippocampus: Path, raw_isic: Path, isic_work: Path) -> Path:
     out = work / f"data_{name}"
-    if name == "isic-real40":  # the prepared data of benchmarks/isic.py (the same call, so the same arrays)
-        out = isic_work / "isic_32px_noise0.4"
+    if name in REAL_ISIC:  # the prepared data of benchmarks/isic.py (the same call, so the same arrays)
+        isic_work = isic_work or ROOT / "bench_runs" / REAL_ISIC[name][0]
+        size = REAL_ISIC[name][1]
+        out = isic_work / f"isic_{size}px_noise0.4"
     if (out / "dataset.json").exists():
         return out
-    if name == "isic-real40":
+    if name in REAL_ISIC:
         from medl2b.data.isic2019 import prepare_isic2019
 
-        prepare_isic2019(raw_isic, out, size=32, noise=0.4, split_file=ROOT / "data_prep/isic2019/split.json",
+        prepare_isic2019(raw_isic, out, size=size, noise=0.4, split_file=ROOT / "data_prep/isic2019/split.json",
                          seed=0, progress=False)
     elif name == "hippocampus":
         from medl2b.data.msd import prepare_msd
@@ -88,14 +95,14 @@ def _task(data: Path) -> str:
     return json.loads((data / "dataset.json").read_text())["task"]
 
 
-def _train(data: Path, run: Path, method: str, seed: int, epochs: int | None) -> None:
+def _train(data: Path, run: Path, method: str, seed: int, epochs: int | None, profile: str = "cpu") -> None:
     from medl2b.config import load_config
     from medl2b.train.trainer import train
 
     if (run / "checkpoint_latest.pt").exists() and (run / "done").exists():
         return
     extra = {} if epochs is None else {"epochs": epochs, "warmup_epochs": max(1, epochs // 3)}
-    cfg = load_config(_task(data), profile="cpu", overrides={"data": str(data), "out": str(run), "method": method,
+    cfg = load_config(_task(data), profile=profile, overrides={"data": str(data), "out": str(run), "method": method,
                                                              "seed": seed, "device": "auto", **extra})
     train(cfg, resume=True, progress=False)  # continues an interrupted run; a finished one is left as it is
     (run / "done").write_text("")
@@ -129,7 +136,8 @@ def units_truth(data: Path) -> tuple[list, np.ndarray]:
     return train, np.array(truth)
 
 
-def cleanlab_scores(data: Path, work: Path, seed: int, folds: int, epochs: int | None) -> np.ndarray:
+def cleanlab_scores(data: Path, work: Path, seed: int, folds: int, epochs: int | None,
+                    profile: str = "cpu") -> np.ndarray:
     """Suspicion (1 − cleanlab label quality) per unit, from out-of-fold probabilities of ``ce`` runs."""
     import torch.nn.functional as F
 
@@ -144,7 +152,7 @@ def cleanlab_scores(data: Path, work: Path, seed: int, folds: int, epochs: int |
         keep = [units[i] for i in range(len(units)) if i not in set(held)]
         view = _fold_dataset(data, keep, work / f"fold{f}_s{seed}_data")
         run = work / f"fold{f}_s{seed}"
-        _train(view, run, "ce", seed, epochs)
+        _train(view, run, "ce", seed, epochs, profile)
         model, cfg = load_run(run, checkpoint="best")
         if _task(data) == "skin-lesion-cls":
             from cleanlab.rank import get_label_quality_scores
@@ -179,19 +187,21 @@ def run_seed(name: str, data: Path, work: Path, seed: int, folds: int, epochs: i
     row = {"dataset": name, "seed": seed, "n": len(units), "n_corrupted": int(truth.sum())}
     t = time.time()
     l2b_run, ce_run = work / f"l2b_s{seed}", work / f"ce_s{seed}"
-    if name == "isic-real40" and epochs is None:  # the runs of benchmarks/isic.py
+    profile = REAL_ISIC[name][2] if name in REAL_ISIC else "cpu"
+    if name in REAL_ISIC and epochs is None:  # the runs of benchmarks/isic.py
+        isic_work = isic_work or ROOT / "bench_runs" / REAL_ISIC[name][0]
         l2b_run, ce_run = (isic_work / "runs" / f"{m}_0.4_s{seed}" for m in ("l2b", "ce"))
-    _train(data, l2b_run, "l2b", seed, epochs)
+    _train(data, l2b_run, "l2b", seed, epochs, profile)
     audit_run(l2b_run, figures=False)
     ours = _scores_from_ranking(l2b_run / "audit" / "ranking.csv", units, "score", data)
     row["medl2b"] = ranking_quality(ours, truth)
-    _train(data, ce_run, "ce", seed, epochs)
+    _train(data, ce_run, "ce", seed, epochs, profile)
     audit_run(ce_run, out=ce_run / "audit", figures=False)
     # a run without meta steps records no weights: its audit's first signal is the mean training loss
     loss = _scores_from_ranking(ce_run / "audit" / "ranking.csv", units, "meta_signal", data)
     row["loss_unscored"] = int((~np.isfinite(loss)).sum())  # never drawn by a class-balanced sampler: no loss
     row["loss"] = ranking_quality(_lowest_if_unscored(loss), truth)
-    row["cleanlab"] = ranking_quality(cleanlab_scores(data, work, seed, folds, epochs), truth)
+    row["cleanlab"] = ranking_quality(cleanlab_scores(data, work, seed, folds, epochs, profile), truth)
     row["seconds"] = round(time.time() - t, 1)
     return row
 
@@ -241,8 +251,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "bench_runs" / "audit")
     ap.add_argument("--raw", type=Path, default=ROOT.parent / "shared" / "data" / "Task04_Hippocampus")
     ap.add_argument("--raw-isic", type=Path, default=ROOT.parent / "shared" / "data" / "ISIC2019_HAM10000")
-    ap.add_argument("--isic-work", type=Path, default=ROOT / "bench_runs" / "isic",
-                    help="benchmarks/isic.py's --work: isic-real40 audits its prepared data and runs")
+    ap.add_argument("--isic-work", type=Path, default=None,
+                    help="benchmarks/isic.py's --work (default: bench_runs/isic_pretrained for isic-real40-pretrained, "
+                         "bench_runs/isic for isic-real40): its prepared data and runs are audited")
     ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--folds", type=int, default=3)

@@ -67,7 +67,8 @@ from medl2b.evaluate.metrics import classification_metrics
 from medl2b.evaluate.run import evaluate_run, load_run
 from medl2b.tasks import build_task
 from medl2b.train.record import FIELDS
-from medl2b.train.trainer import train
+from medl2b.runlock import run_lock
+from medl2b.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the profile, prepared image size, work folder and BENCHMARKS.md section of each record
@@ -149,8 +150,11 @@ def run_one(level: float, name: str, seed: int, data: Path, work: Path) -> dict:
     else:
         shutil.rmtree(run, ignore_errors=True)  # an unfinished run from an interrupted benchmark
         t = time.time()
-        train(cfg, progress=False)
-        train_s = time.time() - t
+        with run_lock(run, what="train"):
+            trainer = TestCurveTrainer(cfg, progress=False)
+            trainer.fit()
+        train_s = time.time() - t - trainer.test_curve_s
+        (run / "test_curve.json").write_text(json.dumps(trainer.test_curve))
     summary = evaluate_run(run, split="test", checkpoint="best", figures=False)
     hist = _history(run)
     return {"level": level, "method": name, "seed": seed, "train_s": round(train_s, 1), "run": str(run),
@@ -159,7 +163,28 @@ def run_one(level: float, name: str, seed: int, data: Path, work: Path) -> dict:
             "val_best": max(float(h["val_score"]) for h in hist),
             "epochs": [{k: h[k] for k in ("epoch", "val_score", "beta_share_on_wrong", "beta_share_on_right",
                                            "alpha_on_wrong", "alpha_on_right")} for h in hist],
-            "weights": weight_stats(run, data)}
+            "weights": weight_stats(run, data),
+            "test_curve": json.loads((run / "test_curve.json").read_text()) if (run / "test_curve.json").exists()
+            else None}
+
+
+class TestCurveTrainer(Trainer):
+    """The trainer, scoring the test images after every epoch: the benchmark's own record of whether a
+    method memorises the noise over training. Never used to choose anything (the checkpoint is chosen on
+    the clean meta images); its time is left out of the run's training time."""
+
+    def on_epoch_end(self, stats, score, seconds):
+        row = super().on_epoch_end(stats, score, seconds)
+        t = time.time()
+        if not hasattr(self, "test_curve"):
+            self.test_curve, self.test_curve_s = [], 0.0
+            self._test_set = IsicDataset(load_isic(self.cfg.data, "test"))
+        logits, _, clean = self.task._predict(self.model, self._test_set, self.device)
+        m = classification_metrics(clean.numpy(), logits.argmax(1).numpy(), n_classes=len(CLASSES))
+        self.test_curve.append({"epoch": self.epoch, "accuracy": float(m["accuracy"]),
+                                "balanced_accuracy": float(m["balanced_accuracy"])})
+        self.test_curve_s += time.time() - t
+        return row
 
 
 def _finished(run: Path, cfg) -> bool:
@@ -217,6 +242,7 @@ def tables(rows: list[dict], fits: dict[str, dict] | None = None) -> str:
                        f"{_num(p['mean']('ce+clean'))} | {_num(p['mean']('l2rw'))} | {_num(p['mean']('bootstrap'))} | "
                        f"{_num(p['oracle'])} | {'–' if math.isnan(gap) else f'{gap:.0%}'} |")
     out += weight_table(rows)
+    out += curve_table(rows)
     out += fit_table(rows, fits or {})
     out += ["", "The paper (ImageNet-pretrained ResNet-50 at 224 px; 20,400 train / 640 meta / 4,291 test), accuracy:",
             "", "| noise | CE | L2B |", "|---|---|---|"]
@@ -226,6 +252,33 @@ def tables(rows: list[dict], fits: dict[str, dict] | None = None) -> str:
 
 def _num(v: float) -> str:
     return "–" if not math.isfinite(v) else f"{v:.1f}"
+
+
+def curve_table(rows: list[dict]) -> list[str]:
+    """Test accuracy / balanced accuracy after every epoch (mean over seeds): does a method memorise the noise?
+    Recorded for the reader only; checkpoints are chosen on the clean meta images."""
+    lines = ["", ("Test scores after every epoch (mean over seeds; accuracy / balanced accuracy, %): where a curve falls "
+                  "after its peak, the method is fitting the noise. For the reader only: checkpoints are chosen on "
+                  "the clean meta images."), ""]
+    curves = [r for r in rows if r.get("test_curve")]
+    if not curves:
+        return []
+    n = max(len(r["test_curve"]) for r in curves)
+    lines += ["| noise | method | seeds | " + " | ".join(f"epoch {e + 1}" for e in range(n)) + " |",
+              "|---|---|---|" + "---|" * n]
+    for level in sorted({r["level"] for r in curves if r["method"] not in SHARED}):
+        for method in ORDER:
+            rs = [r for r in _pick(curves, level, method) if r.get("test_curve")]
+            if not rs:
+                continue
+            cells = []
+            for e in range(n):
+                pts = [r["test_curve"][e] for r in rs if len(r["test_curve"]) > e]
+                cells.append(f"{100 * np.mean([p['accuracy'] for p in pts]):.1f} / "
+                             f"{100 * np.mean([p['balanced_accuracy'] for p in pts]):.1f}" if pts else "–")
+            shared = " (level-free)" if method in SHARED else ""
+            lines.append(f"| {level:.0%} | {method}{shared} | {len(rs)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def weight_table(rows: list[dict]) -> list[str]:
