@@ -25,7 +25,7 @@ from medl2b.config import load_config
 from medl2b.data.grid import normalise_intensity, prediction_to_raw
 from medl2b.data.msd import load_natural_image, prepare_msd, read_image, write_mask
 from medl2b.errors import InputError
-from medl2b.evaluate.dice import mask_dice
+from medl2b.dice import mask_dice
 from medl2b.evaluate.run import evaluate_run
 from medl2b.train.trainer import train
 

@@ -75,7 +75,7 @@ import torch
 from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance, compute_roc_auc
 from skimage.morphology import skeletonize
 
-from medl2b.evaluate.dice import mask_dice, mean_foreground_dice
+from medl2b.dice import mask_dice, mean_foreground_dice
 
 __all__ = [
     "mask_dice",

@@ -39,7 +39,7 @@ import numpy as np
 from scipy import ndimage
 
 # The one Dice of medl2b (mask_dice is re-exported here for the preparation code and medl2b.noise).
-from medl2b.evaluate.dice import mask_dice, mean_foreground_dice
+from medl2b.dice import mask_dice, mean_foreground_dice
 
 __all__ = [
     "pick_noisy_cases",
