@@ -25,6 +25,7 @@ from medl2b.errors import InputError, atomic_file
 from medl2b.meta.methods import META_IMPLS, META_LOSSES, META_METHODS, NORMALISATIONS
 from medl2b.meta.methods import METHODS as METHOD_TABLE
 from medl2b.models.registry import backbone_names, get_backbone
+from medl2b.models.unetpp_encoder import SEGMENTATION_ARCHS
 import medl2b.models  # noqa: F401,E402  (registers the backbones)
 
 __all__ = ["TASKS", "SEG_TASKS", "TASK_ALIASES", "METHODS", "TrainConfig", "load_config", "load_config_file", "save_config", "task_config_path"]
@@ -97,11 +98,14 @@ class TrainConfig:
     patch_fg: float = 0.33              # patches (2-D and 3-D): share centred on a foreground pixel (nnU-Net's 1/3)
     patches_per_slice: int = 1          # patch training: random patches drawn from each training slice (volume)
                                         # per epoch; 1 = one pass over the samples, as without patches
-    arch: str = "efficientnet-lite0"    # classification: a registered backbone (medl2b.models.BACKBONES)
+    arch: str = "efficientnet-lite0"    # classification: a registered backbone (medl2b.models.BACKBONES);
+                                        # segmentation: unetpp (MONAI UNet++, 2-D/3-D) | unetpp-lite0 (2-D UNet++
+                                        # over the ImageNet-pretrained EfficientNet-Lite0 encoder)
     width: float = 1.0                  # ResNet-50 widen factor (resnet50 only)
     image_size: int | None = None       # classification: crop/resize side; None = prepared size
-    pretrained: str | None = "imagenet"  # classification: imagenet (weights an installed package ships) | a local
-                                        # state dict in the backbone's layout | null (from scratch)
+    pretrained: str | None = "imagenet"  # classification (and segmentation arch unetpp-lite0, its encoder): imagenet
+                                        # (weights an installed package ships) | a local state dict in the
+                                        # backbone's layout | null (from scratch)
     # run
     augment: bool = True
     seed: int = 0
@@ -170,7 +174,13 @@ class TrainConfig:
             raise InputError(where, f"pseudo_floor must be in [0, 1), got {self.pseudo_floor}")
         if isinstance(self.pretrained, str) and self.pretrained.strip().lower() in ("", "none", "null"):
             self.pretrained = None  # --pretrained none: from scratch
-        if not self.is_segmentation:
+        if self.is_segmentation:
+            if self.arch not in SEGMENTATION_ARCHS:
+                raise InputError(where, f"arch must be one of {', '.join(SEGMENTATION_ARCHS)} for segmentation, "
+                                        f"got {self.arch!r}")
+            if self.arch != "unetpp" and self.spatial_dims != 2:
+                raise InputError(where, f"arch {self.arch} is 2-D only; use arch unetpp for spatial_dims 3")
+        else:
             if self.arch not in backbone_names():
                 raise InputError(where, f"arch must be one of {', '.join(backbone_names())}, got {self.arch!r}")
             if self.width != 1.0 and self.arch != "resnet50":
@@ -309,6 +319,8 @@ def load_config_file(path: str | os.PathLike, **overrides: Any) -> TrainConfig:
     """Read a resolved ``config.yaml`` (as saved in a run folder), with optional overrides."""
     values: dict[str, Any] = {}
     _apply(values, _read_yaml(Path(path)), str(path))
+    if values.get("task") in SEG_TASKS and values.get("arch") not in SEGMENTATION_ARCHS:
+        values["arch"] = "unetpp"  # saved before issue 37, when arch named a classification backbone only
     _apply(values, {k: v for k, v in overrides.items() if v is not None}, "command line")
     return TrainConfig(**values).validate(str(path))
 

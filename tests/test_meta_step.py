@@ -11,7 +11,8 @@ from torch import nn
 from torch.func import functional_call
 
 from medl2b.meta import meta_weights, normalise_weights
-from medl2b.models import backbone_names, build_classifier, build_resnet50, build_unetpp, head_parameter_names
+from medl2b.models import (backbone_names, build_classifier, build_resnet50, build_unetpp, build_unetpp_lite0,
+                           head_parameter_names)
 from tiny_nets import TinyCls, TinySeg
 
 
@@ -73,12 +74,16 @@ def _network_cases(name: str):
     if name == "unetpp":
         return (build_unetpp(features=(4, 4, 8, 8, 16, 4)), torch.randn(2, 1, 32, 32), torch.randint(0, 2, (2, 32, 32)),
                 torch.randn(2, 1, 32, 32), torch.randint(0, 2, (2, 32, 32)))
+    if name == "unetpp-lite0":  # the pretrained encoder's UNet++ (random weights here: the numbers are what matter)
+        return (build_unetpp_lite0(features=(4, 4, 8, 8, 16, 4), in_channels=3, pretrained=None),
+                torch.randn(2, 3, 64, 64), torch.randint(0, 2, (2, 64, 64)), torch.randn(2, 3, 64, 64),
+                torch.randint(0, 2, (2, 64, 64)))
     width = 0.125 if name == "resnet50" else 1.0
     model = build_classifier(name, num_classes=3, image_size=32, width=width, pretrained=None)
     return model, torch.rand(4, 3, 32, 32), torch.randint(0, 3, (4,)), torch.rand(3, 3, 32, 32), torch.randint(0, 3, (3,))
 
 
-@pytest.mark.parametrize("name", ["unetpp", *backbone_names()])
+@pytest.mark.parametrize("name", ["unetpp", "unetpp-lite0", *backbone_names()])
 def test_fast_equals_reference_with_batchnorm_for_every_network(name):
     torch.manual_seed(1)
     for model, x, y, xm, ym in [_network_cases(name)]:

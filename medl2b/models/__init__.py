@@ -1,6 +1,8 @@
 """Networks: UNet++ for segmentation; a registry of classification backbones.
 
-* :mod:`~medl2b.models.unetpp`: MONAI's UNet++ (2-D / 3-D).
+* :mod:`~medl2b.models.unetpp`: MONAI's UNet++ (2-D / 3-D), ``arch: unetpp``.
+* :mod:`~medl2b.models.unetpp_encoder`: a UNet++ decoder over the ImageNet-pretrained EfficientNet-Lite0
+  encoder (2-D), ``arch: unetpp-lite0``.
 * :mod:`~medl2b.models.registry`: :class:`Backbone` entries (build, weights, head, normalisation) and the
   :class:`Classifier` wrapper that normalises the input with the entry's statistics.
 * :mod:`~medl2b.models.resnet` (``resnet50``) and :mod:`~medl2b.models.efficientnet`
@@ -21,10 +23,12 @@ from medl2b.models.efficientnet import build_efficientnet_lite0
 from medl2b.models.registry import BACKBONES, Backbone, Classifier, backbone_names, get_backbone
 from medl2b.models.resnet import build_resnet50, load_pretrained_resnet
 from medl2b.models.unetpp import SegmentationNet, build_unetpp
+from medl2b.models.unetpp_encoder import SEGMENTATION_ARCHS, EncoderUNetPlusPlus, build_unetpp_lite0
 
 __all__ = ["SegmentationNet", "Classifier", "Backbone", "BACKBONES", "backbone_names", "get_backbone",
            "build_model", "build_classifier", "build_unetpp", "build_resnet50", "build_efficientnet_lite0",
-           "head_parameter_names", "load_pretrained_resnet"]
+           "head_parameter_names", "load_pretrained_resnet", "EncoderUNetPlusPlus", "build_unetpp_lite0",
+           "SEGMENTATION_ARCHS"]
 
 log = logging.getLogger("medl2b")
 
@@ -40,6 +44,9 @@ def build_classifier(arch: str, *, num_classes: int, image_size: int | None = No
 def build_model(cfg, *, num_classes: int, in_channels: int = 1) -> nn.Module:
     """The network of a :class:`~medl2b.config.TrainConfig` (``in_channels``: segmentation only)."""
     if cfg.is_segmentation:
+        if cfg.arch == "unetpp-lite0":
+            return build_unetpp_lite0(features=cfg.features, num_classes=num_classes, in_channels=in_channels,
+                                      pretrained=cfg.pretrained)
         return build_unetpp(features=cfg.features, num_classes=num_classes, in_channels=in_channels,
                             spatial_dims=cfg.spatial_dims)
     return build_classifier(cfg.arch, num_classes=num_classes, image_size=cfg.image_size, width=cfg.width,
