@@ -73,12 +73,37 @@ def synth_isic2019_cmd(
     typer.echo(f"wrote {images} phantom ISIC 2019 images to {out}")
 
 
+def _spacing(text: str | None) -> list[float] | None:
+    """``--spacing 'sx,sy[,sz]'`` as numbers (checked by prepare: 2 or 3 positive sizes)."""
+    from medl2b.errors import InputError
+
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise InputError("--spacing", f"must be 2 or 3 sizes in mm separated by commas, got {text!r}") from None
+
+
+def _grid(manifest: dict) -> str:
+    """``at 0.6 x 0.6 x 3.6 mm`` (the prepared dataset's target spacing)."""
+    spacing = manifest.get("spacing")
+    return f"at {' x '.join(f'{v:.4g}' for v in spacing)} mm" if spacing else f"at {manifest['size']} px"
+
+
 @prepare_app.command("promise12")
 @_user_errors
 def prepare_promise12_cmd(
     raw: Path = typer.Argument(..., help="Folder with CaseNN.mhd and CaseNN_segmentation.mhd (any depth)."),
     out: Path = typer.Argument(..., help="Prepared dataset folder (nnU-Net-like)."),
-    size: int = typer.Option(144, "--size", min=16, help="In-plane size of the prepared slices."),
+    size: int = typer.Option(144, "--size", min=16,
+                             help="CAP on the in-plane extent of the prepared slices in pixels (not a resize): if the "
+                                  "largest case at the target spacing would exceed it, the in-plane spacing is "
+                                  "coarsened for every case."),
+    spacing: Optional[str] = typer.Option(None, "--spacing",
+                                          help="Target spacing in mm, 'sx,sy,sz' or in-plane 'sx,sy' (default: the "
+                                               "training cases' median spacing). Every case is resampled to it, "
+                                               "aspect ratio kept."),
     noise_dice: float = typer.Option(0.6, "--noise-dice", min=0.0, max=1.0,
                                      help="Target mean 3-D Dice of noisy vs clean masks; 1 = no noise."),
     meta_cases: int = typer.Option(3, "--meta-cases", min=0, help="Clean meta cases (taken from training)."),
@@ -95,9 +120,9 @@ def prepare_promise12_cmd(
 
     manifest = prepare_promise12(raw, out, size=size, noise_dice=noise_dice, meta_cases=meta_cases,
                                  test_cases=test_cases, split_file=split_file, seed=seed, noisy_fraction=noisy_fraction,
-                                 overwrite=overwrite)
+                                 overwrite=overwrite, spacing=_spacing(spacing))
     noise = manifest.get("noise", {})
-    typer.echo(f"prepared {len(manifest['cases'])} cases in {out}; "
+    typer.echo(f"prepared {len(manifest['cases'])} cases in {out} {_grid(manifest)}; "
                f"mean noisy-vs-clean Dice {noise.get('achieved_mean_dice', 1.0):.3f}")
 
 

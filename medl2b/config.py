@@ -96,6 +96,9 @@ class TrainConfig:
                                         # it and are predicted by sliding windows; slices no larger (hippocampus
                                         # 48 px, PROMISE12 144 px) train whole, as before
     patch_fg: float = 0.33              # patches (2-D and 3-D): share centred on a foreground pixel (nnU-Net's 1/3)
+    cache_mb: float = 2048.0            # segmentation: the most MiB of decoded prepared cases kept in memory
+                                        # (per process); the rest is read from the prepared arrays on demand, so
+                                        # a dataset larger than memory trains (medl2b.data.store)
     patches_per_slice: int = 1          # patch training: random patches drawn from each training slice (volume)
                                         # per epoch; 1 = one pass over the samples, as without patches
     arch: str = "efficientnet-lite0"    # classification: a registered backbone (medl2b.models.BACKBONES);
@@ -139,6 +142,8 @@ class TrainConfig:
             raise InputError(where, f"patch_size_2d must be two multiples of 16 of at least 32, got {self.patch_size_2d}")
         if self.patches_per_slice < 1:
             raise InputError(where, f"patches_per_slice must be >= 1, got {self.patches_per_slice}")
+        if not self.cache_mb >= 0:
+            raise InputError(where, f"cache_mb must be >= 0, got {self.cache_mb}")
         if not 0.0 <= self.patch_fg <= 1.0:
             raise InputError(where, f"patch_fg must be in [0, 1], got {self.patch_fg}")
         if self.meta_every > 1 and self.meta_impl == "reference":

@@ -31,17 +31,20 @@ from rich.progress import track
 from torch.utils.data import Dataset, Subset
 
 from medl2b.data.augment import BatchAugment, SquareAugment
-from medl2b.data.datasets import (ImageSet, IsicDataset, SegSliceDataset, SliceSet,
-                                  load_isic, load_manifest, load_slices, load_volumes, train_window)
+from medl2b.data.datasets import (ImageSet, IsicDataset, SegSliceDataset, SliceSet, load_isic, load_manifest,
+                                  load_slices, load_volumes, pad_batch, pad_collate, padded_shape, train_window,
+                                  volume_shape)
 from medl2b.data.grid import prediction_to_raw
 from medl2b.data.msd import write_mask
-from medl2b.data.nifti import read_nifti
+from medl2b.data.nifti import geometry_from_affine, read_nifti
+from medl2b.data.store import CaseStore
 from medl2b.data.splits import hold_out
 from medl2b.errors import InputError
 from medl2b.evaluate import figures as fig
-from medl2b.evaluate.dice import mean_foreground_dice
-from medl2b.evaluate.metrics import (classification_metrics, compute_case_metrics, compute_multiclass_case_metrics,
-                                     one_vs_rest_auroc)
+from medl2b.dice import mean_foreground_dice
+from medl2b.evaluate.folder import (NATIVE_GRID, PREPARED_GRID, prepared_classes, raw_classes, read_label_map,
+                                    score_case)
+from medl2b.evaluate.metrics import classification_metrics, one_vs_rest_auroc
 from medl2b.evaluate.ranking import cell, ranking_table_quality, score_rows
 from medl2b.evaluate.report import _write_csv, write_cls_report, write_seg_report
 from medl2b.inference import predict_dataset, predict_logits, predict_volume
@@ -152,6 +155,9 @@ class SliceTask(Task):
         self.in_channels = len(manifest.get("channel_names") or {"0": ""})
         self.window: tuple[int, ...] | None = self._slice_window()  # trained on patches: the patch size
         self._augment = BatchAugment() if cfg.augment else None  # 2-D or 3-D by the batch's shape
+        # every set of the run reads its cases through one bounded cache (cfg.cache_mb)
+        self.store = CaseStore(self.data, manifest, cfg.cache_mb)
+        self.collate = pad_collate  # items differ in size: each batch is padded to its largest item
 
     #: windows per forward of the sliding-window prediction (None: the batch size)
     sw_batch_size: int | None = None
@@ -167,12 +173,7 @@ class SliceTask(Task):
         return None if window == extent else window
 
     def _load(self, cases, *, label: str) -> SliceSet:
-        return load_slices(self.data, cases, label=label)
-
-    def _check_train(self, train: SliceSet) -> None:
-        if len(train) and min(train.image.shape[-2:]) < 32:
-            raise InputError(self.data, f"slices of {list(train.image.shape[-2:])} px are too small for UNet++ "
-                                        "(four halvings); prepare the dataset with --size 32 or more")
+        return load_slices(self.data, cases, label=label, store=self.store)
 
     def _crops(self, train: SliceSet) -> tuple[dict, dict]:
         """Keyword arguments of the training and meta datasets' random crops (none: whole samples)."""
@@ -198,7 +199,6 @@ class SliceTask(Task):
                            else self._load(val_cases, label="clean"))
         train = _compose(cfg, lambda: self._load(splits["train"], label=cfg.label_source), self.meta_slices)
         self.train_slices = train
-        self._check_train(train)
         train_crop, meta_crop = self._crops(train)
         # items are served plain; BatchAugment transforms whole batches on the device (augment_batch)
         meta = (SegSliceDataset(self.meta_slices, **meta_crop)
@@ -206,7 +206,7 @@ class SliceTask(Task):
         if meta is not None and cfg.meta_foreground:
             # A meta batch of background-only slices rewards predicting background everywhere; draw meta
             # batches from the clean slices that hold foreground (all slices if none does).
-            has_fg = np.flatnonzero(self.meta_slices.clean.flatten(1).sum(1).numpy() > 0)
+            has_fg = np.flatnonzero(_foreground(self.meta_slices, clean=True))
             if len(has_fg):
                 meta = Subset(meta, has_fg.tolist())
         self.train_set = SegSliceDataset(train, **train_crop)
@@ -224,21 +224,35 @@ class SliceTask(Task):
     def validate(self, model, device) -> float:
         if self.val_slices is None:
             return float("nan")
-        pred = self._logits(model, self.val_slices.image, device, self.batch_size).argmax(1)
-        cases = np.asarray(self.val_slices.case)
-        scores = [mean_foreground_dice(pred[cases == c].numpy(), self.val_slices.clean[cases == c].numpy(),
-                                       self.num_classes) for c in dict.fromkeys(self.val_slices.case)]
+        scores = [mean_foreground_dice(logits.argmax(1).numpy(), clean.numpy(), self.num_classes)
+                  for _, _, logits, _, clean in self._per_case_logits(model, self.val_slices, device,
+                                                                      self.batch_size)]
         return float(np.mean(scores))
 
     def sample_losses(self, model, device, batch_size: int) -> np.ndarray:
-        logits = self._logits(model, self.train_slices.image, device, batch_size)
-        return F.cross_entropy(logits, self.train_slices.label, reduction="none").flatten(1).mean(1).numpy()
+        out = np.zeros(len(self.train_slices), dtype=np.float64)
+        for _, rows, logits, label, _ in self._per_case_logits(model, self.train_slices, device, batch_size):
+            out[rows] = F.cross_entropy(logits, label, reduction="none").flatten(1).mean(1).numpy()
+        return out
+
+    def _per_case_logits(self, model, slices: SliceSet, device, batch_size: int):
+        """For each case of ``slices``, one case in memory at a time: ``(case, its rows, logits (n, K, *extent),
+        given label (n, *extent), clean label (n, *extent))``, cropped to the case's own extent."""
+        for case in dict.fromkeys(slices.case):
+            rows = slices.rows_of(case)
+            image, label, clean = slices.batch(rows)
+            ext = tuple(slice(0, e) for e in slices.extent(rows[0]))
+            logits = self._logits(model, image, device, batch_size)[(slice(None), slice(None), *ext)]
+            yield case, rows, logits, label[(slice(None), *ext)], clean[(slice(None), *ext)]
 
     def _logits(self, model, images: torch.Tensor, device, batch_size: int) -> torch.Tensor:
-        """Logits of whole training samples (slices or volumes; trained on patches: by sliding windows of
-        :attr:`window`, one sample at a time)."""
+        """Logits of whole samples of any size (slices or volumes; padded for the network and cropped back;
+        trained on patches: by sliding windows of :attr:`window`, one sample at a time)."""
         if self.window is None:
-            return predict_logits(model, images, batch_size=batch_size, device=device)
+            extent = tuple(images.shape[2:])
+            padded = pad_batch(images, padded_shape([extent]))
+            logits = predict_logits(model, padded, batch_size=batch_size, device=device)
+            return logits[(slice(None), slice(None), *(slice(0, e) for e in extent))]
         sw = self.sw_batch_size or batch_size
         return torch.cat([predict_volume(model, images[i:i + 1], self.window, device=device, sw_batch_size=sw)
                           for i in range(images.shape[0])])
@@ -249,14 +263,14 @@ class SliceTask(Task):
         Empty slices have almost no loss, so a mixture fitted on every slice puts them in
         the clean component, and a meta set of empty slices teaches only background.
         """
-        has_fg = np.flatnonzero(self.train_slices.label.flatten(1).sum(1).numpy() > 0)
+        has_fg = np.flatnonzero(_foreground(self.train_slices, clean=False))
         return has_fg if len(has_fg) >= 4 else np.arange(len(self.train_plain))
 
     def _clean_mask(self) -> np.ndarray:
         """A slice counts as clean when its given map has mean foreground Dice >= 0.9 with the clean one."""
-        lab, clean = self.train_slices.label.numpy(), self.train_slices.clean.numpy()
-        return np.array([mean_foreground_dice(lab[i], clean[i], self.num_classes) >= 0.9
-                         for i in range(lab.shape[0])])
+        s = self.train_slices
+        return np.array([mean_foreground_dice(*(t.numpy() for t in s.sample(i)[1:]), self.num_classes) >= 0.9
+                         for i in range(len(s))])
 
     # ------------------------------------------------------------ prediction
     flip_dims = (2, 3)  # test-time flips of predict_image: the in-plane axes of a (Z, C, X, Y) slice batch
@@ -273,46 +287,46 @@ class SliceTask(Task):
         run = lambda x: self._logits(model, x, device, self.batch_size)  # noqa: E731
         return _tta(run, batch, self.flip_dims if tta else ()).permute(1, 2, 3, 0)
 
-    def predict_case(self, model, case: str, shape, device) -> tuple[np.ndarray, np.ndarray]:
+    def predict_case(self, model, case: str, device) -> tuple[np.ndarray, np.ndarray]:
         """Prediction and clean label map of a prepared case, ``(X, Y, Z)`` uint8 on the prepared grid."""
-        slices = load_slices(self.data, [case], label="clean")
-        pred = np.zeros(shape, dtype=np.uint8)
-        clean = np.zeros(shape, dtype=np.uint8)
-        z = list(slices.slice_index)
-        pred[:, :, z] = self.predict_image(model, slices.image.permute(1, 2, 3, 0), device).argmax(0).numpy()
-        clean[:, :, z] = slices.clean.permute(1, 2, 0).numpy()
-        return pred, clean
+        image, _, clean = self.store.read(case, -1, noisy=False)
+        pred = self.predict_image(model, torch.from_numpy(image), device).argmax(0).numpy().astype(np.uint8)
+        return pred, clean.astype(np.uint8)
 
     def evaluate(self, model, split, out, device, *, checkpoint, figures, progress, extra, run) -> dict:
+        """Predict ``split``; write each prediction on its raw grid (``predictions/``) and score it there
+        against the raw reference label with the raw spacing (``"metric_grid"``: native), as nnU-Net and the
+        challenges do. A dataset prepared without ``labelsRaw/`` is scored on the prepared grid, and
+        ``"metric_grid"`` says so."""
         manifest = self.manifest
         cases = split_items(manifest, split)
-        names = sorted(manifest["labels"], key=lambda n: manifest["labels"][n])
-        classes = {manifest["labels"][n]: n for n in names[1:]}  # foreground index -> name
+        native = all(manifest["cases"][c].get("raw_label") for c in cases)
         per_case, volumes = [], {}
         for case in (track(cases, description="predicting") if progress else cases):
             info = manifest["cases"][case]
-            image, _ = read_nifti(self.data / info["image"])
-            pred, clean = self.predict_case(model, case, image.shape, device)
-            spacing = info["prepared"]["spacing"]
-            if len(classes) == 1:  # binary: the plain view
-                row = {"case": case, **compute_case_metrics(pred > 0, clean > 0, spacing, centreline=True)}
-            else:  # per class, and their mean over the foreground classes
-                row = {"case": case, **compute_multiclass_case_metrics(pred, clean, spacing, classes=classes,
-                                                                       centreline=True)}
-            per_case.append(row)
+            pred, clean = self.predict_case(model, case, device)
             raw_pred, affine = prediction_to_raw(pred, manifest, case)
             ending = ".png" if manifest.get("image_2d") else ".nii.gz"  # a 2-D image dataset: PNG, as its labels
             write_mask(raw_pred, affine, out / "predictions" / f"{case}{ending}")
-            volumes[case] = (image, clean, pred, info.get("noisy_label"))
+            if native:
+                ref, ref_affine = read_label_map(self.data / info["raw_label"])
+                row = score_case(raw_pred, ref, geometry_from_affine(ref_affine, ref.shape).spacing,
+                                 raw_classes(manifest), where=self.data / info["raw_label"], centreline=True)
+            else:
+                row = score_case(pred, clean, info["prepared"]["spacing"], prepared_classes(manifest),
+                                 where=self.data / info["label"], centreline=True)
+            per_case.append({"case": case, **row})
+            volumes[case] = (info["image"], clean, pred, info.get("noisy_label"))
+        grid = NATIVE_GRID if native else PREPARED_GRID
         summary = write_seg_report(out, per_case=per_case, split=split, checkpoint=checkpoint,
-                                   empty_policy="worst",
-                                   extra={**extra, "metric_grid": "prepared grid, prepared spacing (mm)"})
+                                   empty_policy="worst", extra={**extra, "metric_grid": grid})
         if figures:
             self._figures(model, run, out, volumes, device)
         return summary
 
     def _figures(self, model, run: Path, out: Path, volumes: dict, device) -> None:
-        for case, (image, clean, pred, noisy_path) in list(volumes.items())[:4]:
+        for case, (image_path, clean, pred, noisy_path) in list(volumes.items())[:4]:
+            image = read_nifti(self.data / image_path)[0]
             noisy = read_nifti(self.data / noisy_path)[0] if noisy_path else None
             fig.plot_case_overlays(image, clean, pred, out / "figures" / f"overlay_{case}.png", noisy=noisy,
                                    title=f"{case}: clean (green), prediction (red)")
@@ -330,18 +344,18 @@ class SliceTask(Task):
         splits = self.manifest["splits"]
         if not splits["meta"]:
             return None
-        train = self._weight_view(self._load(splits["train"], label="noisy"))
-        meta = self._weight_view(self._load(self.clean_cases()[0], label="clean"))
-        if indices is None:
-            wrong = (train.label != train.clean).flatten(1).sum(1)
-            idx = torch.argsort(wrong, descending=True)[:n]
+        train = self._load(splits["train"], label="noisy")
+        meta = self._load(self.clean_cases()[0], label="clean")
+        if indices is None:  # read one sample at a time: the training set may be larger than memory
+            wrong = np.array([int((s[1] != s[2]).sum()) for s in map(train.sample, range(len(train)))])
+            rows = np.argsort(-wrong, kind="stable")[:n]
         else:
-            idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-        fg = meta.clean.flatten(1).sum(1) > 0
-        midx = torch.nonzero(fg).flatten()[: max(n, 4)]
-        if len(midx) == 0:
-            midx = torch.arange(min(len(meta.clean), 4))
-        return train, meta, idx, midx
+            rows = np.asarray(indices, dtype=np.int64)
+        mrows = np.flatnonzero(_foreground(meta, clean=True))[: max(n, 4)]
+        if len(mrows) == 0:
+            mrows = np.arange(min(len(meta), 4))
+        train, meta = (self._weight_view(_in_memory(s, r)) for s, r in ((train, rows), (meta, mrows)))
+        return train, meta, torch.arange(len(rows)), torch.arange(len(mrows))
 
     def _weight_view(self, slices: SliceSet) -> SliceSet:
         """What one meta step of the weight maps sees: whole slices, or (trained on patches) their central
@@ -349,7 +363,7 @@ class SliceTask(Task):
         if self.window is None:
             return slices
         (h, w), (wx, wy) = slices.image.shape[-2:], self.window
-        x0, y0 = (h - wx) // 2, (w - wy) // 2
+        x0, y0 = max(0, (h - wx) // 2), max(0, (w - wy) // 2)
         crop = (..., slice(x0, x0 + wx), slice(y0, y0 + wy))
         return SliceSet(slices.image[crop].contiguous(), slices.label[crop].contiguous(),
                         slices.clean[crop].contiguous(), list(slices.case), list(slices.slice_index))
@@ -392,9 +406,8 @@ class SliceTask(Task):
     def audit(self, model, signal, has_meta, out, device, *, top, figures) -> dict:
         slices = self.train_slices
         k = self.num_classes
-        pred = self._logits(model, slices.image, device, self.batch_size).argmax(1).numpy()
-        given, clean = slices.label.numpy(), slices.clean.numpy()
-        pixels = int(np.prod(given.shape[1:]))
+        pred, given, clean = self._audit_maps(model, slices, device)
+        pixels = np.array([int(np.prod(slices.extent(i))) for i in range(len(slices))])  # each sample's own
         cases = np.asarray(slices.case)
         groups = {"cases": [np.flatnonzero(cases == c) for c in dict.fromkeys(slices.case)],
                   "slices": [np.array([i]) for i in range(len(cases))]}
@@ -404,7 +417,8 @@ class SliceTask(Task):
             for g in groups[level]:
                 region = int(((given[g] > 0) | (pred[g] > 0)).sum())
                 # the preference summed over the unit's pixels, as a fraction of its structure
-                value = (np.nansum(signal[g]) * pixels / max(region, 1) if has_meta else float(np.nanmean(signal[g])))
+                value = (np.nansum(signal[g]) * pixels[g[0]] / max(region, 1) if has_meta
+                         else float(np.nanmean(signal[g])))
                 if has_meta and np.isnan(signal[g]).all():
                     value = float("nan")
                 rows.append({"case": str(cases[g[0]]),
@@ -435,6 +449,17 @@ class SliceTask(Task):
         return {"task": "segmentation", "top": suspects, "quality": quality,
                 "known_truth": self.train_truth and bool((given != clean).any())}
 
+    def _audit_maps(self, model, slices: SliceSet, device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Prediction, given and clean label of every sample, uint8, zero-padded to one shape (the padding is
+        background in all three, so it adds nothing to a Dice or a count); predicted one case at a time."""
+        shape = padded_shape([slices.extent(i) for i in range(len(slices))]) if len(slices) else (0, 0)
+        maps = np.zeros((3, len(slices), *shape), dtype=np.uint8)
+        for _, rows, logits, label, clean in self._per_case_logits(model, slices, device, self.batch_size):
+            region = (rows, *(slice(0, e) for e in label.shape[1:]))
+            for m, values in zip(maps, (logits.argmax(1), label, clean)):
+                m[region] = values.numpy()
+        return maps[0], maps[1], maps[2]
+
     def _audit_figure(self, model, tables: dict, suspects: list[str], out: Path, device) -> None:
         """The most suspect slice of each top case: image, given vs clean, pseudo-label, α, β."""
         best = {}
@@ -463,14 +488,11 @@ class VolumeTask(SliceTask):
         return slices
 
     def _load(self, cases, *, label: str) -> SliceSet:
-        return load_volumes(self.data, cases, label=label)
-
-    def _check_train(self, train: SliceSet) -> None:
-        return None
+        return load_volumes(self.data, cases, label=label, store=self.store)
 
     def _crops(self, train: SliceSet) -> tuple[dict, dict]:
         window = train_window(self.data, self.cfg.patch_size, manifest=self.manifest)
-        if not len(train) or window == tuple(train.image.shape[2:]):
+        if not len(train) or window == volume_shape(self.data, manifest=self.manifest):
             return {}, {}
         self.window = window
         return super()._crops(train)
@@ -483,11 +505,6 @@ class VolumeTask(SliceTask):
         roi = train_window(self.data, self.cfg.patch_size, manifest=self.manifest)
         run = lambda x: predict_volume(model, x, roi, device=device)  # noqa: E731
         return _tta(run, image[None], self.flip_dims if tta else ())[0]
-
-    def predict_case(self, model, case, shape, device):
-        slices = load_slices(self.data, [case], label="clean")
-        pred = self.predict_image(model, slices.image.permute(1, 2, 3, 0), device)  # (Z, C, X, Y) -> (C, X, Y, Z)
-        return pred.argmax(0).numpy().astype(np.uint8), slices.clean.permute(1, 2, 0).numpy().astype(np.uint8)
 
     def weight_map_examples(self, model, device, *, n: int = 4, indices=None) -> dict | None:
         """The training volume with the most wrong voxels (or ``indices[0]``), as its axial, coronal
@@ -521,6 +538,18 @@ def _tta(run, x: torch.Tensor, flip_dims) -> torch.Tensor:
     for d in flip_dims:
         probs += run(x.flip(d)).softmax(1).flip(d)
     return (probs / (len(flip_dims) + 1)).log()
+
+
+def _foreground(slices: SliceSet, *, clean: bool) -> np.ndarray:
+    """Per sample (read one at a time): does its clean (``clean``) or given label hold foreground?"""
+    return np.array([bool(slices.sample(i)[2 if clean else 1].any()) for i in range(len(slices))], dtype=bool)
+
+
+def _in_memory(slices: SliceSet, rows) -> SliceSet:
+    """The samples ``rows`` of a (lazy) set as a small in-memory set, padded to one shape."""
+    rows = [int(r) for r in rows]
+    return SliceSet(*slices.batch(rows), case=[slices.case[r] for r in rows],
+                    slice_index=[slices.slice_index[r] for r in rows])
 
 
 def _upright(a) -> np.ndarray:

@@ -12,7 +12,7 @@ import torch
 
 from medl2b.config import load_config
 from medl2b.data.augment import BatchAugment
-from medl2b.data.datasets import load_volumes, volume_shape
+from medl2b.data.datasets import load_volumes, padded_shape, volume_shape
 from medl2b.data.msd import prepare_msd
 from medl2b.errors import InputError
 from medl2b.evaluate.run import evaluate_run
@@ -33,13 +33,15 @@ def test_volumes_are_padded_to_one_shape_that_unetpp_accepts(hippo3d):
     assert all(s % 16 == 0 for s in shape) and shape[:2] == (32, 32)
     manifest = json.loads((hippo3d / "dataset.json").read_text())
     vols = load_volumes(hippo3d, "train")
-    assert vols.image.shape == (4, 1, *shape) and vols.label.shape == (4, *shape)
+    # issue 39: volumes are padded per batch to the batch's largest (was: to the dataset's, at load time)
+    extents = [tuple(manifest["cases"][c]["prepared"]["size"]) for c in vols.case]
+    assert vols.image.shape == (4, 1, *padded_shape(extents)) and vols.label.shape == (4, *padded_shape(extents))
+    assert all(s <= v for s, v in zip(padded_shape(extents), shape))
     for i, case in enumerate(vols.case):  # the original extent is kept, the rest is background padding
         x, y, z = manifest["cases"][case]["prepared"]["size"]
         assert vols.clean[i, :x, :y, :z].sum() > 0 and not vols.clean[i, :, :, z:].any()
-        assert not vols.image[i, :, :, :, z:].any()
-    with pytest.raises(InputError, match="does not fit"):
-        load_volumes(hippo3d, "train", shape=(32, 32, 16))
+        assert not vols.image[i, :, :, :, z:].any() and not vols.image[i, :, x:].any()
+        assert tuple(vols.sample(i)[0].shape) == (1, x, y, z)
 
 
 def test_3d_augmentation_moves_image_and_labels_together():

@@ -15,6 +15,8 @@ from medl2b.data.datasets import (
     load_isic,
     load_manifest,
     load_slices,
+    pad_collate,
+    padded_shape,
 )
 from medl2b.data.nifti import read_nifti
 from medl2b.errors import InputError
@@ -44,15 +46,21 @@ def test_slice_set_shapes_and_order(promise12_prepared, train_slices):
     depth = {c: manifest["cases"][c]["prepared"]["size"][2] for c in cases}
     s = train_slices
     n = sum(depth.values())
-    assert len(s) == n and s.image.shape == (n, 1, 64, 64) and s.image.dtype == torch.float32
-    assert s.label.shape == s.clean.shape == (n, 64, 64)
+    # issue 39: each case keeps its own field of view at the dataset's spacing (<= the 64 px cap); the whole
+    # set comes padded to its largest slice (was n x 64 x 64, every case stretched)
+    extents = {c: tuple(manifest["cases"][c]["prepared"]["size"][:2]) for c in cases}
+    assert len(set(extents.values())) > 1 and max(max(e) for e in extents.values()) <= 64
+    assert len(s) == n and s.image.shape == (n, 1, *padded_shape(list(extents.values())))
+    assert s.image.dtype == torch.float32 and s.label.shape == s.clean.shape == (n, *s.image.shape[2:])
     assert s.label.dtype == s.clean.dtype == torch.int64
     assert s.case == [c for c in cases for _ in range(depth[c])]
     assert s.slice_index == [z for c in cases for z in range(depth[c])]
     # slice i is volume[:, :, z] of its case
     i = s.case.index(cases[1]) + 3
     volume, _ = read_nifti(promise12_prepared / manifest["cases"][cases[1]]["image"])
-    assert np.array_equal(s.image[i, 0].numpy(), volume[:, :, 3])
+    assert np.array_equal(s.sample(i)[0][0].numpy(), volume[:, :, 3])
+    x, y = volume.shape[:2]
+    assert np.array_equal(s.image[i, 0, :x, :y].numpy(), volume[:, :, 3]) and not s.image[i, 0, x:].any()
 
 
 def test_noisy_for_train_clean_elsewhere(promise12_prepared, train_slices):
@@ -73,8 +81,17 @@ def test_seg_dataset_items(train_slices):
     plain = SegSliceDataset(train_slices)
     item = plain[5]
     assert set(item) == {"image", "label", "clean", "trusted", "index"} and item["index"] == 5 and not item["trusted"]
-    assert torch.equal(item["image"], train_slices.image[5]) and torch.equal(item["label"], train_slices.label[5])
-    assert torch.equal(item["clean"], train_slices.clean[5]) and type(item["image"]) is torch.Tensor
+    image, label, clean = train_slices.sample(5)
+    assert torch.equal(item["image"], image) and torch.equal(item["label"], label)
+    assert torch.equal(item["clean"], clean) and type(item["image"]) is torch.Tensor
+    # whole slices of different cases batch together padded, not stretched (pad_collate)
+    rows = [0, len(train_slices) - 1]
+    assert train_slices.extent(rows[0]) != train_slices.extent(rows[1])
+    batch = pad_collate([plain[r] for r in rows])
+    assert batch["image"].shape == (2, 1, *padded_shape([train_slices.extent(r) for r in rows]))
+    for k, r in enumerate(rows):
+        x, y = train_slices.extent(r)
+        assert torch.equal(batch["image"][k, :, :x, :y], plain[r]["image"]) and not batch["label"][k, x:].any()
     patches = SegSliceDataset(train_slices, crop=(32, 32), crop_fg=1.0)
     fg = int(torch.nonzero(train_slices.clean.flatten(1).sum(1) > 100)[0])
     item = patches[fg]
@@ -109,9 +126,10 @@ def test_seg_patches_are_seeded_by_torch(train_slices):
     assert not all(torch.equal(x["image"], y["image"]) for x, y in zip(a, c))
     # image, label and clean are cut at the same place
     for i, item in zip(idx, a):
-        ox, oy = _patch_offset(item["image"], train_slices.image[i])
-        block = (i, slice(ox, ox + 32), slice(oy, oy + 32))
-        assert torch.equal(item["label"], train_slices.label[block]) and torch.equal(item["clean"], train_slices.clean[block])
+        image, label, clean = train_slices.sample(i)
+        ox, oy = _patch_offset(item["image"], image)
+        block = (slice(ox, ox + 32), slice(oy, oy + 32))
+        assert torch.equal(item["label"], label[block]) and torch.equal(item["clean"], clean[block])
 
 
 def test_isic_image_set_and_items(isic_prepared):

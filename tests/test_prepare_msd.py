@@ -77,7 +77,7 @@ def hippo_raw(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def hippo_prepared(hippo_raw, tmp_path_factory) -> tuple[Path, dict]:
-    """Prepared at 64 px (every case's in-plane sides are <= 52: the prepared grid is finer than the raw one)."""
+    """Prepared with a 64 px cap (every case's in-plane sides are <= 52 at the median 1 mm: the cap does not bite)."""
     out = tmp_path_factory.mktemp("hippo_prep") / "prepared"
     manifest = prepare_msd(hippo_raw, out, size=64, noise_dice=0.6, meta_cases=2, test_cases=2, seed=0,
                            progress=False)
@@ -177,8 +177,10 @@ def test_msd_v1_manifest_on_real_hippocampus_cases(hippo_raw, hippo_prepared):
         image, _ = _load(out / entry["image"])
         label, _ = _load(out / entry["label"])
         raw_label, _ = _load(hippo_raw / "labelsTr" / f"{case}.nii.gz")
-        # axial slicing of an RAS case: 64 x 64 in plane, the raw z count kept
-        assert image.dtype == np.float32 and image.shape == (64, 64, raw_label.shape[2])
+        # axial slicing of an RAS case at the median spacing, 1 mm like every case: the raw grid itself
+        # (issue 39; was stretched to 64 x 64 in plane)
+        assert manifest["spacing"] == [1.0, 1.0, 1.0] and entry["prepared"]["spacing"] == [1.0, 1.0, 1.0]
+        assert image.dtype == np.float32 and image.shape == raw_label.shape
         assert label.dtype == np.uint8 and label.shape == image.shape
         assert set(np.unique(label).tolist()) == {0, 1, 2}
         noisy = out / "labelsNoisy" / f"{case}.nii.gz"
@@ -194,8 +196,7 @@ def test_msd_v1_manifest_on_real_hippocampus_cases(hippo_raw, hippo_prepared):
 
 
 def test_prediction_to_raw_restores_the_real_labels_exactly(hippo_raw, hippo_prepared):
-    """Prepared grid (64 px) finer than the raw one (<= 52 px) in plane, z unchanged: nearest neighbour
-    there and back lands every raw voxel on a prepared pixel that came from that very voxel."""
+    """The prepared grid is the raw one (1 mm, the median): nearest neighbour there and back is the identity."""
     out, manifest = hippo_prepared
     for case, entry in manifest["cases"].items():
         label, _ = _load(out / entry["label"])
@@ -232,7 +233,9 @@ def test_nnunet_v2_two_channels(nnunet_raw, tmp_path):
         t2, t2_affine = _load(out / entry["images"][0])
         adc, adc_affine = _load(out / entry["images"][1])
         label, label_affine = _load(out / entry["label"])
-        assert t2.shape == adc.shape == label.shape == (32, 32, entry["original"]["size"][2])
+        # issue 39: each case at the dataset's one spacing, its own field of view (was 32 x 32 in plane)
+        assert t2.shape == adc.shape == label.shape == tuple(entry["prepared"]["size"])
+        assert entry["prepared"]["spacing"] == manifest["spacing"] and max(entry["prepared"]["size"][:2]) <= 32
         np.testing.assert_allclose(t2_affine, label_affine, atol=1e-6)
         np.testing.assert_allclose(adc_affine, label_affine, atol=1e-6)
         # the channels are not swapped: T2 bright over the gland, ADC dark over the core (TZ)
@@ -242,7 +245,7 @@ def test_nnunet_v2_two_channels(nnunet_raw, tmp_path):
         f"{c}_{k:04d}.nii.gz" for c in manifest["cases"] for k in (0, 1))
     train = load_slices(out, "train")
     n_slices = sum(manifest["cases"][c]["prepared"]["size"][2] for c in manifest["splits"]["train"])
-    assert tuple(train.image.shape) == (n_slices, 2, 32, 32)
+    assert tuple(train.image.shape) == (n_slices, 2, 32, 32)  # padded to the largest slice (<= the 32 px cap)
     assert tuple(train.label.shape) == (n_slices, 32, 32)
     assert set(train.label.unique().tolist()) <= {0, 1, 2} and set(train.clean.unique().tolist()) == {0, 1, 2}
     assert not np.array_equal(train.label.numpy(), train.clean.numpy())  # noisy labels for train cases
@@ -270,7 +273,8 @@ def test_msd_v1_four_d_multimodal_image(tmp_path):
         t2, _ = _load(out / entry["images"][0])
         adc, _ = _load(out / entry["images"][1])
         label, _ = _load(out / entry["label"])
-        assert t2.ndim == adc.ndim == 3 and t2.shape == adc.shape == label.shape == (32, 32, 8)
+        # issue 39: the raw 0.6 mm grid is the median one and fits the 32 px cap: kept (was stretched to 32 x 32)
+        assert t2.ndim == adc.ndim == 3 and t2.shape == adc.shape == label.shape == cases[case][1].shape
         assert t2[label > 0].mean() > t2[label == 0].mean() + 1.0
         assert adc[label == 2].mean() < adc[label != 2].mean() - 1.0
         assert len(entry["intensity"]) == 2
@@ -354,9 +358,10 @@ def test_slicing_follows_the_anatomical_axis_not_the_storage_order(orientation_r
     for case, entry in manifest["cases"].items():
         labels[case], affines[case] = _load(out / entry["label"])
         images[case], _ = _load(out / entry["image"])
-        assert entry["prepared"]["size"] == [32, 32, n_slices]
+        assert entry["prepared"]["size"][2] == n_slices  # issue 39: the raw in-plane grid (was 32 x 32)
+        assert entry["prepared"]["size"] == manifest["cases"]["case_ras"]["prepared"]["size"]
     ref = labels["case_ras"]
-    assert ref.shape == (32, 32, n_slices) and set(np.unique(ref).tolist()) == {0, 1, 2}
+    assert ref.shape[2] == n_slices and set(np.unique(ref).tolist()) == {0, 1, 2}
     assert not np.array_equal(ref, ref[::-1, ::-1, :]) and not np.array_equal(ref, ref[:, :, ::-1])
     for case in ("case_lps", "case_perm", "case_perm_lps"):
         assert np.array_equal(labels[case], ref), case
@@ -556,7 +561,7 @@ def test_train_and_eval_write_predictions_on_the_raw_grid(hippo_raw, tmp_path):
     prep, run = tmp_path / "prep", tmp_path / "run"
     result = _run("prepare", "msd", raw, prep, "--size", "32", "--test-cases", "2", "--meta-cases", "1")
     assert result.exit_code == 0, result.output
-    assert "prepared 7 cases" in result.output and "at 32 px" in result.output
+    assert "prepared 7 cases" in result.output and " mm" in result.output  # the target spacing (issue 39)
     result = _run("train", "--data", prep, "--out", run, "--method", "ce", "--profile", "cpu", "--epochs", "1",
                   "--device", "cpu", "--set", "warmup_epochs=0", "--set", "features=[4,4,8,16,32,4]",
                   "--set", "steps_per_epoch=4")

@@ -42,6 +42,7 @@ def test_layout_and_manifest_keys(promise12_prepared, manifest):
     assert manifest["name"] == "PROMISE12" and manifest["task"] == "prostate-seg" and manifest["format_version"] == 1
     assert manifest["channel_names"] == {"0": "T2"} and manifest["labels"] == {"background": 0, "prostate": 1}
     assert manifest["file_ending"] == ".nii.gz" and manifest["size"] == 64 and manifest["seed"] == 0
+    assert len(manifest["spacing"]) == 3 and manifest["spacing_source"].startswith("median spacing")
     assert set(manifest["noise"]) >= {"target_dice", "achieved_mean_dice", "per_case_dice", "params", "seed"}
     assert sorted(manifest["cases"]) == [f"Case{i:02d}" for i in range(12)]
     for case, entry in manifest["cases"].items():
@@ -104,13 +105,15 @@ def test_prepared_geometry_round_trip(promise12_raw, promise12_prepared, manifes
         np.testing.assert_allclose(original["spacing"], raw.GetSpacing())
         np.testing.assert_allclose(original["origin"], raw.GetOrigin())
         np.testing.assert_allclose(original["direction"], raw.GetDirection())
-        # same physical field of view: equal extent and equal centre, z grid unchanged
+        # issue 39: every case at the dataset's one spacing (was: 64 x 64 px over each case's own field of
+        # view); the same physical field of view, its extent kept to within half a target voxel per edge,
+        # and the same centre
+        np.testing.assert_allclose(prepared["spacing"], manifest["spacing"], rtol=1e-9)
         extent_o = np.asarray(original["size"]) * np.asarray(original["spacing"])
         extent_p = np.asarray(prepared["size"]) * np.asarray(prepared["spacing"])
-        np.testing.assert_allclose(extent_p, extent_o, rtol=1e-6)
+        assert np.all(np.abs(extent_p - extent_o) <= np.asarray(prepared["spacing"]) / 2 + 1e-6)
         np.testing.assert_allclose(_centre(prepared), _centre(original), atol=1e-4)
-        assert prepared["size"][:2] == [64, 64] and prepared["size"][2] == original["size"][2]
-        assert prepared["spacing"][2] == pytest.approx(original["spacing"][2])
+        assert max(prepared["size"][:2]) <= 64  # --size caps the in-plane extent
 
 
 @pytest.mark.parametrize("case", ["Case00", "Case03", "Case05"])  # identity, flipped x, oblique
@@ -136,7 +139,9 @@ def test_to_original_grid_restores_the_raw_mask(promise12_raw, promise12_prepare
         back = to_original_grid(label, entry["prepared"], entry["original"])
         raw_mask = _raw_xyz(promise12_raw / f"{case}_segmentation.mhd")
         assert back.shape == raw_mask.shape == tuple(entry["original"]["size"]) and back.dtype == label.dtype
-        assert mask_dice(back, raw_mask) > 0.9
+        # issue 39: > 0.85, was > 0.9: the fine scanner family (1.1 x 1.1 x 5.2 mm in these phantoms) is now
+        # downsampled to the dataset's one spacing (3.0 x 3.0 x 7.2 mm under --size 64), Case03 round-trips at 0.864
+        assert mask_dice(back, raw_mask) > 0.85
     with pytest.raises(ValueError, match="shape"):
         to_original_grid(np.zeros((3, 3, 3)), entry["prepared"], entry["original"])
 

@@ -1,46 +1,152 @@
-"""Prepared grids: intensity normalisation, in-plane resampling over the same field of view, and back.
+"""Prepared grids: one target spacing, intensity by modality, resampling, and the way back to raw.
 
 Shared by every segmentation release (:mod:`medl2b.data.promise12`, :mod:`medl2b.data.msd`).
 Images are ``SimpleITK.Image`` objects with ITK (LPS) geometry; arrays are ``(x, y, z)``
 and 2-D slices are ``volume[:, :, z]``.
 
-* :func:`normalise_intensity`: clip to the case's 0.5th..99.5th percentiles, z-score.
-* :func:`prepared_geometry`: ``size × size`` in-plane pixels over the same physical
-  field of view (the outer edges of the edge pixels stay put); slices unchanged.
-* :func:`prepare_volume`: both, with in-plane Gaussian anti-aliasing before
-  downsampling; linear for images, nearest neighbour for label maps.
-* :func:`to_original_grid`: a prepared-grid label map back onto the raw grid
-  (nearest neighbour, in physical space, so any direction matrix works).
+As nnU-Net plans a dataset (``/work/shared/docs/DATA.md``, "Geometry and intensity"):
+
+* :func:`target_spacing`: the dataset's spacing, the median over the training cases per axis (or
+  one given), in-plane coarsened only when the largest case would exceed a cap of ``size`` pixels.
+* :func:`spacing_geometry`: a case's grid at that spacing over the same physical extent (the outer
+  edges stay put within half a voxel, centred; the aspect ratio is kept), so slices of different
+  cases differ in size, never in millimetres per pixel.
+* :func:`intensity_plan` / :func:`normalise_intensity`: CT channels (``channel_names`` ``"CT"``) are
+  clipped to the 0.5..99.5th percentiles of the training cases' foreground voxels and z-scored with
+  the foreground mean and std (Hounsfield units keep their meaning across cases); every other
+  channel per case: clipped to its own percentiles and z-scored with the clipped volume's mean/std.
+* :func:`prepare_volume`: both, with Gaussian anti-aliasing along every axis that is downsampled;
+  linear for images, nearest neighbour for label maps.
+* :func:`to_original_grid`: a prepared-grid label map back onto the raw grid (nearest neighbour,
+  in physical space, so any direction matrix works).
+
+Resampling is SimpleITK's ``Resample`` (physical space, float64 geometry). MONAI's ``Spacingd`` was
+measured against it and not used: it has no anti-aliasing (a 0.27 -> 0.6 mm PROMISE12 slice aliases)
+and centres its output grid on the first voxel rather than on the field of view
+(``tests/test_geometry.py::test_monai_spacingd_differs``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
+from monai.transforms import NormalizeIntensity
 from scipy import ndimage
 
 from medl2b.data.nifti import Geometry, affine_from_geometry
 
-__all__ = ["PERCENTILES", "geometry_of", "normalise_intensity", "prepare_volume", "prepared_geometry",
-           "image_from_xyz", "prediction_to_raw", "raw_label_values", "resample", "to_original_grid", "to_xyz"]
+__all__ = ["CT_CHANNELS", "FOREGROUND_SAMPLES", "PERCENTILES", "apply_intensity", "foreground_sample",
+           "geometry_of", "intensity_plan", "normalise_intensity", "prepare_volume", "prepared_geometry",
+           "image_from_xyz", "prediction_to_raw", "raw_label_values", "resample", "spacing_geometry",
+           "target_spacing", "to_original_grid", "to_xyz"]
 
 PERCENTILES = (0.5, 99.5)
+#: ``channel_names`` (case-insensitive) normalised with the dataset's foreground statistics, as nnU-Net does.
+CT_CHANNELS = ("ct",)
+#: Foreground voxels drawn per training case for the dataset's CT statistics (nnU-Net draws 10,000).
+FOREGROUND_SAMPLES = 10_000
 
-def normalise_intensity(array: np.ndarray) -> tuple[np.ndarray, dict]:
-    """Clip to the 0.5..99.5th percentiles, then z-score with the clipped volume's mean/std.
 
-    Args:
-        array: Image of any shape.
+def apply_intensity(array: np.ndarray, stats: dict) -> np.ndarray:
+    """Clip to ``[stats["lo"], stats["hi"]]``, then z-score with ``stats["mean"]`` and ``stats["std"]``
+    (MONAI ``NormalizeIntensity``); float32 of the same shape, zeros where ``std`` is 0."""
+    clipped = np.clip(np.asarray(array, dtype=np.float32), stats["lo"], stats["hi"])
+    if not stats["std"] > 0:
+        return np.zeros_like(clipped)
+    out = NormalizeIntensity(subtrahend=float(stats["mean"]), divisor=float(stats["std"]))(clipped)
+    return np.asarray(out, dtype=np.float32)
+
+
+def normalise_intensity(array: np.ndarray, stats: dict | None = None) -> tuple[np.ndarray, dict]:
+    """Per case (``stats=None``): clip to the array's 0.5..99.5th percentiles, z-score with the clipped
+    array's mean/std. With ``stats`` (a CT channel's dataset record): clip and z-score with those.
 
     Returns:
-        ``(float32 array of the same shape, {"lo", "hi", "mean", "std"})``.
+        ``(float32 array of the same shape, {"lo", "hi", "mean", "std"})`` (the statistics used).
     """
     data = np.asarray(array, dtype=np.float32)
-    lo, hi = (float(v) for v in np.percentile(data, PERCENTILES))
-    clipped = np.clip(data, lo, hi)
-    mean, std = float(clipped.mean()), float(clipped.std())
-    out = (clipped - mean) / std if std > 0 else np.zeros_like(clipped)
-    return out.astype(np.float32), {"lo": lo, "hi": hi, "mean": mean, "std": std}
+    if stats is None:
+        lo, hi = (float(v) for v in np.percentile(data, PERCENTILES))
+        clipped = np.clip(data, lo, hi)
+        stats = {"lo": lo, "hi": hi, "mean": float(clipped.mean()), "std": float(clipped.std())}
+    stats = {k: float(stats[k]) for k in ("lo", "hi", "mean", "std")}
+    return apply_intensity(data, stats), stats
+
+
+def foreground_sample(array: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+                      n: int = FOREGROUND_SAMPLES) -> np.ndarray:
+    """Up to ``n`` intensities of ``array`` where ``mask > 0``, drawn without replacement (float64)."""
+    values = np.asarray(array)[np.asarray(mask) > 0]
+    if values.size > n:
+        values = rng.choice(values, n, replace=False)
+    return values.astype(np.float64)
+
+
+def intensity_plan(channel_names, foreground: dict[int, list[np.ndarray]]) -> list[dict]:
+    """The manifest's per-channel intensity records.
+
+    Args:
+        channel_names: The channels' names, in order (``dataset.json`` ``channel_names`` / ``modality``).
+        foreground: Channel index -> foreground samples of the training cases (:func:`foreground_sample`);
+            used for the CT channels only.
+
+    Returns:
+        One record per channel: ``{"channel", "scheme": "ct"|"per case", ...}``; a CT record adds the
+        dataset's ``lo``/``hi`` (foreground percentiles), ``mean``/``std`` (foreground) and ``n_voxels``.
+    """
+    plan = []
+    for c, name in enumerate(channel_names):
+        if str(name).strip().lower() not in CT_CHANNELS:
+            plan.append({"channel": str(name), "scheme": "per case"})
+            continue
+        values = np.concatenate(foreground.get(c) or [np.zeros(0)])
+        if values.size == 0:
+            raise ValueError(f"channel {name!r} is CT but the training cases hold no foreground voxel")
+        lo, hi = (float(v) for v in np.percentile(values, PERCENTILES))
+        plan.append({"channel": str(name), "scheme": "ct", "lo": lo, "hi": hi, "mean": float(values.mean()),
+                     "std": float(values.std()), "n_voxels": int(values.size)})
+    return plan
+
+
+def target_spacing(spacings, extents_mm, *, spacing=None, size: int | None = None) -> tuple[tuple[float, ...], str]:
+    """The dataset's target spacing ``(sx, sy, sz)`` in mm and a sentence saying where it came from.
+
+    Args:
+        spacings: The training cases' spacings ``(sx, sy, sz)``.
+        extents_mm: The physical extents ``(n * s)`` of every case to prepare (for the cap).
+        spacing: A given spacing (3 values, or 2 = in-plane only: the third is the median), instead of
+            the median.
+        size: Cap on the in-plane extent in pixels: when the largest case at the spacing would exceed it,
+            both in-plane spacings are coarsened by one factor until it fits (one spacing for every case).
+    """
+    median = np.median(np.asarray(spacings, dtype=float).reshape(-1, 3), axis=0)
+    if spacing is None:
+        target, source = median, "median spacing of the training cases"
+    else:
+        given = [float(v) for v in spacing]
+        target = np.array(given + [median[2]] if len(given) == 2 else given, dtype=float)
+        source = "given (--spacing)" if len(given) == 3 else "given in-plane (--spacing), median through-plane"
+    if size is not None:
+        largest = float(np.max(np.asarray(extents_mm, dtype=float).reshape(-1, 3)[:, :2] / target[:2]))
+        if largest > size + 1e-6:
+            target = target * np.array([largest / size, largest / size, 1.0])
+            source += f"; in-plane coarsened x{largest / size:.4g} so the largest case fits {size} px (--size)"
+    return tuple(float(v) for v in target), source
+
+
+def spacing_geometry(original: dict | Geometry, spacing) -> Geometry:
+    """``original``'s field of view on a grid of ``spacing``: ``round(n * s / spacing)`` voxels per axis (at
+    least 1), centred on the same physical extent (so the outer edges move by less than half a voxel)."""
+    geo = Geometry.from_dict(original) if isinstance(original, dict) else original
+    n = np.asarray(geo.size, dtype=float)
+    sp = np.asarray(geo.spacing, dtype=float)
+    new_sp = np.asarray(spacing, dtype=float)
+    size = np.maximum(1, np.round(n * sp / new_sp)).astype(int)
+    d = np.asarray(geo.direction, dtype=float).reshape(3, 3)
+    # first voxel centre: the old outer edge, half a new voxel in, plus half the rounding remainder
+    shift = (new_sp - sp) / 2.0 + (n * sp - size * new_sp) / 2.0
+    origin = np.asarray(geo.origin, dtype=float) + d @ shift
+    return Geometry(tuple(int(v) for v in size), tuple(new_sp.tolist()), tuple(origin.tolist()), geo.direction)
 
 
 def geometry_of(image) -> Geometry:
@@ -49,8 +155,10 @@ def geometry_of(image) -> Geometry:
 
 
 def prepared_geometry(original: dict | Geometry, size: int) -> Geometry:
-    """Grid with ``size × size`` axial pixels over the same field of view as ``original``.
+    """Grid with ``size × size`` axial pixels over the same field of view as ``original`` (stretched).
 
+    The grid of datasets prepared before target spacings (manifests without ``"spacing"``), kept so that
+    their runs still predict; new datasets use :func:`spacing_geometry`.
     Spacing ``(sx·Nx/size, sy·Ny/size, sz)``; origin moved by half the spacing change
     along the first two direction axes so that the pixel edges span the same extent.
     """
@@ -115,35 +223,41 @@ def image_from_xyz(array_xyz: np.ndarray, geo: Geometry):
     return img
 
 
-def prepare_volume(channels, mask, size: int) -> tuple[list[np.ndarray], np.ndarray | None, Geometry, list[dict]]:
-    """Normalise and resample one case onto its prepared grid (see :func:`prepared_geometry`).
+def prepare_volume(channels, mask, spacing, intensity: list[dict] | None = None
+                   ) -> tuple[list[np.ndarray], np.ndarray | None, Geometry, list[dict]]:
+    """Normalise and resample one case onto its prepared grid (see :func:`spacing_geometry`).
 
     Args:
         channels: ``SimpleITK.Image`` (one channel) or a list of them on one grid.
         mask: ``SimpleITK.Image`` label map (uint8 values) on the same grid, or None (an image
             to predict).
-        size: In-plane size of the prepared grid.
+        spacing: The dataset's target spacing ``(sx, sy, sz)`` (:func:`target_spacing`); a ``Geometry``
+            is taken as the prepared grid itself (the legacy ``size × size`` grid).
+        intensity: The manifest's per-channel records (:func:`intensity_plan`); default: every channel
+            per case.
 
     Returns:
         ``(images, mask, geometry, intensity)``: one float32 ``(x, y, z)`` array per channel,
         the uint8 label map (None without ``mask``), the prepared geometry and one intensity
-        record per channel.
+        record per channel (the statistics used).
     """
     channels = channels if isinstance(channels, (list, tuple)) else [channels]
     geo = geometry_of(channels[0])
-    target = prepared_geometry(geo, size)
-    sigma = [max(0.0, (n / size - 1.0) / 2.0) for n in geo.size[:2]]  # in-plane anti-aliasing (x, y)
-    images, intensity = [], []
-    for image in channels:
-        zyx, stats = normalise_intensity(sitk.GetArrayViewFromImage(image))
-        if max(sigma) > 0:
-            zyx = ndimage.gaussian_filter(zyx, sigma=(0.0, sigma[1], sigma[0]), mode="nearest")
+    target = spacing if isinstance(spacing, Geometry) else spacing_geometry(geo, spacing)
+    factor = np.asarray(target.spacing) / np.asarray(geo.spacing)
+    sigma = np.maximum(0.0, (factor - 1.0) / 2.0)  # anti-aliasing (voxels) along each downsampled axis
+    images, used = [], []
+    for c, image in enumerate(channels):
+        plan = (intensity or [{}] * len(channels))[c]
+        zyx, stats = normalise_intensity(sitk.GetArrayViewFromImage(image), plan if plan.get("scheme") == "ct" else None)
+        if sigma.max() > 0:
+            zyx = ndimage.gaussian_filter(zyx, sigma=tuple(sigma[::-1]), mode="nearest")
         smooth = sitk.GetImageFromArray(zyx)
         smooth.CopyInformation(image)
         images.append(to_xyz(resample(smooth, target, linear=True)).astype(np.float32))
-        intensity.append(stats)
+        used.append(stats)
     mask_xyz = None if mask is None else to_xyz(resample(mask, target, linear=False)).astype(np.uint8)
-    return images, mask_xyz, target, intensity
+    return images, mask_xyz, target, used
 
 
 def prediction_to_raw(pred_xyz: np.ndarray, manifest: dict, case: str) -> tuple[np.ndarray, np.ndarray]:

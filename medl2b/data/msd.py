@@ -37,9 +37,15 @@ Preparation of a case:
    is thus sliced along the same anatomical axis whatever its stored orientation.
    ``slice_axis=None`` keeps the stored voxel order and slices along the third stored axis
    (as nnU-Net does; PROMISE12 uses it).
-3. **Grid and intensity** (:mod:`medl2b.data.grid`): each channel is
-   clipped to its 0.5..99.5th percentiles and z-scored, then resampled to ``size ×
-   size`` in-plane over the same field of view; label maps by nearest neighbour.
+3. **Grid and intensity** (:mod:`medl2b.data.grid`): every case is resampled to the dataset's
+   target spacing (the median spacing of the training cases, or ``spacing``; in-plane coarsened only
+   if the largest case would exceed ``size`` pixels) over its own field of view, aspect ratio kept,
+   Gaussian anti-aliasing along downsampled axes; label maps by nearest neighbour. CT channels
+   (``channel_names`` ``"CT"``) are clipped to the training cases' foreground 0.5..99.5th percentiles
+   and z-scored with their foreground mean/std; other channels per case (own percentiles, z-score).
+   The manifest records ``spacing``, ``spacing_source`` and the per-channel records
+   (``intensity_normalisation.channels``), which ``medl2b predict`` reuses. The raw label files are
+   copied to ``labelsRaw/`` (the reference of native-resolution evaluation).
 4. **Labels** are stored as consecutive indices ``0..K-1`` in the order of the declared
    values (``labels`` in the manifest maps name -> index, ``label_values`` index -> raw
    value); :func:`prediction_to_raw` maps a prediction back onto the raw grid and values.
@@ -58,6 +64,8 @@ Output (``out``), nnU-Net-like::
     imagesTr/CASE_0000.nii.gz ...   float32, one file per channel
     labelsTr/CASE.nii.gz            uint8 clean label map (indices)
     labelsNoisy/CASE.nii.gz         uint8 noisy label map (train cases only)
+    labelsRaw/CASE<ending>          the raw label file as given (raw grid and values)
+    arrays/CASE_*.npy               the same prepared arrays uncompressed, read lazily in training
     dataset.json                    manifest (task "segmentation")
 
 PROMISE12 comes through here as well: :mod:`medl2b.data.promise12` converts its MetaImage
@@ -73,6 +81,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,16 +90,19 @@ import nibabel as nib
 import SimpleITK as sitk
 from nibabel import orientations as ornt
 
-from medl2b.data.grid import PERCENTILES, image_from_xyz, prediction_to_raw, prepare_volume, resample, to_xyz
+from medl2b.data.grid import (CT_CHANNELS, PERCENTILES, foreground_sample, image_from_xyz, intensity_plan,
+                              prediction_to_raw, prepare_volume, prepared_geometry, resample, target_spacing, to_xyz)
 from medl2b.data.nifti import Geometry, affine_from_geometry, geometry_from_affine, write_nifti
-from medl2b.data.splits import split_cases
+from medl2b.data.splits import split_cases, trusted_split
+from medl2b.data.store import write_case_arrays
 from medl2b.errors import InputError, atomic_dir, atomic_file
 from medl2b.noise.masks import (DEFAULT_CONFIG, MaskNoiseConfig, calibrate_strength, corrupt_volumes,
                                  per_class_dice, pick_noisy_cases)
 from medl2b.progress import progress_bar
 
 __all__ = ["AFFINE_TOL", "IMAGE_ENDINGS", "NATURAL_ENDINGS", "SLICE_AXES", "MsdCase", "MsdDataset",
-           "check_prepare_args", "find_msd_dataset", "is_natural_image", "load_file", "load_natural_image",
+           "check_prepare_args", "find_msd_dataset", "find_test_cases", "find_trusted_labels", "is_natural_image",
+           "load_file", "load_natural_image",
            "orient_case", "prediction_to_raw", "prepare_msd", "preprocess_image", "read_image", "read_labels",
            "read_msd_case", "sitk_array", "stack_channels", "to_prepared_grid", "write_mask"]
 
@@ -248,8 +260,51 @@ def _find_msd(root: Path, path: Path, meta: dict, labels: dict[int, str]) -> Msd
             raise InputError(path, f"case {case_id} is listed twice in 'training'")
         seen.add(case_id)
         cases.append(MsdCase(case_id, [image], label))
+    listed = {c.images[0].resolve() for c in cases}
+    for image in _image_files(root / "imagesTr", _NIFTI):
+        if image.resolve() not in listed:
+            raise InputError(image, f"has no label: {path.name} 'training' does not list it; add it with its label "
+                                    "or move it out of imagesTr/ (an unlabelled image is never dropped in silence)")
     return MsdDataset(root, "msd", str(meta.get("name", root.name)), labels, channels, ".nii.gz",
                       sorted(cases, key=lambda c: c.case_id))
+
+
+def _image_files(folder: Path, endings) -> list[Path]:
+    """The image files of a folder (hidden files such as macOS ``._*`` skipped); none if it does not exist."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                  and p.name.lower().endswith(tuple(e.lower() for e in endings)))
+
+
+def _channel_files(folder: Path, case_id: str, ending: str, channels: list[str]) -> list[Path]:
+    """The nnU-Net channel files ``CASE_0000<ending>``, ``CASE_0001``, ... of a case in ``folder``, checked
+    (a 2-D image file may hold several channels: RGB is one file)."""
+    images = [folder / f"{case_id}_{c:04d}{ending}" for c in range(len(channels))]
+    if is_natural_image(ending):  # 2-D: one file may hold several channels (RGB): the files present
+        present = [images[0]]
+        for extra_channel in images[1:]:
+            if not extra_channel.is_file():
+                break
+            present.append(extra_channel)
+        images = present
+    for c, image in enumerate(images):
+        if not image.is_file():
+            raise InputError(image, f"channel {c} ({channels[c]}) of case {case_id} not found")
+    extra = folder / f"{case_id}_{len(channels):04d}{ending}"
+    if extra.is_file():
+        raise InputError(extra, f"case {case_id} has more channels than the {len(channels)} in channel_names")
+    return images
+
+
+def _unlabelled_images(folder: Path, ending: str, labelled: set[str], labels: Path) -> None:
+    """An nnU-Net image ``CASE_XXXX<ending>`` in ``folder`` whose case has no label in ``labels`` is an error."""
+    for image in _image_files(folder, (ending,)):
+        stem = image.name[: -len(ending)]
+        case_id = stem[:-5] if len(stem) > 5 and stem[-5] == "_" and stem[-4:].isdigit() else stem
+        if case_id not in labelled:
+            raise InputError(image, f"has no label {labels.name}/{case_id}{ending}; add it, or move the image out of "
+                                    f"{folder.name}/ (an unlabelled image is never dropped in silence)")
 
 
 def _find_nnunet(root: Path, path: Path, meta: dict, labels: dict[int, str]) -> MsdDataset:
@@ -265,22 +320,55 @@ def _find_nnunet(root: Path, path: Path, meta: dict, labels: dict[int, str]) -> 
         if label.name.startswith(".") or not label.name.endswith(ending):
             continue
         case_id = _strip_ending(label.name, ending)
-        images = [root / "imagesTr" / f"{case_id}_{c:04d}{ending}" for c in range(len(channels))]
-        if is_natural_image(ending):  # 2-D: one file may hold several channels (RGB): the files present
-            present = [images[0]]
-            for extra_channel in images[1:]:
-                if not extra_channel.is_file():
-                    break
-                present.append(extra_channel)
-            images = present
-        for c, image in enumerate(images):
-            if not image.is_file():
-                raise InputError(image, f"channel {c} ({channels[c]}) of case {case_id} not found")
-        extra = root / "imagesTr" / f"{case_id}_{len(channels):04d}{ending}"
-        if extra.is_file():
-            raise InputError(extra, f"case {case_id} has more channels than the {len(channels)} in channel_names")
-        cases.append(MsdCase(case_id, images, label))
+        cases.append(MsdCase(case_id, _channel_files(root / "imagesTr", case_id, ending, channels), label))
+    _unlabelled_images(root / "imagesTr", ending, {c.case_id for c in cases}, label_dir)
     return MsdDataset(root, "nnunetv2", str(meta.get("name", root.name)), labels, channels, ending, cases)
+
+
+def find_test_cases(ds: MsdDataset) -> list[MsdCase]:
+    """The held-out cases of ``imagesTs/`` that have a reference label in ``labelsTs/`` (nnU-Net's names; MSD
+    v1 ships no ``labelsTs``). None without a ``labelsTs/`` folder; with one, an image of ``imagesTs/``
+    without its label is an :class:`InputError` naming the image."""
+    label_dir, image_dir = ds.root / "labelsTs", ds.root / "imagesTs"
+    if not label_dir.is_dir():
+        return []
+    cases = []
+    for label in _image_files(label_dir, (ds.file_ending,)):
+        case_id = _strip_ending(label.name, ds.file_ending)
+        if ds.layout == "msd":
+            images = [image_dir / label.name]
+            if not images[0].is_file():
+                raise InputError(label, f"has no image {image_dir.name}/{label.name}")
+        else:
+            images = _channel_files(image_dir, case_id, ds.file_ending, ds.channel_names)
+        cases.append(MsdCase(case_id, images, label))
+    labelled = {c.case_id for c in cases}
+    if ds.layout == "msd":
+        for image in _image_files(image_dir, _NIFTI):
+            if _strip_ending(image.name, ".nii.gz") not in labelled:
+                raise InputError(image, f"has no label {label_dir.name}/{image.name}; add it, or move the image out "
+                                        f"of {image_dir.name}/ (an unlabelled image is never dropped in silence)")
+    else:
+        _unlabelled_images(image_dir, ds.file_ending, labelled, label_dir)
+    return cases
+
+
+def find_trusted_labels(ds: MsdDataset, folder: str | os.PathLike) -> dict[str, Path]:
+    """Case id -> trusted label file of ``folder`` (named as in ``labelsTr/``); each must be a training case."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, "folder of trusted labels not found")
+    known = {c.case_id: c for c in ds.cases}
+    found = {}
+    for path in _image_files(folder, (ds.file_ending,)):
+        case_id = _strip_ending(path.name, ds.file_ending)
+        if case_id not in known:
+            raise InputError(path, f"trusted label of no training case: {ds.root.name} has no case {case_id} with an "
+                                   f"image in imagesTr/ and a given label in labelsTr/ (names as in labelsTr/)")
+        found[case_id] = path
+    if not found:
+        raise InputError(folder, f"holds no trusted label files (*{ds.file_ending}, named as in labelsTr/)")
+    return found
 
 
 def _strip_ending(name: str, ending: str) -> str:
@@ -530,12 +618,14 @@ def orient_case(stack: np.ndarray, affine: np.ndarray, slice_axis: str | None) -
     return oriented, geometry_from_affine(oriented_affine, oriented.shape[:3])
 
 
-def to_prepared_grid(channels, geo: Geometry, size: int, *, label: np.ndarray | None = None):
+def to_prepared_grid(channels, geo: Geometry, spacing, *, label: np.ndarray | None = None,
+                     intensity: list[dict] | None = None):
     """Step 3 of the module docstring: oriented ``(x, y, z)`` channel arrays (and label map) on ``geo`` ->
-    the prepared grid (:func:`medl2b.data.grid.prepare_volume`): ``(images, mask or None, geometry, intensity)``."""
+    the prepared grid at the target ``spacing`` with the manifest's per-channel ``intensity`` records
+    (:func:`medl2b.data.grid.prepare_volume`): ``(images, mask or None, geometry, intensity)``."""
     images = [image_from_xyz(c, geo) for c in channels]
     mask = None if label is None else image_from_xyz(label.astype(np.uint8), geo)
-    return prepare_volume(images, mask, size)
+    return prepare_volume(images, mask, spacing, intensity)
 
 
 #: File endings of the raw images :func:`read_image` reads (NIfTI with nibabel, the rest with SimpleITK).
@@ -608,7 +698,9 @@ def stack_channels(parts, n_channels: int) -> tuple[np.ndarray, np.ndarray]:
 
 def preprocess_image(stack: np.ndarray, affine: np.ndarray, manifest: dict) -> dict:
     """A raw image ``(x, y, z, c)`` -> the prepared grid of a prepared dataset, as :func:`prepare_msd` did for
-    its cases, with the manifest's own settings (``slice_axis``, ``size``, intensity percentiles).
+    its cases, with the manifest's own settings (``slice_axis``, ``spacing``, the per-channel intensity records:
+    a CT channel gets the dataset's foreground statistics). A manifest without ``spacing`` (prepared before
+    target spacings) gets its ``size × size`` grid (:func:`medl2b.data.grid.prepared_geometry`).
 
     Returns:
         ``{"image": float32 (c, X, Y, Z) on the prepared grid, "prepared": its Geometry, "oriented": Geometry
@@ -623,22 +715,53 @@ def preprocess_image(stack: np.ndarray, affine: np.ndarray, manifest: dict) -> d
                                          f"not implement (percentiles {list(PERCENTILES)})")
     oriented, geo = orient_case(stack, affine, manifest["slice_axis"])
     channels = [oriented[..., c] for c in range(oriented.shape[-1])]
-    images, _, target, _ = to_prepared_grid(channels, geo, int(manifest["size"]))
+    if manifest.get("spacing") is not None:
+        images, _, target, _ = to_prepared_grid(channels, geo, manifest["spacing"], intensity=norm.get("channels"))
+    else:
+        images, _, target, _ = to_prepared_grid(channels, geo, prepared_geometry(geo, int(manifest["size"])))
     return {"image": np.stack(images), "prepared": target, "oriented": geo,
             "raw": geometry_from_affine(affine, stack.shape[:3])}
 
 
 # --------------------------------------------------------------------------- main
 
-def _default_size(sizes: list[tuple[int, int]]) -> int:
-    """Median of the larger in-plane side over the cases, rounded up to a multiple of 16 (at least 32)."""
-    side = float(np.median([max(s) for s in sizes]))
-    return int(max(32, 16 * int(np.ceil(side / 16.0))))
+def _plan(ds: MsdDataset, loaded: dict, split_of: dict, *, spacing, size: int | None, seed: int
+          ) -> tuple[dict, list[dict]]:
+    """The dataset's grid ``{"spacing", "source"}`` (:func:`medl2b.data.grid.target_spacing` over the training
+    cases, the cap over every case) and its per-channel intensity records (CT: foreground samples of the
+    training cases' labels, :func:`medl2b.data.grid.intensity_plan`)."""
+    training = [c for c in loaded if split_of[c] in ("train", "meta")] or list(loaded)
+    extents = [np.asarray(v["geometry"].size) * np.asarray(v["geometry"].spacing) for v in loaded.values()]
+    target, source = target_spacing([loaded[c]["geometry"].spacing for c in training], extents, spacing=spacing,
+                                    size=size)
+    rng = np.random.default_rng([seed, 39])
+    ct = [c for c, name in enumerate(ds.channel_names) if name.strip().lower() in CT_CHANNELS]
+    foreground = {c: [foreground_sample(loaded[case]["channels"][c], loaded[case]["label"], rng) for case in training]
+                  for c in ct}
+    try:
+        plan = intensity_plan(ds.channel_names, foreground)
+    except ValueError as exc:
+        raise InputError(ds.root / "dataset.json", str(exc)) from None
+    return {"spacing": target, "source": source}, plan
+
+
+def _copy_raw_label(case: MsdCase, folder: Path, ending: str) -> str:
+    """Copy the case's raw label file (its own grid and values: the reference of native-resolution
+    evaluation) into ``folder``; its path relative to the prepared folder."""
+    suffix = case.label.name[len(case.case_id):] if case.label.name.startswith(case.case_id) else ending
+    target = folder / f"{case.case_id}{suffix}"
+    shutil.copyfile(case.label, target)
+    return f"{folder.name}/{target.name}"
 
 
 def check_prepare_args(*, size: int | None, noise_dice: float, noisy_fraction: float, meta_cases: int,
-                       test_cases: int, seed: int, slice_axis: str | None, min_size: int = MIN_SIZE) -> None:
+                       test_cases: int, seed: int, slice_axis: str | None, min_size: int = MIN_SIZE,
+                       spacing=None) -> None:
     """The argument checks of :func:`prepare_msd`, for callers that want them before slow work of their own."""
+    if spacing is not None:
+        values = list(spacing)
+        if len(values) not in (2, 3) or not all(np.isfinite(float(v)) and float(v) > 0 for v in values):
+            raise InputError("--spacing", f"must be 2 (in-plane) or 3 positive sizes in mm, got {values}")
     if size is not None and size < min_size:
         why = " (UNet++ halves the slices four times)" if min_size == MIN_SIZE else ""
         raise InputError("--size", f"must be at least {min_size}{why}, got {size}")
@@ -655,25 +778,38 @@ def check_prepare_args(*, size: int | None, noise_dice: float, noisy_fraction: f
 
 
 def prepare_msd(raw: str | os.PathLike, out: str | os.PathLike, *, size: int | None = None,
-                noise_dice: float = 0.6, meta_cases: int = 3, test_cases: int = 10,
+                noise_dice: float = 0.6, meta_cases: int | None = None, test_cases: int | None = None,
                 split_file: str | os.PathLike | None = None, seed: int = 0, slice_axis: str | None = "axial",
                 noisy_fraction: float = 1.0, overwrite: bool = False, progress: bool = True,
                 splits: tuple[dict[str, list[str]], str] | None = None,
                 noise_config: MaskNoiseConfig = MSD_NOISE_CONFIG, min_size: int = MIN_SIZE,
                 geometry: dict[str, Geometry] | None = None, extra: dict | None = None,
-                noisy_labels: str | os.PathLike | None = None) -> dict:
+                noisy_labels: str | os.PathLike | None = None,
+                trusted_labels: str | os.PathLike | None = None, spacing=None) -> dict:
     """Convert an MSD v1 or nnU-Net v2 raw dataset into a prepared dataset (see the module docstring).
+
+    Two modes. **Own labels** (``trusted_labels``): ``labelsTr/`` holds the given labels, the only labels
+    most cases have; ``trusted_labels`` holds checked labels of a few cases (same file names). The trusted
+    cases are the clean meta set (their given labels are read only to measure how far the given labels are
+    from the trusted ones), every other case trains on its given label, ``imagesTs/`` + ``labelsTs/`` (when
+    present) are the test set, and nothing is synthesised: the manifest says ``"train_truth": false``, so
+    nothing downstream compares with a clean label of a train case. **Benchmark** (the default):
+    ``labelsTr/`` is the clean truth; noise is synthesised (or read from ``noisy_labels``) on the train
+    cases of a seeded (or given) split.
 
     Args:
         raw: Folder holding ``dataset.json``, ``imagesTr/`` and ``labelsTr/``.
         out: Prepared dataset folder; written atomically (nothing half-written stays).
-        size: In-plane size of the prepared slices; ``None`` = the median larger in-plane side
-            of the cases, rounded up to a multiple of 16 (2-D image datasets: the median larger image
-            side rounded up, so a typical image is not downsampled).
+        size: Cap on the in-plane extent of the prepared slices in pixels: when the largest case at the
+            target spacing would exceed it, the in-plane target spacing is coarsened (one spacing for every
+            case, aspect ratios kept); ``None`` = no cap.
+        spacing: Target spacing in mm, ``(sx, sy, sz)`` or in-plane ``(sx, sy)``; ``None`` = the median
+            spacing of the training cases (train and meta splits) per axis (:func:`medl2b.data.grid.target_spacing`).
         noise_dice: Target mean (over train cases) of the mean over foreground classes of the
             per-case 3-D Dice of noisy vs clean; ``>= 1`` = no noise.
-        meta_cases: Clean meta cases of a seeded split.
-        test_cases: Held-out evaluation cases of a seeded split.
+        meta_cases: Clean meta cases of a seeded split (default 3; benchmark mode only).
+        test_cases: Held-out evaluation cases of a seeded split (default 10). With ``trusted_labels``: 0 = no
+            test set; None = the labelled cases of ``imagesTs/`` + ``labelsTs/``.
         split_file: JSON ``{"train", "meta", "test"[, "unused"]}`` to use instead.
         seed: Seed of the split draw and of the noise.
         slice_axis: ``axial``, ``coronal`` or ``sagittal``: the anatomical axis 2-D slices are cut along;
@@ -696,12 +832,23 @@ def prepare_msd(raw: str | os.PathLike, out: str | os.PathLike, *, size: int | N
         noisy_labels: A folder of given noisy training labels (the same file names as ``labelsTr``, e.g.
             a second observer's) to use instead of synthesised noise; every train case needs one.
             ``noise_dice`` is then not used and ``noisy_fraction`` must be 1.
+        trusted_labels: A folder of trusted labels of some cases: the own-labels mode above.
 
     Returns:
         The manifest, as written to ``out/dataset.json``.
     """
+    own = trusted_labels is not None
+    if own and (noisy_labels is not None or split_file is not None or splits is not None or noisy_fraction != 1.0
+                or meta_cases is not None or (test_cases or 0) > 0):
+        raise InputError("--trusted-labels", "takes the split from your labels (trusted cases = meta set, imagesTs/ + "
+                                             "labelsTs/ = test set); it does not combine with --noisy-labels, "
+                                             "--split-file, --noisy-fraction, --meta-cases or --test-cases N > 0")
+    meta_cases = 3 if meta_cases is None else meta_cases
+    if test_cases is None and not own:
+        test_cases = 10
     check_prepare_args(size=size, noise_dice=noise_dice, noisy_fraction=noisy_fraction, meta_cases=meta_cases,
-                       test_cases=test_cases, seed=seed, slice_axis=slice_axis, min_size=min_size)
+                       test_cases=test_cases or 0, seed=seed, slice_axis=slice_axis, min_size=min_size,
+                       spacing=spacing)
     if geometry is not None and slice_axis is not None:
         raise ValueError("geometry is the stored one: it needs slice_axis=None")
     ds = find_msd_dataset(raw)
@@ -715,6 +862,21 @@ def prepare_msd(raw: str | os.PathLike, out: str | os.PathLike, *, size: int | N
         if noisy_fraction != 1.0:
             raise InputError("--noisy-fraction", "does not apply to given --noisy-labels (every train case has its "
                                                  "given label)")
+    trusted, given_of = None, {}
+    if own:  # labelsTr holds the given labels; the trusted ones replace them as the labels of their cases
+        trusted = find_trusted_labels(ds, trusted_labels)
+        test = [] if test_cases == 0 else find_test_cases(ds)
+        train_ids = {c.case_id for c in ds.cases}
+        for c in test:
+            if c.case_id in train_ids:
+                raise InputError(c.label, f"test case {c.case_id} is also a training case (labelsTr/)")
+        given_of = {c.case_id: c.label for c in ds.cases if c.case_id in trusted}
+        ds.cases = [dataclasses.replace(c, label=trusted[c.case_id]) if c.case_id in trusted else c
+                    for c in ds.cases] + test
+        if len(trusted) == len(train_ids):
+            raise InputError(trusted_labels, f"trusts every case of {ds.root.name}: no case is left to train on "
+                                             "its given label; train with --method ce on a benchmark preparation")
+        splits = trusted_split(sorted(train_ids), sorted(trusted), [c.case_id for c in test])
     by_id = {c.case_id: c for c in ds.cases}
     if splits is None:
         splits, split_source = split_cases(list(by_id), meta_cases=meta_cases, test_cases=test_cases,
@@ -742,45 +904,64 @@ def prepare_msd(raw: str | os.PathLike, out: str | os.PathLike, *, size: int | N
                     noisy_path = given_dir / case.label.name
                     if not noisy_path.is_file():
                         raise InputError(noisy_path, f"given noisy label of train case {case.case_id} not found")
+                noisy_path = given_of.get(case.case_id, noisy_path)  # a trusted case's given label
                 loaded[case.case_id] = read_msd_case(ds, case, slice_axis=slice_axis, noisy_label=noisy_path)
                 if geometry is not None:
                     loaded[case.case_id]["geometry"] = _given_geometry(geometry[case.case_id], loaded[case.case_id],
                                                                        case)
                 advance(f"{ds.name} reading {case.case_id}")
-            if size is None:
-                size = _default_size([v["geometry"].size[:2] for v in loaded.values()])
+            _check_not_empty(ds, {c: v["label"] for c, v in loaded.items()}, split_of, trusted_labels)
+            grid, plan = _plan(ds, loaded, split_of, spacing=spacing, size=size, seed=seed)
+            (tmp / "labelsRaw").mkdir()
             for case in used:
                 item = loaded.pop(case.case_id)
                 geo = item["geometry"]
-                images, mask_xyz, target, intensity = to_prepared_grid(item["channels"], geo, size, label=item["label"])
+                images, mask_xyz, target, intensity = to_prepared_grid(item["channels"], geo, grid["spacing"],
+                                                                       label=item["label"], intensity=plan)
                 kw = {"spacing": target.spacing, "origin": target.origin, "direction": target.direction}
                 names = []
                 for c, img in enumerate(images):
                     names.append(f"imagesTr/{case.case_id}_{c:04d}.nii.gz")
                     write_nifti(img, tmp / names[-1], **kw)
-                write_nifti(mask_xyz, tmp / "labelsTr" / f"{case.case_id}.nii.gz", **kw)
+                given_only = own and split_of[case.case_id] == "train"  # no clean label exists for it
+                label_rel = f"{'labelsNoisy' if given_only else 'labelsTr'}/{case.case_id}.nii.gz"
+                write_nifti(mask_xyz, tmp / label_rel, **kw)
                 raw_geo = geometry_from_affine(item["raw_affine"], item["raw_shape"])
                 original = {**raw_geo.to_dict(), "affine": np.asarray(item["raw_affine"]).tolist()}
                 entries[case.case_id] = {
-                    "image": names[0], "images": names, "label": f"labelsTr/{case.case_id}.nii.gz",
-                    "noisy_label": None, "split": split_of[case.case_id], "original": original,
+                    "image": names[0], "images": names, "label": None if given_only else label_rel,
+                    "noisy_label": label_rel if given_only else None, "split": split_of[case.case_id],
+                    "original": original,
                     "oriented": geo.to_dict(), "prepared": target.to_dict(), "noise_dice": None,
                     "noise_dice_per_class": None, "intensity": intensity,
+                    "raw_label": _copy_raw_label(case, tmp / "labelsRaw", ds.file_ending),
                     "source": {"images": [p.relative_to(ds.root).as_posix() for p in case.images],
-                               "label": case.label.relative_to(ds.root).as_posix()},
+                               "label": _relative(case.label, ds.root)},
                 }
-                if split_of[case.case_id] == "train":
+                if split_of[case.case_id] == "train" and not own:
                     train_masks[case.case_id] = (mask_xyz, target.spacing)
                 if "noisy_label" in item:
-                    given[case.case_id] = to_xyz(resample(image_from_xyz(item["noisy_label"].astype(np.uint8), geo),
-                                                          target, linear=False)).astype(np.uint8)
-                    entries[case.case_id]["source"]["noisy_label"] = _relative(given_dir / case.label.name, ds.root)
+                    noisy_xyz = to_xyz(resample(image_from_xyz(item["noisy_label"].astype(np.uint8), geo),
+                                                target, linear=False)).astype(np.uint8)
+                    if own:  # a trusted case's given label, kept only to measure given against trusted
+                        dices = per_class_dice(noisy_xyz, mask_xyz, classes)
+                        entries[case.case_id]["given_vs_trusted_dice"] = round(float(np.mean(dices)), 6)
+                        entries[case.case_id]["given_vs_trusted_dice_per_class"] = {
+                            n: round(d, 6) for n, d in zip(class_names, dices)}
+                        entries[case.case_id]["source"]["given_label"] = _relative(given_of[case.case_id], ds.root)
+                    else:
+                        given[case.case_id] = noisy_xyz
+                        entries[case.case_id]["source"]["noisy_label"] = _relative(given_dir / case.label.name,
+                                                                                   ds.root)
                 advance(f"{ds.name} {case.case_id}")
 
             advance(f"{ds.name} noise calibration" if given is None else f"{ds.name} given noisy labels")
-            noise = _noise(tmp, entries, train_masks, noise_dice, seed, classes, class_names, noisy_fraction,
-                           noise_config, given=given,
-                           given_source=None if given_dir is None else _relative(given_dir, ds.root))
+            if own:
+                noise = _own_labels_record(entries, splits, class_names, _relative(trusted_labels, ds.root), seed)
+            else:
+                noise = _noise(tmp, entries, train_masks, noise_dice, seed, classes, class_names, noisy_fraction,
+                               noise_config, given=given,
+                               given_source=None if given_dir is None else _relative(given_dir, ds.root))
 
         manifest = {
             "name": ds.name, "task": "segmentation", "format_version": 1, "source_layout": ds.layout,
@@ -788,23 +969,63 @@ def prepare_msd(raw: str | os.PathLike, out: str | os.PathLike, *, size: int | N
             "labels": {name: i for i, name in enumerate(ds.labels.values())},
             "label_values": {str(i): int(v) for i, v in enumerate(ds.labels)},
             "file_ending": ".nii.gz", "source_file_ending": ds.file_ending, "image_2d": ds.image_2d,
-            "size": int(size), "slice_axis": slice_axis, "seed": int(seed),
+            "size": None if size is None else int(size), "spacing": list(grid["spacing"]),
+            "spacing_source": grid["source"], "slice_axis": slice_axis, "seed": int(seed),
             "orientation": ("2-D images as stored (x = columns, y = rows), no reorientation" if ds.image_2d
                             else "as stored (no reorientation)" if slice_axis is None
                             else "closest RAS+, slice axis last (see medl2b.data.msd)"),
             "splits": splits, "split_source": split_source,
-            "intensity_normalisation": {"method": "per channel: clip to percentiles, then z-score",
-                                        "percentiles": list(PERCENTILES)},
+            "intensity_normalisation": {"method": "CT channels: clip to the training cases' foreground "
+                                                  "percentiles, z-score with their foreground mean/std; other "
+                                                  "channels per case: clip to percentiles, then z-score",
+                                        "percentiles": list(PERCENTILES), "channels": plan},
             "licence": ds.licence, "reference": ds.reference,
             "cases": entries, "noise": noise,
         }
+        if own:  # nothing downstream may read a clean label of a train case: there is none
+            manifest["train_truth"] = False
         extra = dict(extra or {})
         for case_id, keys in extra.pop("cases", {}).items():
             if case_id in entries:
                 entries[case_id].update(keys)
         manifest.update(extra)
+        for case_id, entry in entries.items():  # uncompressed copies, read lazily in training (medl2b.data.store)
+            write_case_arrays(tmp, case_id, entry)
         (tmp / "dataset.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _check_not_empty(ds: MsdDataset, labels: dict[str, np.ndarray], split_of: dict[str, str],
+                     trusted_labels) -> None:
+    """A dataset whose training labels (or trusted labels) are all background has nothing to learn: one
+    :class:`InputError` naming the label folder (the dataset)."""
+    train = [c for c in labels if split_of[c] == "train"]
+    if train and not any(labels[c].any() for c in train):
+        raise InputError(ds.root / "labelsTr", f"every training label map of {ds.name} is empty (background only, "
+                                               f"{len(train)} cases): nothing to learn from; check the label files "
+                                               "and the 'labels' of dataset.json")
+    meta = [c for c in labels if split_of[c] == "meta"]
+    if trusted_labels is not None and meta and not any(labels[c].any() for c in meta):
+        raise InputError(trusted_labels, f"every trusted label map is empty (background only, {len(meta)} cases): "
+                                         "the meta set would teach only background")
+
+
+def _own_labels_record(entries: dict, splits: dict, class_names: list[str], trusted_source: str, seed: int) -> dict:
+    """The manifest's ``noise`` record of the own-labels mode: nothing synthesised, no clean label of a train
+    case; on the trusted cases, the agreement of their given label with the trusted one (the one measure of
+    the given labels' quality there is)."""
+    meta = [c for c in splits["meta"] if entries[c].get("given_vs_trusted_dice") is not None]
+    per_case = {c: entries[c]["given_vs_trusted_dice"] for c in meta}
+    per_class = {n: round(float(np.mean([entries[c]["given_vs_trusted_dice_per_class"][n] for c in meta])), 6)
+                 for n in class_names} if meta else {}
+    return {"given": True, "source": "labelsTr", "trusted": trusted_source, "target_dice": None,
+            "achieved_mean_dice": None, "noisy_fraction": None, "noisy_cases": None,
+            "given_vs_trusted_mean_dice": round(float(np.mean(list(per_case.values()))), 6) if per_case else None,
+            "given_vs_trusted_per_class_dice": per_class, "given_vs_trusted_per_case_dice": per_case,
+            "params": {"given": "the train cases' labels of labelsTr/, as given: no clean label exists for them, and "
+                                "nothing is synthesised",
+                       "trusted": f"the labels of {trusted_source}: the clean meta (and validation) cases"},
+            "seed": int(seed)}
 
 
 def _relative(path: Path, root: Path) -> str:

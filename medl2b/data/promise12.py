@@ -12,7 +12,7 @@ from the headers and kept.
    (as stored), ``labelsTr/CaseNN.nii.gz`` (uint8 0/1: any non-zero mask value is prostate),
    ``dataset.json`` (channel ``T2``; ``background`` 0, ``prostate`` 1).
 2. :func:`medl2b.data.msd.prepare_msd` prepares that folder like any segmentation release
-   (intensity, ``size × size`` grid over the same field of view, noise calibration, manifest,
+   (intensity, one target spacing for every case over its own field of view, noise calibration, manifest,
    atomic writing: see there), with the PROMISE12 choices: the stored orientation (slices
    along the third stored axis), the raw headers' full-precision geometry, the binary mask
    noise of :data:`medl2b.noise.masks.DEFAULT_CONFIG`, task ``prostate-seg``, and the split:
@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from medl2b.data.grid import geometry_of, normalise_intensity, prepared_geometry, to_original_grid
+from medl2b.data.grid import geometry_of, normalise_intensity, spacing_geometry, to_original_grid
 from medl2b.data.msd import check_prepare_args, prepare_msd
 from medl2b.data.nifti import Geometry
 from medl2b.data.splits import split_cases as _split_cases
@@ -51,7 +51,7 @@ __all__ = [
     "find_cases",
     "normalise_intensity",
     "prepare_promise12",
-    "prepared_geometry",
+    "spacing_geometry",
     "read_case",
     "read_metaimage",
     "split_cases",
@@ -286,13 +286,16 @@ def convert_to_nnunet(raw: str | os.PathLike, target: str | os.PathLike, *, case
 def prepare_promise12(raw: str | os.PathLike, out: str | os.PathLike, *, size: int = 144, noise_dice: float = 0.6,
                       meta_cases: int = 3, test_cases: int = 10, split_file: str | os.PathLike | None = None,
                       seed: int = 0, noisy_fraction: float = 1.0, overwrite: bool = False,
-                      progress: bool = True) -> dict:
+                      progress: bool = True, spacing=None) -> dict:
     """Convert a raw PROMISE12 release into a prepared dataset (see the module docstring).
 
     Args:
         raw: Folder holding ``CaseNN.mhd`` and ``CaseNN_segmentation.mhd`` at any depth.
         out: Prepared dataset folder; written atomically (nothing half-written stays).
-        size: In-plane size of the prepared slices (at least 8).
+        size: Cap on the in-plane extent of the prepared slices in pixels (at least 8; the paper's public code
+            used 144 x 144): the in-plane target spacing is coarsened if the largest case would exceed it.
+        spacing: Target spacing in mm (3 values, or 2 in-plane); default: the median of the training cases,
+            so the three scanner families (0.27, 0.6, 0.625 mm) meet at one millimetres-per-pixel.
         noise_dice: Target mean 3-D Dice of noisy vs clean train masks; ``>= 1`` = no noise.
         meta_cases: Clean meta cases (drawn from the non-test cases).
         test_cases: Held-out evaluation cases.
@@ -307,7 +310,7 @@ def prepare_promise12(raw: str | os.PathLike, out: str | os.PathLike, *, size: i
         The manifest, as written to ``out/dataset.json``.
     """
     check_prepare_args(size=size, noise_dice=noise_dice, noisy_fraction=noisy_fraction, meta_cases=meta_cases,
-                       test_cases=test_cases, seed=seed, slice_axis=None, min_size=8)
+                       test_cases=test_cases, seed=seed, slice_axis=None, min_size=8, spacing=spacing)
     raw, out = Path(raw), Path(out)
     found = find_cases(raw)
     for _case, image_path, mask_path in found:  # every file, unused cases too, before any slow work
@@ -321,7 +324,7 @@ def prepare_promise12(raw: str | os.PathLike, out: str | os.PathLike, *, size: i
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.nnunet-raw-", dir=out.parent) as tmp:
         records = convert_to_nnunet(raw, tmp, cases=used, progress=progress)
-        return prepare_msd(tmp, out, size=size, noise_dice=noise_dice, seed=seed, slice_axis=None,
+        return prepare_msd(tmp, out, size=size, spacing=spacing, noise_dice=noise_dice, seed=seed, slice_axis=None,
                            noisy_fraction=noisy_fraction, overwrite=overwrite, progress=progress,
                            splits=(splits, split_source), noise_config=DEFAULT_CONFIG, min_size=8,
                            geometry={case: Geometry.from_dict(r["original"]) for case, r in records.items()},

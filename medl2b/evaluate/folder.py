@@ -30,10 +30,16 @@ from medl2b.evaluate.metrics import compute_case_metrics, compute_multiclass_cas
 from medl2b.evaluate.report import write_seg_report
 from medl2b.progress import progress_bar
 
-__all__ = ["LABEL_ENDINGS", "evaluate_folder", "read_label_names"]
+__all__ = ["LABEL_ENDINGS", "NATIVE_GRID", "PREPARED_GRID", "evaluate_folder", "prepared_classes", "raw_classes",
+           "read_label_map", "read_label_names", "score_case"]
 
 #: File endings of the label maps read (JPEG is lossy: no label maps).
 LABEL_ENDINGS = IMAGE_ENDINGS + tuple(e for e in NATURAL_ENDINGS if e not in (".jpg", ".jpeg"))
+#: ``summary.json``'s ``"metric_grid"`` of ``medl2b eval RUN``: native resolution (the default) ...
+NATIVE_GRID = ("native: the prediction resampled back to the raw grid (nearest neighbour), against the raw "
+               "reference label, raw spacing (mm)")
+#: ... or, for a dataset prepared before ``labelsRaw/`` existed, the prepared grid.
+PREPARED_GRID = "prepared grid, prepared spacing (mm); not comparable with native-resolution results"
 
 
 def _images(folder: Path) -> dict[str, Path]:
@@ -70,7 +76,36 @@ def read_label_names(path: str | os.PathLike) -> dict[int, str]:
     return {v: n for v, n in sorted(labels.items()) if v != 0}
 
 
-def _label_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def raw_classes(manifest: dict) -> dict[int, str]:
+    """A prepared dataset's foreground classes as raw label value -> name."""
+    values = manifest.get("label_values") or {}
+    return {int(values.get(str(i), i)): n for n, i in manifest["labels"].items() if int(i) != 0}
+
+
+def prepared_classes(manifest: dict) -> dict[int, str]:
+    """A prepared dataset's foreground classes as index -> name."""
+    return {int(i): n for n, i in sorted(manifest["labels"].items(), key=lambda kv: kv[1]) if int(i) != 0}
+
+
+def score_case(pred: np.ndarray, ref: np.ndarray, spacing, classes: dict[int, str], *, where,
+               centreline: bool = False) -> dict:
+    """Metrics of one predicted label map against its reference on the same grid (``spacing`` in mm): the
+    binary view for one class, else per class and their mean (:mod:`medl2b.evaluate.metrics`). A one-slice
+    map ``(x, y, 1)`` is scored as a 2-D image (in-plane spacing)."""
+    if pred.shape != ref.shape:
+        raise InputError(where, f"shape {list(ref.shape)} differs from the prediction's {list(pred.shape)}")
+    spacing = tuple(float(s) for s in spacing)
+    if ref.ndim == 3 and ref.shape[2] == 1:  # one slice: surfaces in-plane, distances with the in-plane spacing
+        pred, ref, spacing = pred[:, :, 0], ref[:, :, 0], spacing[:2]
+    if len(classes) == 1:  # binary: the plain view
+        value = next(iter(classes))
+        return compute_case_metrics(pred == value, ref == value, spacing, centreline=centreline)
+    return compute_multiclass_case_metrics(pred, ref, spacing, classes=classes, centreline=centreline)
+
+
+def read_label_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """An integer label map ``(x, y, z)`` (a 2-D image: ``(x, y, 1)``) and its 4x4 RAS affine, read from any
+    :data:`LABEL_ENDINGS` file; an :class:`InputError` naming the file otherwise."""
     if is_natural_image(path.name):
         data, affine = load_natural_image(path, 1)
         if data.shape[3] != 1:
@@ -110,7 +145,7 @@ def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, *, labels: 
     else:  # every value present in the references
         values: set[int] = set()
         for case in preds:
-            values |= set(np.unique(_label_map(refs[case])[0]).tolist())
+            values |= set(np.unique(read_label_map(refs[case])[0]).tolist())
         classes = {int(v): str(v) for v in sorted(values) if v != 0}
         if not classes:
             raise InputError(ref, "the references hold no foreground label; pass --labels dataset.json")
@@ -118,8 +153,8 @@ def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, *, labels: 
     per_case = []
     with progress_bar(progress, len(preds), "scoring") as advance:
         for case in sorted(preds):
-            p, p_aff = _label_map(preds[case])
-            t, t_aff = _label_map(refs[case])
+            p, p_aff = read_label_map(preds[case])
+            t, t_aff = read_label_map(refs[case])
             if p.shape != t.shape:
                 raise InputError(preds[case], f"shape {list(p.shape)} differs from that of its reference "
                                               f"{refs[case]} {list(t.shape)}")
@@ -134,13 +169,7 @@ def evaluate_folder(pred: str | os.PathLike, ref: str | os.PathLike, *, labels: 
                     raise InputError(path, f"holds label value(s) {bad[:10].tolist()} that are neither 0 nor a "
                                            f"class {sorted(classes)}")
             spacing = geometry_from_affine(t_aff, t.shape).spacing
-            if t.shape[2] == 1:  # one slice: a 2-D image (surfaces in-plane, distances with the in-plane spacing)
-                p, t, spacing = p[:, :, 0], t[:, :, 0], spacing[:2]
-            if len(classes) == 1:  # binary: the plain view, as `medl2b eval RUN`
-                row = {"case": case, **compute_case_metrics(p > 0, t > 0, spacing)}
-            else:
-                row = {"case": case, **compute_multiclass_case_metrics(p, t, spacing, classes=classes)}
-            per_case.append(row)
+            per_case.append({"case": case, **score_case(p, t, spacing, classes, where=refs[case])})
             advance(f"scoring {case}")
     out = Path(out) if out is not None else pred
     extra = {"pred": str(pred), "ref": str(ref), "labels": {str(v): n for v, n in classes.items()},

@@ -326,9 +326,10 @@ class Trainer:
             sampler = WeightedRandomSampler(torch.as_tensor(1.0 / counts[classes], dtype=torch.double), n,
                                             replacement=True, generator=gen)
         pin = self.device.type == "cuda"  # page-locked batches, copied with non_blocking=True in train_step
+        collate = getattr(self.task, "collate", None)  # segmentation: items differ in size, padded per batch
         train = DataLoader(self.task.train_set, batch_size=min(cfg.batch_size, n), shuffle=sampler is None,
                            sampler=sampler, drop_last=True, generator=gen, num_workers=cfg.num_workers,
-                           pin_memory=pin, persistent_workers=cfg.num_workers > 0)
+                           pin_memory=pin, persistent_workers=cfg.num_workers > 0, collate_fn=collate)
         meta_ds = self.task.meta_set
         if cfg.meta_set == "gmm" and self.online_meta is not None:
             meta_ds = Subset(self.task.train_set, self.online_meta.tolist())
@@ -337,11 +338,12 @@ class Trainer:
         if classes is not None and len(classes) > 0:  # every class in every meta batch
             batches = ClassBalancedBatches(classes, cfg.meta_batch_size, generator=torch.Generator().manual_seed(
                 seed + 3 + 7919 * self.dist.rank))
-            meta = iter(DataLoader(meta_ds, batch_sampler=batches, num_workers=cfg.num_workers, pin_memory=pin))
+            meta = iter(DataLoader(meta_ds, batch_sampler=batches, num_workers=cfg.num_workers, pin_memory=pin,
+                                   collate_fn=collate))
         elif meta_ds is not None and len(meta_ds) > 0:
             meta = _forever(DataLoader(meta_ds, batch_size=min(cfg.meta_batch_size, len(meta_ds)), shuffle=True,
                                        generator=torch.Generator().manual_seed(seed + 3 + 7919 * self.dist.rank),
-                                       num_workers=cfg.num_workers, pin_memory=pin))
+                                       num_workers=cfg.num_workers, pin_memory=pin, collate_fn=collate))
         return train, meta
 
     def train_epoch(self, seed: int, partial: dict | None = None) -> EpochStats:
