@@ -6,7 +6,8 @@ SGD update) of ``ce``, ``l2rw``, ``l2b`` with the double-backward reference,
 ``l2b`` with the fast forward-mode implementation (also with PyTorch's generic
 forward-mode rules instead of ``medl2b.meta.jvp``'s, with ``fast-lowmem``, and with
 the meta batch halved), and ``l2b`` with ``--meta-scope last``, on UNet++ and
-ResNet-50 (128x128, batch 8, meta batch 8),
+ResNet-50 (128x128, batch 8, meta batch 8), and, with ``--nets unetpp-lite0``, the UNet++ over the
+ImageNet-pretrained EfficientNet-Lite0 encoder (decoder widths 16, 16, 32, 64, 128; RGB input),
 on the CPU. The methods are interleaved round-robin, after warm-up, and the
 median of the repeats is reported. Peak memory is measured separately, one
 subprocess per (network, method), as the growth of the peak RSS over the steps,
@@ -32,7 +33,7 @@ import time
 
 import torch
 
-from medl2b.models import build_resnet50, build_unetpp, head_parameter_names
+from medl2b.models import build_resnet50, build_unetpp, build_unetpp_lite0, head_parameter_names
 from medl2b.meta.methods import get_method
 from medl2b.meta.losses import weighted_losses
 
@@ -61,9 +62,11 @@ def make(net: str, size: int, batch: int, seed: int = 0):
         y = (torch.rand(batch, size, size, size) > 0.7).long()
         ym = (torch.rand(batch, size, size, size) > 0.7).long()
         return model.train(), (x, y, xm, ym)
-    if net == "unetpp":
-        model = build_unetpp(features=(32, 32, 64, 128, 256, 32))
-        x, xm = torch.randn(batch, 1, size, size), torch.randn(batch, 1, size, size)
+    if net in ("unetpp", "unetpp-lite0"):  # unetpp-lite0: ImageNet-pretrained Lite0 encoder, RGB in (issue 37)
+        model = (build_unetpp(features=(32, 32, 64, 128, 256, 32)) if net == "unetpp" else
+                 build_unetpp_lite0(features=(16, 16, 32, 64, 128, 16), in_channels=3))
+        channels = 1 if net == "unetpp" else 3
+        x, xm = torch.randn(batch, channels, size, size), torch.randn(batch, channels, size, size)
         y = (torch.rand(batch, size, size) > 0.7).long()
         ym = (torch.rand(batch, size, size) > 0.7).long()
     else:
@@ -174,7 +177,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--nets", default="unetpp,resnet50", help="any of unetpp, resnet50, unetpp3d")
+    ap.add_argument("--nets", default="unetpp,resnet50", help="any of unetpp, resnet50, unetpp3d, unetpp-lite0")
     ap.add_argument("--size3d", type=int, default=48, help="unetpp3d: volume side (a multiple of 16)")
     ap.add_argument("--batch3d", type=int, default=2, help="unetpp3d: batch and meta batch")
     ap.add_argument("--no-memory", action="store_true")
