@@ -26,9 +26,10 @@ Output, ``RUN/audit/`` (or ``--out``)::
     report.md, summary.json
     figures/suspects.png  the top-K suspects: image, given label, prediction, α and β maps
 
-Where the dataset knows the truth (synthesised noise: the prepared clean labels), the rankings
-carry it (``given_vs_clean_dice`` / ``corrupted``) and the report gives AUROC and precision at K
-(K = the number of corrupted samples). On a dataset with no known truth it just ranks.
+Where the dataset knows the truth (benchmark mode, synthesised noise: the prepared clean labels), the
+rankings carry it (``given_vs_clean_dice`` / ``corrupted``) and the report gives AUROC and precision at K
+(K = the number of corrupted samples). On a user's own labels (``"train_truth": false``: no clean label of
+a training sample exists) it just ranks, and the truth columns are left out.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def audit_run(run: str | Path, *, data: str | Path | None = None, out: str | Pat
         signal, has_meta = _first_signal(record)
         summary = task.audit(model, signal, has_meta, out, device, top=top, figures=figures)
         summary.update(signal="meta + model" if has_meta else "loss + model", run=str(run), data=str(cfg.data),
-                       method=cfg.method)
+                       method=cfg.method, train_truth=task.train_truth)
         _write_json(out / "summary.json", summary)
         _write_text(out / "report.md", _report(summary))
         return summary
@@ -120,6 +121,9 @@ def _report(summary: dict) -> str:
             lines.append(f"| {unit} | {q['n']} | {q['n_corrupted']} | {_fmt(q['auroc'])} | "
                          f"{_fmt(q['precision_at_k'])} | {_fmt(q.get('meta_signal_auroc'))} | "
                          f"{_fmt(q.get('disagreement_auroc'))} |")
+    elif not summary.get("train_truth", True):
+        lines.append("The training samples have only their given labels (your own labels): there is no truth to "
+                     "score the ranking against. Check the top suspects first.")
     else:
         lines.append("The dataset's given labels equal its clean ones: there is no known corruption to score against.")
     return "\n".join(lines) + "\n"

@@ -38,7 +38,8 @@ def _user_errors(func):
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="L2B (Learning to Bootstrap) for medical images with noisy labels, on MONAI.")
 synth_app = typer.Typer(no_args_is_help=True, help="Write phantom raw data in the exact public layouts.")
-prepare_app = typer.Typer(no_args_is_help=True, help="Convert a raw public release into a prepared dataset.")
+prepare_app = typer.Typer(no_args_is_help=True, help="Convert raw data (your own labels, or a public release for a "
+                                                     "benchmark) into a prepared dataset.")
 app.add_typer(synth_app, name="synth")
 app.add_typer(prepare_app, name="prepare")
 
@@ -115,7 +116,7 @@ def prepare_promise12_cmd(
     seed: int = typer.Option(0, "--seed", help="Random seed (split and noise)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing prepared dataset in OUT."),
 ) -> None:
-    """PROMISE12 MetaImage volumes -> NIfTI slices stack with clean and calibrated noisy masks."""
+    """Benchmark: PROMISE12 MetaImage volumes (the truth) -> prepared slices with calibrated synthetic noisy masks."""
     from medl2b.data.promise12 import prepare_promise12
 
     manifest = prepare_promise12(raw, out, size=size, noise_dice=noise_dice, meta_cases=meta_cases,
@@ -130,47 +131,103 @@ def prepare_promise12_cmd(
 @_user_errors
 def prepare_msd_cmd(
     raw: Path = typer.Argument(..., help="MSD task folder or nnU-Net v2 raw dataset (dataset.json, imagesTr/, "
-                                         "labelsTr/); 3-D, or 2-D images (.png, .bmp, .tif, .jpg; RGB in one file)."),
+                                         "labelsTr/[, imagesTs/, labelsTs/]); 3-D, or 2-D images (.png, .bmp, .tif, "
+                                         ".jpg; RGB in one file)."),
     out: Path = typer.Argument(..., help="Prepared dataset folder (nnU-Net-like)."),
     size: Optional[int] = typer.Option(None, "--size", min=32,
                                        help="In-plane size of the prepared slices (default: the cases' median "
+    trusted_labels: Optional[Path] = typer.Option(None, "--trusted-labels",
+                                                  help="YOUR OWN LABELS: labelsTr/ holds the given (noisy) labels, this "
+                                                       "folder trusted labels of a few cases (same file names); they "
+                                                       "become the clean meta set, imagesTs/ + labelsTs/ the test set. "
+                                                       "Nothing is synthesised."),
                                             "larger in-plane side, rounded up to a multiple of 16; for 2-D images "
                                             "the median larger image side rounded up: no downsampling)."),
     noise_dice: float = typer.Option(0.6, "--noise-dice", min=0.0, max=1.0,
-                                     help="Target mean foreground-class 3-D Dice of noisy vs clean; 1 = no noise."),
-    meta_cases: int = typer.Option(3, "--meta-cases", min=0, help="Clean meta cases (taken from training)."),
-    test_cases: int = typer.Option(10, "--test-cases", min=1, help="Held-out evaluation cases."),
-    split_file: Optional[Path] = typer.Option(None, "--split-file", help="JSON split to use instead of a seeded one."),
+                                     help="Benchmark: target mean foreground-class 3-D Dice of noisy vs clean; "
+                                          "1 = no noise."),
+    meta_cases: Optional[int] = typer.Option(None, "--meta-cases", min=0,
+                                             help="Benchmark: clean meta cases taken from training (default 3)."),
+    test_cases: Optional[int] = typer.Option(None, "--test-cases", min=0,
+                                             help="Held-out evaluation cases (benchmark default 10; with "
+                                                  "--trusted-labels only 0 = ignore labelsTs/)."),
+    split_file: Optional[Path] = typer.Option(None, "--split-file",
+                                              help="Benchmark: JSON split to use instead of a seeded one."),
     slice_axis: str = typer.Option("axial", "--slice-axis", help="axial | coronal | sagittal: the 2-D slicing axis "
                                                                   "(ignored for 2-D image datasets)."),
     noisy_fraction: float = typer.Option(1.0, "--noisy-fraction",
-                                         help="Corrupt only this fraction of the train cases (the rest stay clean); "
-                                              "--noise-dice is met on the corrupted ones."),
+                                         help="Benchmark: corrupt only this fraction of the train cases (the rest stay "
+                                              "clean); --noise-dice is met on the corrupted ones."),
     noisy_labels: Optional[Path] = typer.Option(None, "--noisy-labels",
-                                                help="Folder of given noisy training labels (same file names as "
-                                                     "labelsTr, e.g. a second observer's) used instead of synthesised "
-                                                     "noise; --noise-dice is then not used."),
+                                                help="Benchmark: folder of given noisy training labels (same file names "
+                                                     "as labelsTr, e.g. a second observer's) used instead of "
+                                                     "synthesised noise, labelsTr/ being the clean truth."),
     seed: int = typer.Option(0, "--seed", help="Random seed (split and noise)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing prepared dataset in OUT."),
 ) -> None:
-    """Decathlon (MSD v1) or nnU-Net v2 raw dataset (3-D, or 2-D images) -> prepared slices with clean and
-    calibrated (or given) noisy labels."""
+    """Decathlon (MSD v1) or nnU-Net v2 raw dataset (3-D, or 2-D images) -> prepared slices.
+
+    Your own labels: --trusted-labels DIR (labelsTr/ = the given labels, DIR = trusted labels of a few cases).
+    Benchmark mode (without it): labelsTr/ is the clean truth, and the train cases get calibrated synthetic
+    noise (--noise-dice) or the given --noisy-labels.
+    """
     from medl2b.data.msd import prepare_msd
 
     manifest = prepare_msd(raw, out, size=size, noise_dice=noise_dice, meta_cases=meta_cases, test_cases=test_cases,
                            split_file=split_file, seed=seed, slice_axis=slice_axis, noisy_fraction=noisy_fraction,
-                           overwrite=overwrite, progress=sys.stderr.isatty(), noisy_labels=noisy_labels)
+                           overwrite=overwrite, progress=sys.stderr.isatty(), noisy_labels=noisy_labels,
+                           trusted_labels=trusted_labels)
     noise = manifest["noise"]
     per_class = ", ".join(f"{k} {v:.3f}" for k, v in noise["achieved_per_class_dice"].items())
     what = f"given noisy labels ({noise['source']}) vs clean: Dice" if noise.get("given") else "noisy-vs-clean Dice"
     typer.echo(f"prepared {len(manifest['cases'])} cases in {out} at {manifest['size']} px; "
                f"{what} {noise['achieved_mean_dice']:.3f} (mean over classes; {per_class})")
+    if manifest.get("train_truth") is False:
+        splits = manifest["splits"]
+        agree = noise.get("given_vs_trusted_mean_dice")
+        typer.echo(f"prepared {len(manifest['cases'])} cases in {out} {_grid(manifest)}: {len(splits['train'])} "
+                   f"train on their given labels, {len(splits['meta'])} trusted, {len(splits['test'])} test"
+                   + ("" if agree is None else f"; given vs trusted labels on the trusted cases: Dice {agree:.3f}"))
+        return
 
 
 @prepare_app.command("isic2019")
 @_user_errors
 def prepare_isic2019_cmd(
     raw: Path = typer.Argument(..., help="Folder with ISIC_2019_Training_Input/ and ISIC_2019_Training_GroundTruth.csv."),
+@prepare_app.command("images")
+@_user_errors
+def prepare_images_cmd(
+    raw: Path = typer.Argument(..., help="Folder of JPEG/PNG images (any depth)."),
+    out: Path = typer.Argument(..., help="Prepared dataset folder."),
+    labels: Path = typer.Option(..., "--labels", help="CSV image,label: the given label of every training image "
+                                                      "(image = file name, with or without extension)."),
+    trusted: Optional[Path] = typer.Option(None, "--trusted", help="CSV image,label: checked labels of some images; "
+                                                                  "they become the clean meta set (every class)."),
+    test: Optional[Path] = typer.Option(None, "--test", help="CSV image,label: held-out images with reference "
+                                                            "labels (the test set)."),
+    size: int = typer.Option(224, "--size", min=8, help="Side of the square prepared images."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (recorded; val_holdout draws from it)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing prepared dataset in OUT."),
+) -> None:
+    """YOUR OWN LABELS, classification: a folder of images + labels.csv [+ trusted.csv, test.csv] -> prepared
+    images. Classes are the label names found; nothing is synthesised."""
+    from medl2b.data.images import prepare_images
+
+    manifest = prepare_images(raw, out, labels=labels, trusted=trusted, test=test, size=size, seed=seed,
+                              overwrite=overwrite, progress=sys.stderr.isatty())
+    splits, noise = manifest["splits"], manifest["noise"]
+    agree = noise.get("given_vs_trusted_agreement")
+    unused = manifest.get("unused_images", 0)
+    typer.echo(f"prepared {len(manifest['images'])} images of {len(manifest['classes'])} classes in {out} at "
+               f"{manifest['size']} px: {len(splits['train'])} train on their given labels, {len(splits['meta'])} "
+               f"trusted, {len(splits['test'])} test"
+               + ("" if agree is None else f"; given labels agree with the trusted ones on "
+                                           f"{round(agree * noise['n_given_and_trusted'])} of "
+                                           f"{noise['n_given_and_trusted']} trusted images")
+               + (f"; {unused} images of {raw} are in no CSV (not used)" if unused else ""))
+
+
     out: Path = typer.Argument(..., help="Prepared dataset folder."),
     size: int = typer.Option(224, "--size", min=16, help="Side of the square prepared images."),
     noise: float = typer.Option(0.2, "--noise", min=0.0, max=0.95, help="Symmetric label-noise rate on the training split."),
@@ -181,7 +238,8 @@ def prepare_isic2019_cmd(
                                               "of a seeded one (e.g. data_prep/isic2019/split.json)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing prepared dataset in OUT."),
 ) -> None:
-    """ISIC 2019 JPEG + CSV -> resized image store with clean and symmetric-noisy labels."""
+    """Benchmark: ISIC 2019 JPEG + one-hot CSV (the truth) -> prepared images with symmetric synthetic noise on the
+    train split (the layout `prepare images` writes)."""
     from medl2b.data.isic2019 import prepare_isic2019
 
     manifest = prepare_isic2019(raw, out, size=size, noise=noise, n_meta=meta, n_test=test, seed=seed,
@@ -201,7 +259,9 @@ def train_cmd(
     meta_set: Optional[str] = typer.Option(None, "--meta-set", help="clean (trusted meta split) | gmm (no trusted set)."),
     profile: Optional[str] = typer.Option(None, "--profile", help="A profile of the task config, e.g. cpu."),
     config: Optional[Path] = typer.Option(None, "--config", help="Extra YAML of config keys."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1,
+                                         help="Epochs to train (with --resume: extend the run to N epochs; the cosine "
+                                              "schedule is re-planned over N from the current epoch)."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
     pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Local torchvision-layout ImageNet weights."),
@@ -212,12 +272,14 @@ def train_cmd(
                                                help="Segmentation: 2 (UNet++ on slices) | 3 (on whole volumes)."),
     set_: List[str] = typer.Option([], "--set", help="Any config key: --set lr=0.01 (repeatable)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last intact checkpoint "
-                                                        "(none yet: start it; finished: report it). Safe to repeat."),
+                                                        "(none yet: start it; finished: report it). Safe to repeat. "
+                                                        "--epochs N extends the run; any other flag that would change "
+                                                        "it is refused."),
 ) -> None:
     """Train UNet++ (pixel-wise alpha/beta) or ResNet-50 (per-sample alpha/beta) with L2B or a baseline."""
     import shlex
 
-    from medl2b.config import load_config
+    from medl2b.config import load_config, load_config_file
     from medl2b.errors import InputError, RunInterrupted
     from medl2b.train.trainer import train
 
@@ -227,15 +289,21 @@ def train_cmd(
                  "spatial_dims": spatial_dims}
     for item in set_:
         if "=" not in item:
+    from medl2b.train.resume import explicit_settings
             raise InputError("--set", f"expected KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         overrides[key.strip()] = value
     if task is None:
         task = _task_of(data, out, resume)
-    cfg = load_config(task, profile=profile, config_file=config, overrides=overrides)
+    asked = None
+    if resume and (out / "config.yaml").is_file():  # the run's own config, and what this command line asks of it
+        asked = explicit_settings(task, out / "config.yaml", profile=profile, config_file=config, overrides=overrides)
+        cfg = load_config_file(out / "config.yaml", device=device)
+    else:
+        cfg = load_config(task, profile=profile, config_file=config, overrides=overrides)
     again = f"medl2b train --out {shlex.quote(str(out))} --resume"
     try:
-        row = train(cfg, resume=resume)
+        row = train(cfg, resume=resume, asked=asked)
     except RunInterrupted as exc:  # Ctrl-C / SIGTERM: stopped at a step boundary with a checkpoint
         typer.echo(f"interrupted: {exc.where}; resume with: {again}", err=True)
         raise typer.Exit(128 + int(exc.signum)) from None
@@ -344,8 +412,9 @@ def predict_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (kept otherwise)."),
     fmt: str = typer.Option("same", "--format", help="Mask format: same (as the input; JPEG -> PNG) | nii.gz | nii | "
                                                      "mha | nrrd | png (2-D images)."),
-    data: Optional[Path] = typer.Option(None, "--data", help="The run's prepared dataset, if it moved "
-                                                            "(default: the one config.yaml names)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="A prepared dataset whose preprocessing to repeat "
+                                                            "(default: the run's own copy, RUN/preprocessing.json; "
+                                                            "the prepared dataset itself is not needed)."),
 ) -> None:
     """Apply a trained run to new raw images with the training's own preprocessing: one mask per case on the
     input's grid with the dataset's label values, or predictions.csv for classification."""

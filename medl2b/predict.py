@@ -1,7 +1,9 @@
 """``medl2b predict`` and ``medl2b.load_run``: a trained run applied to new raw images.
 
-A run folder names its prepared dataset (``config.yaml`` ``data``); that dataset's ``dataset.json``
-records how its cases were preprocessed, and a new image goes through the same code
+A run folder holds its own copy of the prepared dataset's ``dataset.json`` (``RUN/preprocessing.json``,
+:mod:`medl2b.data.record`), which records how its cases were preprocessed, so prediction needs nothing
+but the run (runs from before the copy read the dataset ``config.yaml`` names); a new image goes through
+the same code
 (:func:`medl2b.data.msd.preprocess_image`, which ``prepare msd`` / ``prepare promise12`` call too):
 
 * **Segmentation.** Read (NIfTI with nibabel; MetaImage, NRRD with SimpleITK; any stored
@@ -13,7 +15,8 @@ records how its cases were preprocessed, and a new image goes through the same c
   ``probabilities``: per class, linearly resampled onto the input's grid (their argmax can differ
   from the mask at boundaries: the mask is the nearest neighbour of the prepared-grid argmax).
 * **Classification.** A JPEG/PNG is resized and centre-cropped to the prepared size as ``prepare
-  isic2019`` does (:func:`medl2b.data.isic2019.load_square_image`), then normalised as in training.
+  isic2019`` and ``prepare images`` do (:func:`medl2b.data.images.load_square_image`), then normalised as in
+  training.
 
 Multi-channel images: one file per channel named the nnU-Net way (``CASE_0000.nii.gz``,
 ``CASE_0001.nii.gz``, ...) or one 4-D file with the channels last (MSD v1); the channel count must be
@@ -54,9 +57,10 @@ import torch
 from PIL import Image
 
 from medl2b.data.grid import raw_label_values, to_original_grid
-from medl2b.data.isic2019 import load_square_image, square_image
+from medl2b.data.images import load_square_image, square_image
 from medl2b.data.msd import (IMAGE_ENDINGS, NATURAL_ENDINGS, preprocess_image, read_image,
                               sitk_array, stack_channels, write_mask)
+from medl2b.data.record import RECORD_NAME, load_record
 from medl2b.device import resolve_device
 from medl2b.errors import InputError, atomic_file
 from medl2b.evaluate.run import load_run as load_model
@@ -121,14 +125,17 @@ class Predictor:
         self.checkpoint = checkpoint
         self.device = resolve_device(device)
         self.model, self.cfg = load_model(self.run, checkpoint=checkpoint, device=str(self.device))
-        folder = Path(data) if data else Path(self.cfg.data or "")
-        if not (folder / "dataset.json").is_file():
-            where = folder if data else self.run / "config.yaml"
-            what = "" if data else f"names the prepared dataset {str(self.cfg.data)!r}, which "
-            raise InputError(where, f"{what}holds no dataset.json: the prediction needs the dataset's recorded "
-                                    "preprocessing; pass --data PREPARED")
-        self.cfg.data = str(folder)
-        self._task = build_task(self.cfg, training=False)
+        record = None if data else load_record(self.run)  # the run's own copy: the prepared folder may be gone
+        if record is None:
+            folder = Path(data) if data else Path(self.cfg.data or "")
+            if not (folder / "dataset.json").is_file():
+                where = folder if data else self.run / "config.yaml"
+                what = "" if data else f"names the prepared dataset {str(self.cfg.data)!r}, which "
+                raise InputError(where, f"{what}holds no dataset.json, and the run has no {RECORD_NAME} (trained "
+                                        "by an older medl2b): the prediction needs the dataset's recorded "
+                                        "preprocessing; pass --data PREPARED")
+            self.cfg.data = str(folder)
+        self._task = build_task(self.cfg, training=False, manifest=record)
         self.manifest = self._task.manifest
         if self.cfg.is_segmentation:
             self.task = "segmentation"
@@ -245,8 +252,9 @@ def load_run(run: str | os.PathLike, *, checkpoint: str = "best", device: str = 
         run: Run folder (``config.yaml`` and ``checkpoint_{best,latest}.pt``).
         checkpoint: ``best`` or ``latest``.
         device: ``auto``, ``cpu`` or ``cuda``.
-        data: The prepared dataset, if it moved since training (default: the one ``config.yaml`` names);
-            its ``dataset.json`` holds the preprocessing to repeat.
+        data: A prepared dataset whose ``dataset.json`` holds the preprocessing to repeat, instead of the run's
+            own copy (``RUN/preprocessing.json``; runs from before the copy read the dataset ``config.yaml``
+            names).
     """
     return Predictor(run, checkpoint=checkpoint, device=device, data=data)
 

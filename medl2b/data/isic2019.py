@@ -6,7 +6,8 @@ Input (``raw``)::
     ISIC_2019_Training_GroundTruth.csv           image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UNK (one-hot)
     ISIC_2019_Training_Metadata.csv              optional; its lesion_id groups images of one lesion
 
-Output (``out``)::
+Output (``out``): the prepared classification layout of :mod:`medl2b.data.images` (which
+``prepare images`` writes from a user's own labels too)::
 
     images.npy      uint8 (N, size, size, 3): shorter side resized to ``size``, centre crop
     dataset.json    classes, splits (indices into images.npy), per-image labels, noise
@@ -21,19 +22,17 @@ least one meta image per class where possible. Symmetric label noise
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
 
+from medl2b.data.images import PREPROCESSING, load_square_image, square_image, write_image_store
+from medl2b.data.images import open_csv as _open_csv
 from medl2b.data.splits import load_split
 from medl2b.errors import InputError, atomic_dir
 from medl2b.noise.labels import symmetric_noise
-from medl2b.progress import progress_bar
 
 __all__ = ["CLASSES", "grouped_stratified_split", "load_square_image", "prepare_isic2019", "read_ground_truth",
            "square_image"]
@@ -44,19 +43,6 @@ META_NAME = "ISIC_2019_Training_Metadata.csv"
 INPUT_NAME = "ISIC_2019_Training_Input"
 PAPER_COUNTS = {"train": 20400, "meta": 640, "test": 4291}
 _SUFFIX = "_downsampled"
-
-
-def _open_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """Header and ``(line number, fields)`` rows of a CSV; blank lines skipped."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = [(i + 1, row) for i, row in enumerate(csv.reader(fh))]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(path, f"cannot read CSV ({exc})") from None
-    rows = [(n, row) for n, row in rows if any(cell.strip() for cell in row)]
-    if not rows:
-        raise InputError(path, "empty CSV (no header)")
-    return [h.strip() for h in rows[0][1]], rows[1:]
 
 
 def read_ground_truth(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
@@ -171,37 +157,6 @@ def _resolve_files(names: list[str], folder: Path, gt: Path) -> list[Path]:
         else:
             raise InputError(folder / f"{name}.jpg", f"listed in {gt.name} but missing on disk")
     return files
-
-
-def load_square_image(path: str | os.PathLike, size: int) -> np.ndarray:
-    """Resize the shorter side to ``size`` (bicubic, antialiased), then centre-crop.
-
-    Uses the JPEG decoder's draft mode to decode large images at a reduced scale
-    that is still at least ``size`` on the shorter side.
-
-    Returns:
-        uint8 array (size, size, 3), RGB.
-    """
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            scale = size / min(w, h)
-            im.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
-            return square_image(im, size)
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise InputError(path, f"cannot read image ({exc})") from None
-
-
-def square_image(im: Image.Image, size: int) -> np.ndarray:
-    """The resize and centre crop of :func:`load_square_image`, on an open ``PIL.Image``: uint8 (size, size, 3)."""
-    im = ImageOps.exif_transpose(im).convert("RGB")
-    w, h = im.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    im = im.resize((nw, nh), Image.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
 def _apportion(total: int, weights: np.ndarray) -> np.ndarray:
@@ -363,16 +318,10 @@ def prepare_isic2019(raw: str | os.PathLike, out: str | os.PathLike, *, size: in
     n_flipped = int((noisy != labels).sum())
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        store = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
-        with progress_bar(progress, n, "ISIC 2019") as advance:
-            for i, path in enumerate(files):
-                store[i] = load_square_image(path, size)
-                advance()
-        store.flush()
-        del store
+        write_image_store(tmp, files, size, progress=progress, description="ISIC 2019")
         manifest = {
             "name": "ISIC2019", "task": "skin-lesion-cls", "format_version": 1, "classes": list(CLASSES),
-            "size": int(size), "seed": int(seed), "image_store": "images.npy",
+            "size": int(size), "seed": int(seed), "image_store": "images.npy", "preprocessing": PREPROCESSING,
             "splits": {k: [int(i) for i in np.nonzero(split == k)[0]] for k in ("train", "meta", "test")},
             "class_counts": {k: {c: int(((split == k) & (labels == j)).sum()) for j, c in enumerate(CLASSES)}
                              for k in ("train", "meta", "test")},

@@ -19,7 +19,7 @@ import numpy as np
 
 from medl2b.errors import InputError
 
-__all__ = ["SPLIT_KEYS", "hold_out", "load_split", "split_cases"]
+__all__ = ["SPLIT_KEYS", "hold_out", "load_split", "split_cases", "trusted_split"]
 
 SPLIT_KEYS = ("train", "meta", "test")
 
@@ -104,6 +104,30 @@ def split_cases(cases: Sequence[str], *, meta_cases: int = 3, test_cases: int = 
     order = [cases[i] for i in np.random.default_rng([seed, 1212]).permutation(len(cases))]
     return {"train": sorted(order[test_cases + meta_cases:]), "meta": sorted(order[test_cases:test_cases + meta_cases]),
             "test": sorted(order[:test_cases])}, "seeded"
+
+
+def trusted_split(given: Sequence[str], trusted: Sequence[str], test: Sequence[str] = ()
+                  ) -> tuple[dict[str, list[str]], str]:
+    """The split of a user's own labels: the trusted cases are the clean meta set, the test cases (with
+    reference labels of their own) the test set, every other case with a given label trains.
+
+    Args:
+        given: Cases with a given (possibly wrong) label.
+        trusted: Cases with a trusted label (a subset of ``given``, or cases with no given label).
+        test: Held-out cases with reference labels; they may not be in ``given`` or ``trusted``.
+
+    Returns:
+        ``(splits, "trusted")`` with sorted ``train``, ``meta`` and ``test`` lists.
+
+    Raises:
+        ValueError: a test case is also a training or trusted case (the callers name the file first).
+    """
+    trusted_set, test_set = set(trusted), set(test)
+    both = sorted(test_set & (set(given) | trusted_set))
+    if both:
+        raise ValueError(f"test case {both[0]} is also a training case")
+    return {"train": sorted(set(given) - trusted_set), "meta": sorted(trusted_set),
+            "test": sorted(test_set)}, "trusted"
 
 
 def hold_out(groups: Sequence, share: float, *, strata: Sequence | None = None, seed: int = 0) -> np.ndarray:

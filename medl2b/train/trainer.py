@@ -58,6 +58,7 @@ from torch.utils.data import DataLoader, Subset, WeightedRandomSampler
 from torch.utils.data.distributed import DistributedSampler
 
 from medl2b.config import TrainConfig, load_config_file, save_config
+from medl2b.data.record import RECORD_NAME, save_record
 from medl2b.device import resolve_device
 from medl2b.errors import DiskFullError, InputError, RunInterrupted, TrainingError, atomic_file, no_space
 from medl2b.meta.methods import get_method
@@ -67,6 +68,7 @@ from medl2b.tasks import build_task
 from medl2b.train import distributed
 from medl2b.train.metaset import ClassBalancedBatches, select_clean
 from medl2b.train.record import SampleRecord
+from medl2b.train.resume import resume_config
 from medl2b.train.step import StepModule
 
 __all__ = ["Trainer", "train", "METRIC_COLUMNS", "LATEST", "PREVIOUS", "BEST"]
@@ -159,8 +161,13 @@ class Trainer:
         self._stop: int | None = None       # the signal that asked to stop at the next step boundary
         self._partial: dict | None = None   # the state inside an epoch that a resume continues from
         self._rotate = True                 # keep the current latest as previous on the next save
-        if not (resume and self._resume()) and self.dist.is_main:
+        self._diagnostics: _Diagnostics | None = None  # this epoch's weight sums, on the device
+        self._replanned: int | None = None  # the epochs the run had before --epochs changed them on --resume
+        resumed = resume and self._resume()
+        if self.dist.is_main and (not resumed or self._replanned is not None):
             save_config(cfg, self.out / "config.yaml")
+        if self.dist.is_main and not (self.out / RECORD_NAME).exists():  # the run folder is self-contained
+            save_record(self.out, self.task.manifest, cfg.data)
         self.tb = self._tensorboard() if self.dist.is_main and self.epoch < cfg.epochs else None
 
     def _resume(self) -> bool:
@@ -174,6 +181,8 @@ class Trainer:
             try:
                 self.load_checkpoint(path)
             except InputError as exc:
+                if exc.where == "--epochs":  # a flag the checkpoint refuses, not an unreadable checkpoint
+                    raise
                 problems.append(str(exc))
                 continue
             if problems or path.name != LATEST:
@@ -183,6 +192,8 @@ class Trainer:
             break
         else:
             raise InputError(self.out, "no intact checkpoint to resume from: " + "; ".join(problems))
+        if self._trained_for != self.cfg.epochs:  # --epochs on --resume (medl2b.train.resume)
+            self._replan(self._trained_for)
         if self.dist.is_main:
             self._write_metrics()  # metrics.csv follows the history of the checkpoint resumed from
         return True
@@ -363,12 +374,14 @@ class Trainer:
         first = drawn = 0
         if partial is not None:
             first, drawn = self._continue_epoch(partial, stats, batches, meta)
+        self._diagnostics = _Diagnostics(stats, self.device)  # the weight sums, on the device until the epoch ends
         self.model.train()
         bar = self._progress(total, first)
         for step in range(first, total):
             if self._stop is not None:  # a step boundary: save the exact state here and stop
                 if bar is not None:
                     bar[0].stop()
+                self._diagnostics.read_into(stats)
                 self._interrupted(None if step == first else {
                     "step": step, "total": total, "meta_drawn": drawn, "stats": dataclasses.asdict(stats),
                     "record_epoch": self.record._epoch.detach().cpu().clone(),
@@ -388,6 +401,7 @@ class Trainer:
                 log.info("epoch %d step %d/%d %s", self.epoch + 1, step + 1, total, self._describe(stats))
         if bar is not None:
             bar[0].stop()
+        self._diagnostics.read_into(stats)  # once per epoch: the only host sync of the weight diagnostics
         return stats
 
     def _continue_epoch(self, partial: dict, stats: EpochStats, batches, meta) -> tuple[int, int]:
@@ -481,18 +495,28 @@ class Trainer:
 
     def _record_weights(self, stats: EpochStats, weights, given, clean, trusted=None, losses=None) -> None:
         """Per epoch: Σα and Σβ per batch; on elements whose given label is wrong vs right (known on
-        synthesised noise), the mean of N·α and N·β (1 = an average element's weight) and the mean
+        synthesised noise, so only where the dataset has the training samples' clean labels:
+        ``task.train_truth``), the mean of N·α and N·β (1 = an average element's weight) and the mean
         β/(α+β) share over elements with any weight (how far the target moved to the pseudo-label).
         With two loss terms, also on wrong elements: the share whose pseudo-label differs from the given
         label (equal labels have equal losses, and α + β = 1 splits them 50/50 whatever the meta step
         says), and the β share on those alone: the meta step's own choice where it has one.
-        Trusted samples (clean cases trained on, fixed weights) are left out of the wrong/right means."""
+        Trusted samples (clean cases trained on, fixed weights) are left out of the wrong/right means.
+
+        Off the step's hot path: the sums stay on the device (:class:`_Diagnostics`, no host sync per
+        step) and are read once per epoch. A user's own labels have no truth: the wrong/right columns
+        are then left empty rather than computed against the given labels."""
+        if self._diagnostics is None:  # a step outside train_epoch (tests)
+            self._diagnostics = _Diagnostics(stats, self.device)
+        acc = self._diagnostics
         with torch.no_grad():
             n = weights[0].numel()
             alpha = weights[0].float()
             beta = weights[1].float() if len(weights) > 1 else torch.zeros_like(alpha)
-            stats.alpha_sum += float(alpha.sum())
-            stats.beta_sum += float(beta.sum())
+            acc.add("alpha_sum", alpha.sum())
+            acc.add("beta_sum", beta.sum())
+            if not self.task.train_truth:
+                return
             total = alpha + beta
             share = beta / total.clamp_min(torch.finfo(total.dtype).tiny)
             wrong = given != clean
@@ -504,18 +528,11 @@ class Trainer:
                 for part, mask in (("wrong", wrong & noisy), ("right", ~wrong & noisy)):
                     if valid is not None:
                         mask = mask & valid
-                    acc = stats.split.setdefault(f"{name}_on_{part}", [0.0, 0])
-                    acc[0] += float(w[mask].sum())
-                    acc[1] += int(mask.sum())
+                    acc.add(f"{name}_on_{part}", w, mask)
             if losses is not None and len(losses) > 1:
                 differ = (losses[0].detach() != losses[1].detach()) & wrong & noisy
-                acc = stats.split.setdefault("pseudo_differs_on_wrong", [0.0, 0])
-                acc[0] += float(differ.sum())
-                acc[1] += int((wrong & noisy).sum())
-                acc = stats.split.setdefault("beta_share_on_wrong_differ", [0.0, 0])
-                mask = differ & (total > 0)
-                acc[0] += float(share[mask].sum())
-                acc[1] += int(mask.sum())
+                acc.add("pseudo_differs_on_wrong", differ, wrong & noisy)
+                acc.add("beta_share_on_wrong_differ", share, differ & (total > 0))
 
     def validate(self) -> float:
         """Score on the clean validation (meta) cases: mean 3-D Dice or accuracy."""
@@ -588,6 +605,21 @@ class Trainer:
         _save_durably(state, path, previous=path.with_name(PREVIOUS) if rotate else None)
         self._rotate = True
 
+    def _replan(self, trained_for: int) -> None:
+        """``--epochs`` on ``--resume`` (:mod:`medl2b.train.resume`): continue to ``cfg.epochs`` instead of the
+        ``trained_for`` the run was started with; the cosine schedule is re-planned over the new total from
+        the current epoch."""
+        new = self.cfg.epochs
+        sched = self.scheduler
+        sched.T_max = new
+        for group, base in zip(self.optimizer.param_groups, sched.base_lrs):
+            group["lr"] = _closed_form_lr(base, sched.eta_min, self.epoch, new)
+        sched._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        self._replanned = trained_for
+        log.info("--epochs %d: the run had %d epochs and has trained %d; it continues to %d, the cosine schedule "
+                 "re-planned over %d epochs (lr now %.4g)", new, trained_for, self.epoch, new, new,
+                 self.optimizer.param_groups[0]["lr"])
+
     def load_checkpoint(self, path: Path) -> None:
         try:
             state = torch.load(path, map_location=self.device, weights_only=False)
@@ -603,10 +635,49 @@ class Trainer:
         if "record" in state:  # runs from before the record start a fresh one
             self.record.load_state_dict(state["record"])
         _set_rng(state["rng"])
+        self._trained_for = int((state.get("config") or {}).get("epochs", self.cfg.epochs))
+        if self._trained_for != self.cfg.epochs and self.cfg.epochs < self.epoch:
+            raise InputError("--epochs", f"{self.out} has trained {self.epoch} epochs already; --epochs "
+                                         f"{self.cfg.epochs} would take them back (give at least that many)")
         partial = state.get("partial")
         self._partial = None if partial is None else {**partial, "rng": state["rng"]}
         log.info("resumed from %s at epoch %d%s", path, self.epoch,
                  "" if partial is None else f", step {partial['step']}/{partial['total']}")
+
+
+class _Diagnostics:
+    """The per-epoch weight diagnostics of :meth:`Trainer._record_weights` as running float64 sums on the
+    device: no host sync per step; :meth:`read_into` copies them into the epoch's stats once (at the
+    epoch's end, or when an interrupted epoch saves its state). Started from the stats' own values, so an
+    epoch resumed mid-way adds in the same order as an uninterrupted one."""
+
+    def __init__(self, stats: EpochStats, device) -> None:
+        self.keys = ["alpha_sum", "beta_sum", *stats.split]
+        values = [[stats.alpha_sum, 0.0], [stats.beta_sum, 0.0], *([float(v[0]), float(v[1])]
+                                                                   for v in stats.split.values())]
+        self.sums = torch.tensor(values, dtype=torch.float64, device=device)
+        self.row = {k: i for i, k in enumerate(self.keys)}
+
+    def add(self, key: str, values: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Add ``values.sum()`` (where ``mask``; the float32 sum of each step, as a plain sum would give it)
+        and the count of elements summed."""
+        row = self.sums[self.row[key]]
+        if mask is None:
+            row[0] += values.sum().double()
+            return
+        row[0] += torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device)).sum().double()
+        row[1] += mask.sum().double()
+
+    def read_into(self, stats: EpochStats) -> None:
+        values = self.sums.tolist()
+        stats.alpha_sum, stats.beta_sum = values[0][0], values[1][0]
+        for key, (total, count) in zip(self.keys[2:], values[2:]):
+            stats.split[key] = [total, int(count)]
+
+
+def _closed_form_lr(base: float, eta_min: float, epoch: int, epochs: int) -> float:
+    """The cosine schedule's learning rate at ``epoch`` of ``epochs``."""
+    return eta_min + (base - eta_min) * (1.0 + math.cos(math.pi * epoch / epochs)) / 2.0
 
 
 def _get_rng() -> dict:
@@ -697,12 +768,17 @@ def _remove_leftovers(out: Path) -> None:
                     path.unlink()
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = None) -> dict:
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = None,
+          asked: dict | None = None) -> dict:
     """Train one run, holding the run folder's lock; return the final epoch's metrics row.
 
     ``resume``: continue from the run's last intact checkpoint; with none yet, start from the
     beginning (a warning); on a finished run, report it and do nothing. A process restarted by
     ``torchrun --max-restarts`` (``TORCHELASTIC_RESTART_COUNT`` > 0) resumes on its own.
+    ``asked``: the settings the resuming command line gives explicitly
+    (:func:`medl2b.train.resume.explicit_settings`): each is applied where that is safe (``epochs``
+    extends the run) or refused with one line (:func:`medl2b.train.resume.resume_config`); None: the
+    run's own configuration, unchanged.
     """
     if cfg.out is None:
         raise InputError("--out", "a run folder is required")
@@ -713,5 +789,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
         if os.environ.get("RANK", "0") == "0":
             _remove_leftovers(out)
         if resume and (out / "config.yaml").exists():
-            cfg = load_config_file(out / "config.yaml", device=cfg.device)
+            saved = load_config_file(out / "config.yaml", device=cfg.device)
+            started = (out / LATEST).exists() or (out / PREVIOUS).exists()
+            cfg = saved if asked is None else resume_config(saved, asked, started=started, where=out)
         return Trainer(cfg, resume=resume, progress=progress).fit()
