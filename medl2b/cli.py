@@ -136,13 +136,13 @@ def prepare_msd_cmd(
     out: Path = typer.Argument(..., help="Prepared dataset folder (nnU-Net-like)."),
     size: Optional[int] = typer.Option(None, "--size", min=32,
                                        help="In-plane size of the prepared slices (default: the cases' median "
+                                            "larger in-plane side, rounded up to a multiple of 16; for 2-D images "
+                                            "the median larger image side rounded up: no downsampling)."),
     trusted_labels: Optional[Path] = typer.Option(None, "--trusted-labels",
                                                   help="YOUR OWN LABELS: labelsTr/ holds the given (noisy) labels, this "
                                                        "folder trusted labels of a few cases (same file names); they "
                                                        "become the clean meta set, imagesTs/ + labelsTs/ the test set. "
                                                        "Nothing is synthesised."),
-                                            "larger in-plane side, rounded up to a multiple of 16; for 2-D images "
-                                            "the median larger image side rounded up: no downsampling)."),
     noise_dice: float = typer.Option(0.6, "--noise-dice", min=0.0, max=1.0,
                                      help="Benchmark: target mean foreground-class 3-D Dice of noisy vs clean; "
                                           "1 = no noise."),
@@ -178,10 +178,6 @@ def prepare_msd_cmd(
                            overwrite=overwrite, progress=sys.stderr.isatty(), noisy_labels=noisy_labels,
                            trusted_labels=trusted_labels)
     noise = manifest["noise"]
-    per_class = ", ".join(f"{k} {v:.3f}" for k, v in noise["achieved_per_class_dice"].items())
-    what = f"given noisy labels ({noise['source']}) vs clean: Dice" if noise.get("given") else "noisy-vs-clean Dice"
-    typer.echo(f"prepared {len(manifest['cases'])} cases in {out} at {manifest['size']} px; "
-               f"{what} {noise['achieved_mean_dice']:.3f} (mean over classes; {per_class})")
     if manifest.get("train_truth") is False:
         splits = manifest["splits"]
         agree = noise.get("given_vs_trusted_mean_dice")
@@ -189,12 +185,12 @@ def prepare_msd_cmd(
                    f"train on their given labels, {len(splits['meta'])} trusted, {len(splits['test'])} test"
                    + ("" if agree is None else f"; given vs trusted labels on the trusted cases: Dice {agree:.3f}"))
         return
+    per_class = ", ".join(f"{k} {v:.3f}" for k, v in noise["achieved_per_class_dice"].items())
+    what = f"given noisy labels ({noise['source']}) vs clean: Dice" if noise.get("given") else "noisy-vs-clean Dice"
+    typer.echo(f"prepared {len(manifest['cases'])} cases in {out} at {manifest['size']} px; "
+               f"{what} {noise['achieved_mean_dice']:.3f} (mean over classes; {per_class})")
 
 
-@prepare_app.command("isic2019")
-@_user_errors
-def prepare_isic2019_cmd(
-    raw: Path = typer.Argument(..., help="Folder with ISIC_2019_Training_Input/ and ISIC_2019_Training_GroundTruth.csv."),
 @prepare_app.command("images")
 @_user_errors
 def prepare_images_cmd(
@@ -228,6 +224,10 @@ def prepare_images_cmd(
                + (f"; {unused} images of {raw} are in no CSV (not used)" if unused else ""))
 
 
+@prepare_app.command("isic2019")
+@_user_errors
+def prepare_isic2019_cmd(
+    raw: Path = typer.Argument(..., help="Folder with ISIC_2019_Training_Input/ and ISIC_2019_Training_GroundTruth.csv."),
     out: Path = typer.Argument(..., help="Prepared dataset folder."),
     size: int = typer.Option(224, "--size", min=16, help="Side of the square prepared images."),
     noise: float = typer.Option(0.2, "--noise", min=0.0, max=0.95, help="Symmetric label-noise rate on the training split."),
@@ -281,6 +281,7 @@ def train_cmd(
 
     from medl2b.config import load_config, load_config_file
     from medl2b.errors import InputError, RunInterrupted
+    from medl2b.train.resume import explicit_settings
     from medl2b.train.trainer import train
 
     overrides = {"data": str(data) if data else None, "out": str(out), "method": method, "meta_set": meta_set,
@@ -289,7 +290,6 @@ def train_cmd(
                  "spatial_dims": spatial_dims}
     for item in set_:
         if "=" not in item:
-    from medl2b.train.resume import explicit_settings
             raise InputError("--set", f"expected KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         overrides[key.strip()] = value

@@ -29,7 +29,7 @@ TINY_SEG = ["--profile", "cpu", "--epochs", "2", "--set", "warmup_epochs=1", "--
             "--set", "batch_size=4", "--set", "meta_batch_size=4", "--set", "features=[4,4,8,8,16,4]",
             "--device", "cpu"]
 TINY_CLS = ["--epochs", "2", "--set", "warmup_epochs=1", "--set", "steps_per_epoch=2", "--set", "batch_size=8",
-            "--set", "meta_batch_size=6", "--arch", "resnet50", "--pretrained", "none", "--set", "width=0.0625",
+            "--set", "meta_batch_size=6", "--set", "arch=resnet50", "--set", "pretrained=null", "--set", "width=0.0625",
             "--set", "image_size=32", "--device", "cpu"]
 
 
