@@ -92,7 +92,7 @@ def test_patch_run_trains_validates_predicts_and_audits_by_sliding_windows(fundu
     task = build_task(cfg, training=False)
     assert task.window == (WINDOW, WINDOW)
     case = json.loads((fundus / "dataset.json").read_text())["splits"]["test"][0]
-    pred, clean = task.predict_case(model, case, (SIZE, SIZE, 1), torch.device("cpu"))
+    pred, clean = task.predict_case(model, case, torch.device("cpu"))
     assert pred.shape == clean.shape == (SIZE, SIZE, 1)
     image = torch.randn(3, SIZE, SIZE, 1)
     logits = task.predict_image(model, image, torch.device("cpu"))

@@ -80,29 +80,30 @@ def test_2d_dataset_prepares_and_round_trips(tmp_path, rgb):
     raw = _dataset(tmp_path / "raw", rgb=rgb)
     m = _prepare(raw, tmp_path / "out")
     assert m["image_2d"] is True and m["slice_axis"] is None and m["source_file_ending"] == ".png"
-    assert m["size"] == 48  # median larger side, rounded up to 16: no downsampling
+    assert m["size"] is None and m["spacing"] == [1.0, 1.0, 1.0]  # no cap, the median spacing: no resampling
     assert list(m["channel_names"].values()) == (["R", "G", "B"] if rgb else ["gray"])
     for case, (h, w) in SHAPES.items():
         entry = m["cases"][case]
         assert entry["original"]["size"] == [w, h, 1] and entry["original"]["spacing"] == [1.0, 1.0, 1.0]
         assert len(entry["images"]) == (3 if rgb else 1)
         label = _nii(tmp_path / "out" / entry["label"])
-        assert label.shape == (48, 48, 1)
+        assert label.shape == (w, h, 1)  # issue 39: every image at its own size (was stretched to 48 x 48)
         raw_label = sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "labelsTr" / f"{case}.png")))
         # the way back onto the raw grid gives the raw label exactly (x = columns, y = rows)
         back, _ = prediction_to_raw(label, m, case)
         assert back.shape == (w, h, 1)
         assert np.array_equal(back[:, :, 0].T, raw_label), case
-        if (h, w) == (48, 48):  # prepared at the raw size: the arrays themselves, channel by channel
-            assert np.array_equal(label[:, :, 0].T, raw_label)
-            pixels = sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "imagesTr" / f"{case}_0000.png")))
-            pixels = pixels.reshape(h, w, -1)
-            for c, name in enumerate(entry["images"]):
-                expected = normalise_intensity(pixels[..., c].T[:, :, None].astype(np.float32))[0]
-                np.testing.assert_allclose(_nii(tmp_path / "out" / name), expected, atol=1e-5)
+        # prepared at the raw size (every image since issue 39, the 48 x 48 ones before): the arrays themselves
+        assert np.array_equal(label[:, :, 0].T, raw_label)
+        pixels = sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "imagesTr" / f"{case}_0000.png")))
+        pixels = pixels.reshape(h, w, -1)
+        for c, name in enumerate(entry["images"]):
+            expected = normalise_intensity(pixels[..., c].T[:, :, None].astype(np.float32))[0]
+            np.testing.assert_allclose(_nii(tmp_path / "out" / name), expected, atol=1e-5)
     assert m["noise"]["achieved_mean_dice"] < 1.0 and "given" not in m["noise"]  # calibrated noise works in 2-D
     for case in m["splits"]["train"]:
-        assert _nii(tmp_path / "out" / "labelsNoisy" / f"{case}.nii.gz").shape == (48, 48, 1)
+        h, w = SHAPES[case]
+        assert _nii(tmp_path / "out" / "labelsNoisy" / f"{case}.nii.gz").shape == (w, h, 1)
 
 
 def test_rgba_drops_alpha_and_tif_reads(tmp_path):

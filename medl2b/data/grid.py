@@ -43,6 +43,8 @@ __all__ = ["CT_CHANNELS", "FOREGROUND_SAMPLES", "PERCENTILES", "apply_intensity"
 PERCENTILES = (0.5, 99.5)
 #: ``channel_names`` (case-insensitive) normalised with the dataset's foreground statistics, as nnU-Net does.
 CT_CHANNELS = ("ct",)
+#: Physical shift (mm, far below any voxel, far above rounding) that breaks nearest-neighbour ties on the way back.
+TIE_BREAK_MM = 1e-6
 #: Foreground voxels drawn per training case for the dataset's CT statistics (nnU-Net draws 10,000).
 FOREGROUND_SAMPLES = 10_000
 
@@ -207,7 +209,10 @@ def to_original_grid(array_xyz: np.ndarray, prepared: dict, original: dict, *, l
         arr = arr.astype(np.float32, copy=False)
     img = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(arr, (2, 1, 0))))
     img.SetSpacing(src.spacing)
-    img.SetOrigin(src.origin)
+    # A raw voxel centre can lie exactly on the edge between two prepared voxels (1 mm raw, 1.625 mm prepared:
+    # every 13 mm); rounding then picks one by floating-point noise that depends on the stored orientation
+    # (tests/test_predict.py). The shift breaks such ties the same way in physical space, whatever the order.
+    img.SetOrigin(tuple(float(v) + TIE_BREAK_MM for v in src.origin))
     img.SetDirection(src.direction)
     out = sitk.Resample(img, list(dst.size), sitk.Transform(), sitk.sitkLinear if linear else sitk.sitkNearestNeighbor,
                         list(dst.origin), list(dst.spacing), list(dst.direction), 0, img.GetPixelID())
