@@ -49,6 +49,21 @@ between the ``annotators`` markers of BENCHMARKS.md.
     python benchmarks/annotators.py --blocks 1 --seeds 1
     python benchmarks/annotators.py --report-only        # tables from the finished runs
     python benchmarks/annotators.py --smoke              # 1 seed, ce and l2b, 1 short epoch: a check, not a result
+
+**``--setup pretrained``** (issue 37): the same split and given labels with ``arch: unetpp-lite0`` (the UNet++
+decoder over EfficientNet-Lite0's ImageNet-pretrained encoder, decoder widths [16, 16, 32, 64, 128]), the
+methods ``ce``, ``l2b``, ``l2b+clean`` (the 2 clean images also trained on), ``ce+clean``, ``meta-only`` and
+``oracle``, in ``bench_runs/annotators_pretrained`` and the ``annotators-pretrained`` section. Resolution,
+patch size, epochs and learning rate are chosen on the 2 clean validation images only, never on test:
+
+1. ``--tune`` trains ``ce`` on observer 2's labels (seed 0) for each of the :data:`CANDIDATES` and records
+   only its best validation Dice (the 2 clean images against observer 1); nothing is evaluated on test;
+2. the benchmark then runs with the candidate of the highest validation Dice (``--candidate NAME``
+   overrides the choice; it is recorded in every row and in the tables).
+
+    python benchmarks/annotators.py --setup pretrained --tune        # ~30 min at 1 thread
+    python benchmarks/annotators.py --setup pretrained               # 3 seeds with the chosen candidate
+    python benchmarks/annotators.py --setup pretrained --smoke       # 1 seed, ce and l2b, 2 steps
 """
 
 from __future__ import annotations
@@ -91,6 +106,32 @@ BLOCKS = [
 ORDER = ("ce", "ce+clean", "meta-only", "l2b", "oracle")
 KEYS = ("dice", "cldice", "hd95", "asd")
 
+#: --setup pretrained: UNet++ over the ImageNet-pretrained EfficientNet-Lite0 encoder (issue 37)
+PRETRAINED = {"arch": "unetpp-lite0", "pretrained": "imagenet", "features": [16, 16, 32, 64, 128, 16],
+              "patches_per_slice": 8}
+PRETRAINED_ORDER = ("ce", "ce+clean", "meta-only", "l2b", "l2b+clean", "oracle")
+PRETRAINED_BLOCKS = [
+    [("observers", m) for m in ("ce", "l2b", "l2b+clean", "ce+clean", "meta-only", "oracle")],
+    [("synthetic", m) for m in ("ce", "l2b", "l2b+clean", "ce+clean")],
+]
+#: Candidates of --tune: (prepared side in px, overrides). A third of the epochs is CE warm-up, as in the profile.
+#: Cost at 1 thread beside another run (measured: a CE step at 96 px, batch 8, 1.5 s; L2B 3.7 s; 128 px 3.7 s
+#: and 9.9 s; 512 px sliding-window prediction 6.5 s an image by 96 px windows, 8.9 s by 128 px):
+CANDIDATES = {
+    "512px-p96-e6-lr0.1": (512, {"patch_size_2d": [96, 96], "epochs": 6, "warmup_epochs": 2, "lr": 0.1}),
+    "512px-p96-e6-lr0.01": (512, {"patch_size_2d": [96, 96], "epochs": 6, "warmup_epochs": 2, "lr": 0.01}),
+    "512px-p96-e12-lr0.01": (512, {"patch_size_2d": [96, 96], "epochs": 12, "warmup_epochs": 4, "lr": 0.01}),
+    "512px-p128-e6-lr0.01": (512, {"patch_size_2d": [128, 128], "epochs": 6, "warmup_epochs": 2, "lr": 0.01}),
+    "768px-p96-e6-lr0.01": (768, {"patch_size_2d": [96, 96], "epochs": 6, "warmup_epochs": 2, "lr": 0.01}),
+}
+SETUPS = {  # name -> run-folder name, BENCHMARKS.md section, blocks, method order, fixed overrides
+    "scratch": {"folder": "annotators", "section": "annotators", "blocks": BLOCKS, "order": ORDER,
+                "overrides": OVERRIDES, "net": "UNet++ [8, 8, 16, 32, 64, 8]"},
+    "pretrained": {"folder": "annotators_pretrained", "section": "annotators-pretrained", "blocks": PRETRAINED_BLOCKS,
+                   "order": PRETRAINED_ORDER, "overrides": PRETRAINED,
+                   "net": "UNet++ over ImageNet-pretrained EfficientNet-Lite0 (`unetpp-lite0`), decoder [16, 16, 32, 64, 128]"},
+}
+
 
 def prepare(raw: Path, work: Path, size: int = SIZE) -> dict[str, Path]:
     """The raw nnU-Net dataset (both observers) and its two prepared copies, made once in ``work``."""
@@ -114,11 +155,14 @@ def given_dice(data: Path) -> float:
     return float(json.loads((data / "dataset.json").read_text())["noise"]["achieved_mean_dice"])
 
 
-def run_one(source: str, name: str, seed: int, data: Path, work: Path, overrides: dict) -> dict:
-    run = work / "runs" / f"{name}_{source}_s{seed}"
+def run_one(source: str, name: str, seed: int, data: Path, work: Path, overrides: dict, *,
+            fixed: dict = OVERRIDES, run: Path | None = None, test: bool = True) -> dict:
+    """Train one run (or reuse its finished folder) and evaluate it on the test images; ``test=False``
+    (``--tune``): the best validation Dice only, nothing evaluated on test."""
+    run = run or work / "runs" / f"{name}_{source}_s{seed}"
     method, extra = METHOD.get(name, (name, {}))
     cfg = load_config("segmentation", profile="cpu", overrides={
-        "data": str(data), "out": str(run), "method": method, "seed": seed, "device": "auto", **OVERRIDES,
+        "data": str(data), "out": str(run), "method": method, "seed": seed, "device": "auto", **fixed,
         **extra, **overrides})
     if _finished(run, cfg):  # trained before the benchmark stopped, not yet evaluated: its own epoch times
         train_s = sum(float(h["time_s"]) for h in _history(run))
@@ -127,13 +171,16 @@ def run_one(source: str, name: str, seed: int, data: Path, work: Path, overrides
         t = time.time()
         train(cfg, progress=False)
         train_s = time.time() - t
+    val_best = max(float(h["val_score"]) for h in _history(run))
+    if not test:
+        return {"source": source, "method": name, "seed": seed, "train_s": round(train_s, 1), "run": str(run),
+                "val_best": val_best}
     t = time.time()
     summary = evaluate_run(run, split="test", checkpoint="best", figures=False)
     eval_s = time.time() - t
     return {"source": source, "method": name, "seed": seed, "train_s": round(train_s, 1),
             "eval_s": round(eval_s, 1), "run": str(run), **{k: summary["mean"][k] for k in KEYS},
-            "n_failed": summary["n_failed"], "given_dice": given_dice(data),
-            "val_best": max(float(h["val_score"]) for h in _history(run))}
+            "n_failed": summary["n_failed"], "given_dice": given_dice(data), "val_best": val_best}
 
 
 def _pick(rows: list[dict], source: str, method: str) -> list[dict]:
@@ -145,11 +192,14 @@ def _wall(rs: list[dict]) -> str:
     return times([{"train_s": r["train_s"] + r.get("eval_s", 0.0)} for r in rs])
 
 
-def tables(rows: list[dict], command: str, given: dict[str, float], settings: dict) -> str:
+def tables(rows: list[dict], command: str, given: dict[str, float], settings: dict, *, size: int = SIZE,
+           net: str | None = None, order=ORDER) -> str:
     sources = [s for s in SOURCES if any(r["source"] == s and r["method"] not in SHARED for r in rows)]
-    out = [(f"### CHASE_DB1 retinal vessels, 8 test images (4 children), observer 1 as reference; {SIZE} px, "
-            f"{settings['patch_size_2d'][0]} px patches, UNet++ {settings['features']}, {settings['epochs']} epochs; "
-            "mean ± std over seeds of the per-run mean over images"), "",
+    net = net or f"UNet++ {settings['features']}"
+    out = [(f"### CHASE_DB1 retinal vessels, 8 test images (4 children), observer 1 as reference; {size} px, "
+            f"{settings['patch_size_2d'][0]} px patches, {net}, {settings['epochs']} epochs"
+            + (f", lr {settings['lr']}" if "lr" in settings else "")
+            + "; mean ± std over seeds of the per-run mean over images"), "",
            ("Given training labels: `observers` = observer 2 (Dice "
             f"{given.get('observers', math.nan):.3f} against observer 1), `synthetic` = medl2b's mask noise at noise "
             f"Dice {NOISE_DICE} (achieved {given.get('synthetic', math.nan):.3f}). `meta-only` and `oracle` never see the given labels: "
@@ -158,7 +208,7 @@ def tables(rows: list[dict], command: str, given: dict[str, float], settings: di
             "best val Dice (%) | wall time per run (s), train + eval, min / median |"),
            "|---|---|---|---|---|---|---|---|---|---|"]
     for source in sources:
-        for method in ORDER:
+        for method in order:
             rs = _pick(rows, source, method)
             if not rs:
                 continue
@@ -179,20 +229,44 @@ def tables(rows: list[dict], command: str, given: dict[str, float], settings: di
                        f"{', '.join(f'{d:+.2f}' for d in p['diffs']) or '–'} | {_num(p['diff'], '+.2f')} ± "
                        f"{_num(p['diff_std'])} | {_num(p['mean']('ce+clean'))} | {_num(p['mean']('meta-only'))} | "
                        f"{_num(p['oracle'])} | {'–' if math.isnan(gap) else f'{gap:.0%}'} |")
+    out += trusted_table(rows, sources)
     out += separation_table(rows, sources)
     out += ["", f"Command: `{command}`; {len(rows)} runs finished."]
     return "\n".join(out)
 
 
+def trusted_table(rows: list[dict], sources) -> list[str]:
+    """``l2b+clean`` (the clean images also trained on) against ``l2b`` and ``ce+clean``, paired by seed."""
+    lines = ["", "The trusted images trained on: `l2b+clean` against `l2b` and `ce+clean`, paired by seed, in points:", "",
+             "| given labels | metric | l2b+clean (%) | − l2b per seed | − l2b | − ce+clean per seed | − ce+clean |",
+             "|---|---|---|---|---|---|---|"]
+    for source in sources:
+        mine = {r["seed"]: r for r in _pick(rows, source, "l2b+clean")}
+        if not mine:
+            continue
+        for key, label in (("dice", "Dice"), ("cldice", "clDice")):
+            cells = [fmt([r[key] for r in mine.values()], 100)]
+            for other in ("l2b", "ce+clean"):
+                theirs = {r["seed"]: r for r in _pick(rows, source, other)}
+                diffs = [100 * (mine[s][key] - theirs[s][key]) for s in sorted(set(mine) & set(theirs))]
+                m, sd = mean_std(diffs)
+                cells += [", ".join(f"{d:+.2f}" for d in diffs) or "–", f"{m:+.2f} ± {sd:.2f}" if diffs else "–"]
+            lines.append(f"| {source} | {label} | " + " | ".join(cells) + " |")
+    return lines if len(lines) > 5 else []
+
+
 def separation_table(rows: list[dict], sources) -> list[str]:
     """How the L2B weights split the pixels whose given label is wrong (vs observer 1) from the right ones:
-    the pseudo-label's share β/(α+β), mean over the last third of the epochs (from each run's metrics.csv)."""
-    lines = ["", ("L2B's weights on training pixels whose given label disagrees with observer 1 (wrong) and agrees "
-                  "(right): the pseudo-label's share β/(α+β), mean over the last third of the epochs, per seed:"), "",
-             "| given labels | seeds | β share on wrong | β share on right | per seed (wrong / right) |", "|---|---|---|---|---|"]
-    for source in sources:
+    the pseudo-label's share β/(α+β), mean over the last third of the epochs (from each run's metrics.csv).
+    ``l2b+clean``'s trusted images are left out of both means (the trainer's diagnostics)."""
+    lines = ["", ("L2B's weights on training pixels whose given label disagrees with observer 1 (wrong, disputed) and "
+                  "agrees (right, agreed): the pseudo-label's share β/(α+β), mean over the last third of the epochs, "
+                  "per seed:"), "",
+             "| given labels | method | seeds | β share on wrong | β share on right | per seed (wrong / right) |",
+             "|---|---|---|---|---|---|"]
+    for source, method in ((s, m) for s in sources for m in ("l2b", "l2b+clean")):
         parts = []
-        for r in _pick(rows, source, "l2b"):
+        for r in _pick(rows, source, method):
             hist = [h for h in _history(Path(r["run"])) if h.get("warmup") in ("0", "False", "false")]
             tail = hist[len(hist) - max(1, len(hist) // 3):]
             if tail:
@@ -200,7 +274,7 @@ def separation_table(rows: list[dict], sources) -> list[str]:
                                    for k in ("beta_share_on_wrong", "beta_share_on_right")))
         if parts:
             w, r_ = zip(*parts)
-            lines.append(f"| {source} | {len(parts)} | {np.mean(w):.2f} | {np.mean(r_):.2f} | "
+            lines.append(f"| {source} | {method} | {len(parts)} | {np.mean(w):.2f} | {np.mean(r_):.2f} | "
                          + ", ".join(f"{a:.2f} / {b:.2f}" for a, b in parts) + " |")
     return lines if len(lines) > 4 else []
 
@@ -209,34 +283,98 @@ def _num(v: float, spec: str = ".2f") -> str:
     return "–" if not math.isfinite(v) else format(v, spec)
 
 
+def tune_table(tuned: list[dict], chosen: str | None) -> list[str]:
+    """The --tune candidates: best validation Dice of ``ce`` on observer 2's labels (the 2 clean images against
+    observer 1); the benchmark runs with the highest."""
+    lines = ["", "Chosen on the 2 clean validation images (`--tune`: `ce` on observer 2's labels; no test image "
+                 "seen), best validation Dice per candidate:", "",
+             "| candidate | seeds | best val Dice (%) | train s, min / median |", "|---|---|---|---|"]
+    for name in CANDIDATES:
+        rs = [r for r in tuned if r["candidate"] == name]
+        if rs:
+            mark = "**" if name == chosen else ""
+            lines.append(f"| {mark}{name}{mark} | {len(rs)} | {fmt([r['val_best'] for r in rs], 100)} | {times(rs)} |")
+    return lines if len(lines) > 5 else []
+
+
+def choose(tuned: list[dict], asked: str | None) -> str | None:
+    """The candidate of the highest mean validation Dice (or ``asked``)."""
+    if asked is not None:
+        if asked not in CANDIDATES:
+            raise SystemExit(f"unknown candidate {asked!r}; choose from {', '.join(CANDIDATES)}")
+        return asked
+    means = {n: np.mean([r["val_best"] for r in tuned if r["candidate"] == n]) for n in CANDIDATES
+             if any(r["candidate"] == n for r in tuned)}
+    return max(means, key=means.get) if means else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--raw", type=Path, default=ROOT.parent / "shared" / "data" / "CHASEDB1")
-    ap.add_argument("--work", type=Path, default=None, help="default bench_runs/annotators (--smoke: annotators_smoke)")
-    ap.add_argument("--seeds", type=int, default=None, help="paired seeds (default 3; --smoke: 1)")
-    ap.add_argument("--blocks", default=",".join(str(i + 1) for i in range(len(BLOCKS))),
-                    help="which blocks of the plan to run, in order")
+    ap.add_argument("--setup", choices=sorted(SETUPS), default="scratch",
+                    help="scratch: UNet++ from scratch (issue 23's record); pretrained: unetpp-lite0 (issue 37)")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="default bench_runs/<the setup's folder> (--smoke: <folder>_smoke)")
+    ap.add_argument("--seeds", type=int, default=None, help="paired seeds (default 3; --smoke and --tune: 1)")
+    ap.add_argument("--blocks", default="1,2", help="which blocks of the plan to run, in order")
     ap.add_argument("--methods", default=None, help="only these methods of the blocks, e.g. ce,l2b")
     ap.add_argument("--set", action="append", default=[], help="extra config KEY=VALUE for every run")
+    ap.add_argument("--tune", action="store_true",
+                    help="pretrained: train ce on observer 2's labels for every candidate and record the validation "
+                         "Dice only (what chooses the candidate)")
+    ap.add_argument("--candidate", default=None, help="pretrained: run this candidate instead of the best-validated")
     ap.add_argument("--smoke", action="store_true",
                     help="1 seed, ce and l2b on observer 2, 1 epoch of 2 steps: proves the pipeline, writes no tables "
                          "into BENCHMARKS.md")
     ap.add_argument("--no-write", action="store_true", help="print the tables only")
     ap.add_argument("--report-only", action="store_true", help="write the tables from the finished runs, train nothing")
     args = ap.parse_args()
-    work = args.work or ROOT / "bench_runs" / ("annotators_smoke" if args.smoke else "annotators")
-    seeds = args.seeds or (1 if args.smoke else 3)
-    methods = set((args.methods or ("ce,l2b" if args.smoke else ",".join(ORDER))).split(","))
-    overrides = {**(SMOKE if args.smoke else {}), **dict(item.split("=", 1) for item in args.set)}
-    blocks = [[(s, m) for s, m in BLOCKS[int(b) - 1] if m in methods]
-              for b in ("1" if args.smoke else args.blocks).split(",")]
+    setup = SETUPS[args.setup]
+    pretrained = args.setup == "pretrained"
+    if (args.tune or args.candidate) and not pretrained:
+        ap.error("--tune and --candidate belong to --setup pretrained")
+    work = args.work or ROOT / "bench_runs" / (setup["folder"] + ("_smoke" if args.smoke else ""))
+    seeds = args.seeds or (1 if args.smoke or args.tune else 3)
+    methods = set((args.methods or ("ce,l2b" if args.smoke else ",".join(setup["order"]))).split(","))
+    extra = dict(item.split("=", 1) for item in args.set)
     work.mkdir(parents=True, exist_ok=True)
+    tune_file = work / "tune.jsonl"
+    tuned = load_rows(tune_file)
+    if args.tune and not args.report_only:
+        for name, (size, cand) in CANDIDATES.items():
+            for seed in range(seeds):
+                if any(r["candidate"] == name and r["seed"] == seed for r in tuned):
+                    continue
+                print(f"[annotators] tune {name} seed {seed}", flush=True)
+                data = prepare(args.raw, work, size)
+                row = {"candidate": name, "size": size, **run_one(
+                    "observers", "ce", seed, data["observers"], work, {**cand, **extra}, fixed=setup["overrides"],
+                    run=work / "tune" / f"{name}_s{seed}", test=False)}
+                with open(tune_file, "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                tuned.append(row)
+                print(f"[annotators]   val {row['val_best']:.4f} ({row['train_s']:.0f} s)", flush=True)
+        print("\n".join(tune_table(tuned, choose(tuned, None))))
+        return
+    chosen = choose(tuned, args.candidate) if pretrained else None
+    if pretrained and chosen is None and not args.smoke:
+        raise SystemExit(f"no tuned candidate in {tune_file}: run --setup pretrained --tune first, or name one "
+                         "with --candidate")
+    size, fixed = SIZE, setup["overrides"]
+    if pretrained:
+        size, cand = CANDIDATES[chosen or next(iter(CANDIDATES))]
+        fixed = {**fixed, **cand}
+    overrides = {**(SMOKE if args.smoke else {}), **extra}
+    blocks = [[(s, m) for s, m in setup["blocks"][int(b) - 1] if m in methods]
+              for b in ("1" if args.smoke else args.blocks).split(",")]
     results = work / "results.jsonl"
     rows = load_rows(results)
-    command = "python benchmarks/annotators.py" + (" --smoke" if args.smoke else
-                                                   f" --seeds {seeds}" if seeds != 3 else "")
+    if pretrained:  # the runs of the chosen candidate only (an earlier choice's rows stay in the file)
+        rows = [r for r in rows if r.get("candidate") == chosen]
+    command = ("python benchmarks/annotators.py" + (f" --setup {args.setup}" if pretrained else "")
+               + (" --smoke" if args.smoke else f" --seeds {seeds}" if seeds != 3 else ""))
     if not args.report_only:
-        data = prepare(args.raw, work)
+        data = prepare(args.raw, work, size)
         done = {(None if r["method"] in SHARED else r["source"], r["method"], r["seed"]) for r in rows}
         t0 = time.time()
         for block in blocks:
@@ -246,7 +384,10 @@ def main() -> None:
                     if key in done:
                         continue
                     print(f"[annotators] {source} {name} seed {seed}", flush=True)
-                    row = run_one(source, name, seed, data[source], work, overrides)
+                    run = work / "runs" / (chosen or "") / f"{name}_{source}_s{seed}"
+                    row = run_one(source, name, seed, data[source], work, overrides, fixed=fixed, run=run)
+                    if pretrained:
+                        row["candidate"] = chosen
                     with open(results, "a") as fh:
                         fh.write(json.dumps(row) + "\n")
                     rows.append(row)
@@ -254,14 +395,17 @@ def main() -> None:
                     print(f"[annotators]   Dice {row['dice']:.4f} clDice {row['cldice']:.4f} (val {row['val_best']:.4f}; "
                           f"{row['train_s']:.0f} s train, {row['eval_s']:.0f} s eval, {time.time() - t0:.0f} s total)",
                           flush=True)
-    given = {s: given_dice(work / f"chase_{SIZE}px_{s}") for s in SOURCES
-             if (work / f"chase_{SIZE}px_{s}" / "dataset.json").exists()}
-    text = tables(rows, command, given, {**OVERRIDES, **overrides})
+    given = {s: given_dice(work / f"chase_{size}px_{s}") for s in SOURCES
+             if (work / f"chase_{size}px_{s}" / "dataset.json").exists()}
+    text = tables(rows, command, given, {**fixed, **overrides}, size=size, order=setup["order"],
+                  net=setup["net"] if pretrained else None)
+    if pretrained:
+        text += "\n" + "\n".join(tune_table(tuned, chosen))
     if not (args.smoke or args.no_write):
         figs = weight_figures([{**r, "task": "seg", "level": r["source"]} for r in rows if r["method"] == "l2b"],
-                              ROOT / "benchmarks" / "figures", prefix="annotators")
+                              ROOT / "benchmarks" / "figures", prefix=setup["section"])
         text += "\n\n" + "\n".join(f"![{p.stem}](benchmarks/figures/{p.name})" for p in figs)
-        write_benchmarks_md(text, section="annotators")
+        write_benchmarks_md(text, section=setup["section"])
     print(text)
 
 

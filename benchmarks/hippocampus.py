@@ -48,6 +48,9 @@ Runs go in priority order, every seed of a block before the next block:
     22. ``l2b-floor6-e36`` and 23. ``ce-e36`` alone (two lanes for a second seed: ``--blocks 22 --seeds 2``).
 20. issue 25, noise 0.4: ``l2b`` (no floor), paired with the default ``l2b-floor6``: does the floor cost at
     heavy noise, where it was not chosen?
+24. issue 37, every level: ``l2b+clean-floor6`` (the trusted cases trained on, with the default floor: what
+    ``--method l2b`` would do with a clean meta set if ``l2b+clean`` became its default); 25. ``l2b+clean``
+    (no floor) at 0.6 and 0.4, completing its seeds (``benchmarks/trusted_cases.py`` tabulates them).
 
 Issue 25's runs go to their own tables: ``--section hippocampus-issue25`` (and their own ``--work``).
 Each L2B variant's row also gets, from its run folder, the weight separation over the last third of
@@ -88,6 +91,7 @@ METHOD = {"oracle": ("ce", {"label_source": "clean"}), "l2b": ("l2b", NOFLOOR), 
           "l2b-smooth5": ("l2b", {"meta_smooth": 5, **NOFLOOR}), "l2b-mb16": ("l2b", {"meta_batch_size": 16, **NOFLOOR}),
           "l2b+clean": ("l2b+clean", NOFLOOR), "l2b-floor8": ("l2b", {"pseudo_floor": 0.8}), "l2b+clean-floor8": ("l2b+clean", {"pseudo_floor": 0.8}),
           "l2b-floor6": ("l2b", {"pseudo_floor": 0.6}), "l2b-3d-floor6": ("l2b", {"pseudo_floor": 0.6}),
+          "l2b+clean-floor6": ("l2b+clean", {"pseudo_floor": 0.6}),
           "ce-e36": ("ce", {"epochs": 36, "warmup_epochs": 12}),
           "ce+clean-e36": ("ce+clean", {"epochs": 36, "warmup_epochs": 12}),
           "l2b-floor6-e36": ("l2b", {"pseudo_floor": 0.6, "epochs": 36, "warmup_epochs": 12})}
@@ -116,12 +120,15 @@ BLOCKS = [
     [(0.8, "ce+clean-e36")],
     [(0.8, "l2b-floor6-e36")],
     [(0.8, "ce-e36")],
+    [(level, "l2b+clean-floor6") for level in LEVELS],
+    [(0.6, "l2b+clean"), (0.4, "l2b+clean")],
 ]
 ORDER = ("ce", "ce+clean", "meta-only", "bootstrap", "l2rw", "l2b-batch", "l2b", "l2b-k2", "l2b-k4", "l2b-gmm",
-         "l2b-smooth5", "l2b-mb16", "l2b+clean", "l2b-floor8", "l2b+clean-floor8", "l2b-floor6", "oracle", "ce-3d", "l2b-3d", "l2b-3d-floor6",
+         "l2b-smooth5", "l2b-mb16", "l2b+clean", "l2b-floor8", "l2b+clean-floor8", "l2b-floor6", "l2b+clean-floor6", "oracle", "ce-3d", "l2b-3d", "l2b-3d-floor6",
          "ce-e36", "ce+clean-e36", "l2b-floor6-e36")
 #: issue 25: the L2B variants compared on weight separation, validation and test (one table)
-VARIANTS = ("l2b", "l2b-smooth5", "l2b-mb16", "l2b-floor8", "l2b-floor6", "l2b+clean", "l2b+clean-floor8")
+VARIANTS = ("l2b", "l2b-smooth5", "l2b-mb16", "l2b-floor8", "l2b-floor6", "l2b+clean", "l2b+clean-floor8",
+            "l2b+clean-floor6")
 
 
 def prepare(raw: Path, work: Path) -> dict[float, Path]:
