@@ -347,7 +347,9 @@ class SliceTask(Task):
         train = self._load(splits["train"], label="noisy")
         meta = self._load(self.clean_cases()[0], label="clean")
         if indices is None:  # read one sample at a time: the training set may be larger than memory
-            wrong = np.array([int((s[1] != s[2]).sum()) for s in map(train.sample, range(len(train)))])
+            # the most wrongly labelled samples; without truth (a user's own labels), the most given foreground
+            wrong = np.array([int((s[1] != s[2]).sum() if self.train_truth else (s[1] > 0).sum())
+                              for s in map(train.sample, range(len(train)))])
             rows = np.argsort(-wrong, kind="stable")[:n]
         else:
             rows = np.asarray(indices, dtype=np.int64)
