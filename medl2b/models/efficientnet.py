@@ -56,7 +56,7 @@ def build_efficientnet_lite0(*, num_classes: int = 8, image_size: int | None = 2
         load_strict(net, load_state_dict_file(path), path, "an EfficientNet-Lite0")
         log.info("loaded EfficientNet-Lite0 ImageNet weights from %s", path)
     else:
-        log.info("EfficientNet-Lite0 trains from scratch (pretrained: null)")
+        log.debug("EfficientNet-Lite0 built without ImageNet weights (pretrained: null)")
     net._fc = nn.Linear(net._fc.in_features, num_classes)
     return net
 

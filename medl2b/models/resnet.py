@@ -50,7 +50,7 @@ def build_resnet50(*, num_classes: int = 8, width: float = 1.0, pretrained: str 
         load_pretrained_resnet(model, pretrained)
         model.fc = nn.Linear(model.fc.in_features, num_classes)
     else:
-        log.info("ResNet-50 trains from scratch (no pretrained weights given)")
+        log.debug("ResNet-50 built without ImageNet weights (pretrained: null)")
     return model
 
 
