@@ -165,7 +165,7 @@ def prepare_msd_cmd(
     seed: int = typer.Option(0, "--seed", help="Random seed (split and noise)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing prepared dataset in OUT."),
 ) -> None:
-    """Decathlon (MSD v1) or nnU-Net v2 raw dataset (3-D, or 2-D images) -> prepared slices.
+    """MSD v1 / nnU-Net v2 raw dataset -> prepared slices: your own labels (--trusted-labels) or benchmark mode.
 
     Your own labels: --trusted-labels DIR (labelsTr/ = the given labels, DIR = trusted labels of a few cases).
     Benchmark mode (without it): labelsTr/ is the clean truth, and the train cases get calibrated synthetic
@@ -238,8 +238,9 @@ def prepare_isic2019_cmd(
                                               "of a seeded one (e.g. data_prep/isic2019/split.json)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing prepared dataset in OUT."),
 ) -> None:
-    """Benchmark: ISIC 2019 JPEG + one-hot CSV (the truth) -> prepared images with symmetric synthetic noise on the
-    train split (the layout `prepare images` writes)."""
+    """Benchmark: ISIC 2019 JPEG + one-hot CSV (the truth) -> prepared images, symmetric synthetic noise on train.
+
+    The layout `prepare images` writes; the release's labels are the clean truth."""
     from medl2b.data.isic2019 import prepare_isic2019
 
     manifest = prepare_isic2019(raw, out, size=size, noise=noise, n_meta=meta, n_test=test, seed=seed,
