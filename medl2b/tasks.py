@@ -736,6 +736,9 @@ def build_task(cfg, *, training: bool = True, manifest: dict | None = None) -> T
     else:
         task = ClassificationTask(cfg, manifest or load_manifest(cfg.data, task="classification"))
     if training:
+        if cfg.label_source == "clean" and not task.train_truth:
+            raise InputError("--label-source", "clean (the oracle) needs the training cases' clean labels; this "
+                                               "dataset has only their given labels (your own labels)")
         use_meta = cfg.uses_meta and cfg.meta_set == "clean"
         if use_meta and not task.manifest["splits"]["meta"]:
             raise InputError(task.data / "dataset.json", f"has no trusted (clean meta) cases, which method "

@@ -124,6 +124,8 @@ def test_segmentation_own_labels_prepare_train_eval_audit_predict(seg_raw, tmp_p
     out = _ok(_run("eval", run, "--split", "test", "--no-figures"))
     assert "Dice" in out and json.loads((run / "eval" / "summary.json").read_text())["n_cases"] == 2
     _one_line_error(_run("eval", run, "--split", "train", "--no-figures"), "--split", "given labels")
+    _one_line_error(_run("train", "--data", prepared, "--out", tmp_path / "oracle", "--label-source", "clean",
+                         *TINY_SEG), "--label-source", "given labels")
 
     out = _ok(_run("audit", run, "--no-figures"))
     assert "most suspect" in out and "AUROC" not in out
