@@ -114,6 +114,8 @@ def _check_label(label: str) -> None:
 
 # --------------------------------------------------------------------------- segmentation
 
+#: Default bound of a :class:`~medl2b.data.store.CaseStore`'s cache (MiB); config ``cache_mb``.
+DEFAULT_CACHE_MB = 2048.0
 #: The sides of a padded batch are multiples of this, and at least :data:`MIN_SIDE` (UNet++ halves four times).
 PAD_MULTIPLE = 16
 MIN_SIDE = 32
@@ -253,10 +255,6 @@ def _store(prepared_dir, manifest: dict, cache_mb: float | None) -> CaseStore:
     return CaseStore(prepared_dir, manifest, DEFAULT_CACHE_MB if cache_mb is None else cache_mb)
 
 
-#: Default bound of a :class:`~medl2b.data.store.CaseStore`'s cache (MiB); config ``cache_mb``.
-DEFAULT_CACHE_MB = 2048.0
-
-
 def _cases(root: Path, manifest: dict, cases) -> list[str]:
     if isinstance(cases, str):
         if cases not in _SPLITS:
@@ -356,8 +354,9 @@ class SegSliceDataset(_Augmented):
     Items: ``{"image": float32 (C, X, Y), "label": int64 (X, Y), "clean": int64 (X, Y),
     "index": int}`` (3-D volumes: ``(C, X, Y, Z)`` and ``(X, Y, Z)``), each of its own size: batch them
     with :func:`pad_collate`. With ``crop``: a random patch of that spatial size (an item smaller than it is
-    first zero-padded at the far end, MONAI ``SpatialPadd``), centred with probability ``crop_fg`` on a foreground voxel of the given label (MONAI
-    ``RandCropByPosNegLabeld``; a sample without foreground gets a random patch), the same patch of image,
+    first zero-padded at the far end, MONAI ``SpatialPadd``), centred with probability ``crop_fg`` on a
+    foreground voxel of the given label (MONAI ``RandCropByPosNegLabeld``; a sample without foreground gets a
+    random patch), the same patch of image,
     label and clean label. See the module docstring for what seeds the randomness. Items are never
     augmented here: training augments whole batches on the device with
     :class:`medl2b.data.augment.BatchAugment`.

@@ -254,7 +254,8 @@ def prepare_volume(channels, mask, spacing, intensity: list[dict] | None = None
     images, used = [], []
     for c, image in enumerate(channels):
         plan = (intensity or [{}] * len(channels))[c]
-        zyx, stats = normalise_intensity(sitk.GetArrayViewFromImage(image), plan if plan.get("scheme") == "ct" else None)
+        dataset_stats = plan if plan.get("scheme") == "ct" else None  # CT: the dataset's; else the case's own
+        zyx, stats = normalise_intensity(sitk.GetArrayViewFromImage(image), dataset_stats)
         if sigma.max() > 0:
             zyx = ndimage.gaussian_filter(zyx, sigma=tuple(sigma[::-1]), mode="nearest")
         smooth = sitk.GetImageFromArray(zyx)

@@ -10,8 +10,13 @@ trainer. Output goes to ``RUN/eval/`` (or ``--out``)::
     figures/learning_curves.png                   from the run's metrics.csv
     confusion_matrix.png                          classification
 
-Segmentation metrics are computed per case in 3-D on the prepared grid, with
-the prepared voxel spacing (mm) from the dataset manifest.
+Segmentation metrics are computed per case in 3-D at native resolution: the prediction
+resampled back to the raw grid (the file in ``predictions/``) against the raw reference
+label the prepared dataset keeps in ``labelsRaw/``, with the raw spacing (mm), as nnU-Net's
+``summary.json`` and the challenges do; ``summary.json``'s ``"metric_grid"`` says so. A dataset
+prepared before ``labelsRaw/`` existed is scored on the prepared grid, and ``"metric_grid"``
+says that instead (:data:`medl2b.evaluate.folder.PREPARED_GRID`). Validation during training
+stays on the prepared grid (it is a model-selection signal, not a reported result).
 """
 
 from __future__ import annotations
