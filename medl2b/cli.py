@@ -135,9 +135,13 @@ def prepare_msd_cmd(
                                          ".jpg; RGB in one file)."),
     out: Path = typer.Argument(..., help="Prepared dataset folder (nnU-Net-like)."),
     size: Optional[int] = typer.Option(None, "--size", min=32,
-                                       help="In-plane size of the prepared slices (default: the cases' median "
-                                            "larger in-plane side, rounded up to a multiple of 16; for 2-D images "
-                                            "the median larger image side rounded up: no downsampling)."),
+                                       help="CAP on the in-plane extent of the prepared slices in pixels (not a "
+                                            "resize; default: no cap): if the largest case at the target spacing "
+                                            "would exceed it, the in-plane spacing is coarsened for every case."),
+    spacing: Optional[str] = typer.Option(None, "--spacing",
+                                          help="Target spacing in mm, 'sx,sy,sz' or in-plane 'sx,sy' (default: the "
+                                               "training cases' median spacing). Every case is resampled to it, "
+                                               "aspect ratio kept; slices of different sizes are padded per batch."),
     trusted_labels: Optional[Path] = typer.Option(None, "--trusted-labels",
                                                   help="YOUR OWN LABELS: labelsTr/ holds the given (noisy) labels, this "
                                                        "folder trusted labels of a few cases (same file names); they "
@@ -176,7 +180,7 @@ def prepare_msd_cmd(
     manifest = prepare_msd(raw, out, size=size, noise_dice=noise_dice, meta_cases=meta_cases, test_cases=test_cases,
                            split_file=split_file, seed=seed, slice_axis=slice_axis, noisy_fraction=noisy_fraction,
                            overwrite=overwrite, progress=sys.stderr.isatty(), noisy_labels=noisy_labels,
-                           trusted_labels=trusted_labels)
+                           trusted_labels=trusted_labels, spacing=_spacing(spacing))
     noise = manifest["noise"]
     if manifest.get("train_truth") is False:
         splits = manifest["splits"]
@@ -187,7 +191,7 @@ def prepare_msd_cmd(
         return
     per_class = ", ".join(f"{k} {v:.3f}" for k, v in noise["achieved_per_class_dice"].items())
     what = f"given noisy labels ({noise['source']}) vs clean: Dice" if noise.get("given") else "noisy-vs-clean Dice"
-    typer.echo(f"prepared {len(manifest['cases'])} cases in {out} at {manifest['size']} px; "
+    typer.echo(f"prepared {len(manifest['cases'])} cases in {out} {_grid(manifest)}; "
                f"{what} {noise['achieved_mean_dice']:.3f} (mean over classes; {per_class})")
 
 
