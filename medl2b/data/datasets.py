@@ -154,7 +154,8 @@ class SliceSet:
     Items differ in size (every case keeps its own field of view at the dataset's spacing): :meth:`sample`
     serves one as it is; :meth:`batch` pads some to a common shape (:func:`padded_shape`, zeros at the far
     end: background for the labels), as the training batches are (:func:`pad_collate`). ``image``,
-    ``label`` and ``clean`` are the whole set padded so: a lazy set reads every item (small sets only).
+    ``label`` and ``clean`` are the whole set padded so: a lazy set reads every item once and then holds them
+    in memory (small sets; scripts that want the sets as they were before they were lazy).
 
     Attributes:
         case: Case id of each item.
@@ -214,17 +215,22 @@ class SliceSet:
         """The items of one case, in order."""
         return [i for i, c in enumerate(self.case) if c == case]
 
+    def _whole(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._tensors is None:  # a lazy set read whole: kept, as the sets were before they were lazy
+            self._tensors = self.batch(range(len(self)))
+        return self._tensors
+
     @property
     def image(self) -> torch.Tensor:
-        return self._tensors[0] if self.store is None else self.batch(range(len(self)))[0]
+        return self._whole()[0]
 
     @property
     def label(self) -> torch.Tensor:
-        return self._tensors[1] if self.store is None else self.batch(range(len(self)))[1]
+        return self._whole()[1]
 
     @property
     def clean(self) -> torch.Tensor:
-        return self._tensors[2] if self.store is None else self.batch(range(len(self)))[2]
+        return self._whole()[2]
 
     def as_trusted(self) -> "SliceSet":
         """The same items, every one marked trusted."""
