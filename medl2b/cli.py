@@ -269,7 +269,13 @@ def train_cmd(
                                               "schedule is re-planned over N from the current epoch)."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
-    pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Local torchvision-layout ImageNet weights."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Network. Classification: efficientnet-lite0 (default, "
+                                                            "ImageNet weights installed with medl2b) | resnet50. "
+                                                            "Segmentation: unetpp (default) | unetpp-lite0 (2-D, "
+                                                            "ImageNet-pretrained encoder)."),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="Pretrained networks: imagenet (the installed "
+                                             "weights) | PATH (a local state dict; torchvision layout for resnet50) "
+                                             "| none (from scratch)."),
     meta_impl: Optional[str] = typer.Option(None, "--meta-impl", help="fast (forward-mode) | fast-lowmem | reference (double backward)."),
     meta_scope: Optional[str] = typer.Option(None, "--meta-scope", help="all | last (FaMUS-style, head only)."),
     label_source: Optional[str] = typer.Option(None, "--label-source", help="noisy | clean (the oracle)."),
@@ -281,7 +287,7 @@ def train_cmd(
                                                         "--epochs N extends the run; any other flag that would change "
                                                         "it is refused."),
 ) -> None:
-    """Train UNet++ (pixel-wise alpha/beta) or ResNet-50 (per-sample alpha/beta) with L2B or a baseline."""
+    """Train UNet++ (pixel-wise alpha/beta) or a pretrained classifier (per-sample alpha/beta) with L2B or a baseline."""
     import shlex
 
     from medl2b.config import load_config, load_config_file
@@ -290,9 +296,11 @@ def train_cmd(
     from medl2b.train.trainer import train
 
     overrides = {"data": str(data) if data else None, "out": str(out), "method": method, "meta_set": meta_set,
-                 "epochs": epochs, "seed": seed, "device": device, "pretrained": str(pretrained) if pretrained else None,
+                 "epochs": epochs, "seed": seed, "device": device, "arch": arch,
                  "meta_impl": meta_impl, "meta_scope": meta_scope, "label_source": label_source,
                  "spatial_dims": spatial_dims}
+    if pretrained is not None:
+        overrides["pretrained"] = pretrained  # "none" becomes null in TrainConfig.validate
     for item in set_:
         if "=" not in item:
             raise InputError("--set", f"expected KEY=VALUE, got {item!r}")

@@ -123,7 +123,7 @@ def test_audit_ranks_the_cases_of_a_segmentation_run(half_noisy, tmp_path):
 def test_audit_ranks_the_images_of_a_classification_run(isic_prepared, tmp_path):
     run = tmp_path / "run"
     train(load_config("skin-lesion-cls", profile="cpu", overrides={
-        "data": str(isic_prepared), "out": str(run), "arch": "resnet50", "pretrained": None, "width": 0.0625, "image_size": 32, "batch_size": 8,
+        "data": str(isic_prepared), "out": str(run), "arch": "resnet50", "pretrained": "none", "width": 0.0625, "image_size": 32, "batch_size": 8,
         "meta_batch_size": 8, "steps_per_epoch": 2, "epochs": 2, "warmup_epochs": 1, "device": "cpu"}),
         progress=False)
     result = runner.invoke(app, ["audit", str(run), "--no-figures"])

@@ -24,7 +24,7 @@ from medl2b.runlock import LOCK_NAME, RunLockedError, run_lock
 from medl2b.train.trainer import LATEST, PREVIOUS, Trainer, train
 
 TINY = {"features": [4, 4, 8, 8, 16, 4], "batch_size": 4, "meta_batch_size": 4, "steps_per_epoch": 2}
-TINY_CLS = {"arch": "resnet50", "pretrained": None, "width": 0.0625, "image_size": 32, "batch_size": 8, "meta_batch_size": 8, "steps_per_epoch": 4}
+TINY_CLS = {"arch": "resnet50", "pretrained": "none", "width": 0.0625, "image_size": 32, "batch_size": 8, "meta_batch_size": 8, "steps_per_epoch": 4}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 

@@ -72,7 +72,7 @@ def test_eval_classification_and_compare(isic_prepared, tmp_path):
     for method in ("ce", "l2rw"):
         cfg = load_config("skin-lesion-cls", profile="cpu", overrides={
             "data": str(isic_prepared), "out": str(tmp_path / method), "method": method, "epochs": 2,
-            "warmup_epochs": 1, "arch": "resnet50", "pretrained": None, "width": 0.0625, "image_size": 32, "batch_size": 8, "meta_batch_size": 8,
+            "warmup_epochs": 1, "arch": "resnet50", "pretrained": "none", "width": 0.0625, "image_size": 32, "batch_size": 8, "meta_batch_size": 8,
             "steps_per_epoch": 2, "device": "cpu"})
         train(cfg, progress=False)
         runs.append(tmp_path / method)

@@ -273,7 +273,7 @@ def test_3d_run_predicts_by_sliding_windows_and_refuses_2d_images(hippo, tmp_pat
 def test_classification_run_writes_predictions_csv(isic_raw, isic_prepared, tmp_path):
     cfg = load_config("skin-lesion-cls", profile="cpu", overrides={
         "data": str(isic_prepared), "out": str(tmp_path / "run"), "method": "ce", "epochs": 1, "warmup_epochs": 0,
-        "arch": "resnet50", "pretrained": None, "width": 0.0625, "image_size": 32, "batch_size": 8, "meta_batch_size": 8, "steps_per_epoch": 1,
+        "arch": "resnet50", "pretrained": "none", "width": 0.0625, "image_size": 32, "batch_size": 8, "meta_batch_size": 8, "steps_per_epoch": 1,
         "device": "cpu"})
     train(cfg, progress=False)
     inputs = tmp_path / "in"

@@ -18,7 +18,7 @@ from medl2b.tasks import _held_out
 from medl2b.train.trainer import EpochStats, Trainer, train
 
 TINY_SEG = {"features": [4, 4, 8, 8, 16, 4], "batch_size": 4, "meta_batch_size": 4, "steps_per_epoch": 2}
-TINY_CLS = {"arch": "resnet50", "pretrained": None, "width": 0.0625, "image_size": 32, "batch_size": 8, "meta_batch_size": 8, "steps_per_epoch": 2}
+TINY_CLS = {"arch": "resnet50", "pretrained": "none", "width": 0.0625, "image_size": 32, "batch_size": 8, "meta_batch_size": 8, "steps_per_epoch": 2}
 
 
 def seg_cfg(data, out, **kw):

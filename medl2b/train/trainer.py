@@ -232,9 +232,9 @@ class Trainer:
         cfg = self.cfg
         if self.epoch >= cfg.epochs:
             return self._finished_already()
-        log.info("task %s, method %s, meta set %s, %d training samples, device %s, seed %d",
-                 cfg.task, cfg.method, cfg.meta_set if self.method.uses_meta else "-", len(self.task.train_set),
-                 self.device, cfg.seed)
+        log.info("task %s, network %s, method %s, meta set %s, %d training samples, device %s, seed %d",
+                 cfg.task, _network_name(cfg), cfg.method, cfg.meta_set if self.method.uses_meta else "-",
+                 len(self.task.train_set), self.device, cfg.seed)
         row: dict = {}
         try:
             with self._stop_on_signals():
@@ -673,6 +673,13 @@ class _Diagnostics:
         stats.alpha_sum, stats.beta_sum = values[0][0], values[1][0]
         for key, (total, count) in zip(self.keys[2:], values[2:]):
             stats.split[key] = [total, int(count)]
+
+
+def _network_name(cfg: TrainConfig) -> str:
+    """``efficientnet-lite0 (ImageNet weights: imagenet)`` / ``resnet50 (from scratch)``, for the run log."""
+    if cfg.is_segmentation and cfg.arch == "unetpp":  # MONAI's UNet++, always from scratch
+        return cfg.arch
+    return f"{cfg.arch} ({'ImageNet weights: ' + str(cfg.pretrained) if cfg.pretrained else 'from scratch'})"
 
 
 def _closed_form_lr(base: float, eta_min: float, epoch: int, epochs: int) -> float:
