@@ -13,7 +13,7 @@ norms that use batch statistics and (leaky) ReLUs compute their primal output wi
 the ordinary functional op (recorded for the real backward, exactly as in a plain
 step) and their tangent separately under ``torch.no_grad()`` from the textbook rules:
 
-* conv:  ``ẏ = conv(ẋ, W) + conv(x, Ẇ) + ḃ``
+* conv (and a linear head):  ``ẏ = conv(ẋ, W) + conv(x, Ẇ) + ḃ``
 * norm:  ``x̂ = (x − μ)/σ``, ``ẏ = γ̇ x̂ + ḃ + γ (ẋ − mean(ẋ) − x̂ · mean(ẋ x̂)) / σ``
   (means over the normalised dimensions; ``σ² = var + eps``, biased variance), which is
   the batch-norm backward formula applied to ``ẋ``: two fused kernels
@@ -23,7 +23,8 @@ step) and their tangent separately under ``torch.no_grad()`` from the textbook r
   convolution rule
 * max pooling: the tangent at the argmax; ``F.pad``: the same pad of the tangent
 
-then join them with ``forward_ad.make_dual``. The tangents are the same numbers
+then join them with ``forward_ad.make_dual``. Under autocast the primals are bf16 but the tangents stay
+float32 (the tangent convolutions themselves run in bf16): see :func:`_join`. The tangents are the same numbers
 (tested against the double-backward reference) and every other layer keeps PyTorch's
 own rule.
 
@@ -82,10 +83,19 @@ def _split(t: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | 
     return primal, tangent
 
 
+def _tangent_dtype(primal: torch.Tensor) -> torch.dtype:
+    """float32 for a bf16 / float16 primal (autocast), else the primal's own dtype (see :func:`_join`)."""
+    return torch.float32 if primal.dtype in (torch.bfloat16, torch.float16) else primal.dtype
+
+
 def _join(primal: torch.Tensor, tangent: torch.Tensor | None) -> torch.Tensor:
+    """The dual of a primal and its tangent. Under autocast the primal may be bf16; its tangent stays float32:
+    rounded to bf16 between layers, a tangent loses the small differences the weights are made of (a UNet++
+    after a few CE steps: weights' cosine with float64 0.33 with bf16 tangents, 0.996 with float32 ones;
+    ``benchmarks/meta_precision.py``). The convolutions of the tangent still run in bf16 (autocast)."""
     if tangent is None:
         return primal
-    return fwad.make_dual(primal, tangent.to(primal.dtype))  # autocast may have changed the primal's dtype
+    return fwad.make_dual(primal, tangent.to(_tangent_dtype(primal)))
 
 
 def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
@@ -108,8 +118,10 @@ def _linear_layer(module: nn.Module, op, x: torch.Tensor, **kw) -> torch.Tensor:
         y_t = None if x_t is None else op(x_t, w_p.detach(), None, **kw)
         if w_t is not None:
             y_t = _add(y_t, op(x_p.detach(), w_t, None, **kw))
+        if y_t is not None:
+            y_t = y_t.to(_tangent_dtype(y))  # the bias tangent is added in float32 under autocast
         if b_t is not None:
-            bias_t = _bias_shape(b_t, y.dim())
+            bias_t = _bias_shape(b_t, y.dim()).to(_tangent_dtype(y))
             y_t = bias_t.expand_as(y).clone() if y_t is None else y_t.add_(bias_t)
     return _join(y, y_t)
 
@@ -205,7 +217,7 @@ def _hardtanh(module):
             return original(x)
         y = F.hardtanh(x_p, lo, hi, inplace=inplace)
         with torch.no_grad():  # y lies strictly inside (lo, hi) exactly where x does
-            y_t = torch.ops.aten.hardtanh_backward(x_t, y.detach(), lo, hi)
+            y_t = torch.ops.aten.hardtanh_backward(x_t, y.detach().to(x_t.dtype), lo, hi)
         return _join(y, y_t)
     return forward
 
@@ -220,8 +232,9 @@ def _relu(module, slope: float):
         # in place when the layer is: the plain step keeps one buffer here, not two
         y = F.leaky_relu(x_p, slope, inplace=inplace) if slope else F.relu(x_p, inplace=inplace)
         with torch.no_grad():  # elementwise, so the JVP is the (fused) VJP kernel
-            y_t = (torch.ops.aten.leaky_relu_backward(x_t, y.detach(), slope, True) if slope
-                   else torch.ops.aten.threshold_backward(x_t, y.detach(), 0))
+            y_mask = y.detach().to(x_t.dtype)  # a bf16 primal (autocast) under a float32 tangent
+            y_t = (torch.ops.aten.leaky_relu_backward(x_t, y_mask, slope, True) if slope
+                   else torch.ops.aten.threshold_backward(x_t, y_mask, 0))
         return _join(y, y_t)  # outside no_grad: the dual must stay on the graph
     return forward
 
@@ -280,6 +293,8 @@ def _rule(module: nn.Module):
         return _conv(module, conv)
     if kind in _DECONV:
         return _deconv(module, _DECONV[kind])
+    if kind is nn.Linear:  # a classifier's head: its tangent in float32 under autocast, as every other layer's
+        return lambda x: _linear_layer(module, F.linear, x)
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and (module.training or module.running_mean is None):
         return _norm(module, instance=False)
     if isinstance(module, nn.modules.instancenorm._InstanceNorm) and (module.training or not module.track_running_stats):
