@@ -438,8 +438,10 @@ class Trainer:
         return text
 
     def _autocast(self, *, meta: bool = False):
-        """bf16 autocast on CUDA; for a meta step only with ``meta_amp`` (see the config key)."""
-        if self.amp_dtype is None or (meta and not self.cfg.meta_amp):
+        """bf16 autocast on CUDA; for a meta step only with ``meta_amp`` and never in the first epoch: at
+        initialisation, train-mode batch norms amplify bf16 rounding until the weights are noise (ResNet-50,
+        EfficientNet-Lite0; BENCHMARKS.md, issue 38). The CPU runs float32 throughout."""
+        if self.amp_dtype is None or (meta and (not self.cfg.meta_amp or self.epoch == 0)):
             return torch.autocast("cpu", enabled=False)
         return torch.autocast("cuda", dtype=self.amp_dtype)
 
