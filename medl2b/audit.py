@@ -41,13 +41,13 @@ import numpy as np
 import torch
 
 from medl2b.errors import InputError
-from medl2b.evaluate.ranking import percentile_ranks, ranking_quality
-from medl2b.evaluate.report import _write_json, _write_text
+from medl2b.evaluate.ranking import cell, percentile_ranks, ranking_quality, ranking_table_quality, score_rows
+from medl2b.evaluate.report import write_csv, write_json, write_text
 from medl2b.evaluate.run import load_run
 from medl2b.runlock import run_lock
-from medl2b.tasks import build_task
+from medl2b.tasks import AuditTable, build_task
 
-__all__ = ["audit_run", "percentile_ranks", "ranking_quality"]
+__all__ = ["audit_run", "percentile_ranks", "rank_tables", "ranking_quality"]
 
 log = logging.getLogger("medl2b")
 
@@ -90,12 +90,45 @@ def audit_run(run: str | Path, *, data: str | Path | None = None, out: str | Pat
         out = Path(out) if out is not None else run / "audit"
         out.mkdir(parents=True, exist_ok=True)
         signal, has_meta = _first_signal(record)
-        summary = task.audit(model, signal, has_meta, out, device, top=top, figures=figures)
-        summary.update(signal="meta + model" if has_meta else "loss + model", run=str(run), data=str(cfg.data),
-                       method=cfg.method, train_truth=task.train_truth)
-        _write_json(out / "summary.json", summary)
-        _write_text(out / "report.md", _report(summary))
+        tables = task.audit_tables(model, signal, has_meta, device)
+        summary = rank_tables(tables, out, top=top, train_truth=task.train_truth)
+        if figures:
+            task.audit_figure(model, tables, summary["top"], out, device)
+        summary = {"task": task.kind, **summary, "signal": "meta + model" if has_meta else "loss + model",
+                   "run": str(run), "data": str(cfg.data), "method": cfg.method, "train_truth": task.train_truth}
+        write_json(out / "summary.json", summary)
+        write_text(out / "report.md", _report(summary))
         return summary
+
+
+def rank_tables(tables: dict[str, AuditTable], out: Path, *, top: int, train_truth: bool) -> dict:
+    """Score each unit's rows (the mean of the two signals' percentile ranks), write each as a CSV, most suspect
+    first, into ``out``; return ``{"top": the first table's top ids, "quality": per unit (with truth),
+    "known_truth": whether any unit is known corrupted}``. Without ``train_truth`` (a user's own labels) the
+    truth columns are left out and nothing is scored against them: it just ranks."""
+    quality = {}
+    for level, table in tables.items():
+        score = score_rows(table.rows)
+        if train_truth:
+            quality[level] = ranking_table_quality(table.rows, score)
+        ordered = sorted(table.rows, key=lambda r: -r["score"])
+        truth = table.truth if train_truth else []
+        write_csv(out / table.file, ["rank", *table.ids, "score", "meta_signal", "disagreement", *table.after, *truth],
+                  [[i + 1, *(r[c] for c in table.ids), f"{r['score']:.6f}", cell(r["meta_signal"]),
+                    f"{r['disagreement']:.6f}", *(r[c] for c in table.after), *(_cell(r, c) for c in truth)]
+                   for i, r in enumerate(ordered)])
+    first = next(iter(tables.values()))
+    suspects = [r[first.ids[0]] for r in sorted(first.rows, key=lambda r: -r["score"])[:top]]
+    return {"top": suspects, "quality": quality,
+            "known_truth": train_truth and any(r["corrupted"] for r in first.rows)}
+
+
+def _cell(row: dict, column: str):
+    """A truth column's CSV cell: ``corrupted`` as 0/1, a float to six places, anything else as it is."""
+    value = row[column]
+    if isinstance(value, bool):
+        return int(value)
+    return f"{value:.6f}" if isinstance(value, float) else value
 
 
 def _first_signal(record: dict) -> tuple[np.ndarray, bool]:

@@ -1,13 +1,26 @@
-"""Batched prediction shared by validation, pseudo-labels and evaluation."""
+"""Batched prediction shared by validation, pseudo-labels and evaluation, and the inferers of each geometry.
+
+A task predicts whole samples (:class:`WholeInferer`: padded for the network, MONAI's ``SimpleInferer``) or,
+when they are larger than its training window, by sliding windows of it (:class:`WindowInferer`: MONAI's
+``SlidingWindowInferer``, Gaussian blending). Slice-by-slice prediction of a volume is the 2-D inferer on
+its slices as a batch (:mod:`medl2b.tasks.segmentation`). MONAI's ``SliceInferer`` is not used: it batches
+windows across slices and pads to the window, where these pad each case to :func:`padded_shape` and
+predict the slices of a case as one batch, the numerics training validated with.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
-from monai.inferers import sliding_window_inference
+from monai.inferers import SimpleInferer, SlidingWindowInferer
 from torch import nn
 from torch.utils.data import DataLoader
 
-__all__ = ["predict_logits", "predict_dataset", "predict_volume", "flip_averaged_probs"]
+from medl2b.data.datasets import pad_batch, padded_shape
+
+__all__ = ["WholeInferer", "WindowInferer", "flip_averaged_probs", "predict_dataset", "predict_logits",
+           "predict_volume"]
 
 
 @torch.no_grad()
@@ -21,12 +34,13 @@ def predict_logits(model: nn.Module, images: torch.Tensor, *, batch_size: int = 
     was_training = model.training
     model.eval()
     outs = []
+    inferer = SimpleInferer()
     try:
         for start in range(0, images.shape[0], batch_size):
             batch = images[start:start + batch_size].to(device, non_blocking=True)
             if transform is not None:
                 batch = transform(batch)
-            outs.append(model(batch).float().cpu())
+            outs.append(inferer(batch, model).float().cpu())
     finally:
         model.train(was_training)
     return torch.cat(outs) if outs else torch.empty(0)
@@ -40,10 +54,10 @@ def predict_volume(model: nn.Module, volume: torch.Tensor, roi_size, *, device: 
     is padded, and cropped back), ``overlap``, Gaussian blending. On the CPU."""
     was_training = model.training
     model.eval()
+    inferer = SlidingWindowInferer(roi_size=tuple(int(v) for v in roi_size), sw_batch_size=sw_batch_size,
+                                   overlap=overlap, mode="gaussian")
     try:
-        out = sliding_window_inference(volume.to(device), roi_size=tuple(int(v) for v in roi_size),
-                                       sw_batch_size=sw_batch_size, predictor=model, overlap=overlap,
-                                       mode="gaussian")
+        out = inferer(volume.to(device), model)
     finally:
         model.train(was_training)
     return torch.as_tensor(out).as_subclass(torch.Tensor).float().cpu()
@@ -75,18 +89,58 @@ def predict_dataset(model: nn.Module, dataset, *, batch_size: int = 32, device: 
 
 
 @torch.no_grad()
-def flip_averaged_probs(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Softmax averaged over the identity and the two in-plane flips, ``(B, K, H, W)``.
+def flip_averaged_probs(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                        dims: Sequence[int] = (2, 3)) -> torch.Tensor:
+    """Softmax averaged over the identity and one flip along each of ``dims``, ``(B, K, *spatial)``.
 
-    The flipped predictions are flipped back before averaging. Used for
-    segmentation pseudo-labels (``pseudo_label_tta``); runs in eval mode.
+    The flipped predictions are flipped back before averaging. Used for segmentation pseudo-labels
+    (``pseudo_label_tta``: the two in-plane flips) and test-time augmentation. A module runs in eval
+    mode; any other callable (an inferer) as it is.
     """
-    was_training = model.training
-    model.eval()
+    was_training = isinstance(model, nn.Module) and model.training
+    if was_training:
+        model.eval()
     try:
         probs = model(images).softmax(1)
-        for dim in (2, 3):
+        for dim in dims:
             probs = probs + model(images.flip(dim)).softmax(1).flip(dim)
     finally:
-        model.train(was_training)
-    return probs / 3.0
+        if was_training:
+            model.train(True)
+    return probs / (len(dims) + 1)
+
+
+class WholeInferer:
+    """Logits of whole samples ``(N, C, *extent)`` -> ``(N, K, *extent)`` on the CPU: zero-padded to
+    :func:`padded_shape` (what the network takes), predicted ``batch_size`` at a time, cropped back.
+
+    Args:
+        batch_size: Samples per forward.
+    """
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+
+    def __call__(self, model: nn.Module, images: torch.Tensor, device) -> torch.Tensor:
+        extent = tuple(images.shape[2:])
+        padded = pad_batch(images, padded_shape([extent]))
+        logits = predict_logits(model, padded, batch_size=self.batch_size, device=device)
+        return logits[(slice(None), slice(None), *(slice(0, e) for e in extent))]
+
+
+class WindowInferer:
+    """Logits of samples larger than the training window, ``(N, C, *extent)`` -> ``(N, K, *extent)`` on the
+    CPU: each sample by sliding windows of ``window`` (:func:`predict_volume`: overlap 0.5, Gaussian blending).
+
+    Args:
+        window: The training window, one size per spatial axis.
+        sw_batch_size: Windows per forward.
+    """
+
+    def __init__(self, window: Sequence[int], sw_batch_size: int) -> None:
+        self.window = tuple(int(v) for v in window)
+        self.sw_batch_size = sw_batch_size
+
+    def __call__(self, model: nn.Module, images: torch.Tensor, device) -> torch.Tensor:
+        return torch.cat([predict_volume(model, images[i:i + 1], self.window, device=device,
+                                         sw_batch_size=self.sw_batch_size) for i in range(images.shape[0])])

@@ -9,7 +9,7 @@ the same code
 * **Segmentation.** Read (NIfTI with nibabel; MetaImage, NRRD with SimpleITK; any stored
   orientation), turned to the recorded orientation and slice axis, each channel clipped to its
   0.5..99.5th percentiles and z-scored, resampled to the recorded in-plane size. The run's task
-  predicts it (:meth:`medl2b.tasks.SliceTask.predict_image`: 2-D runs slice by slice, 3-D runs by
+  predicts it (:meth:`medl2b.tasks.SegmentationTask.predict`: 2-D runs slice by slice, 3-D runs by
   sliding windows). The label map goes back onto the input's own grid (nearest neighbour, in
   physical space) with the dataset's raw label values, as ``medl2b eval`` writes its predictions.
   ``probabilities``: per class, linearly resampled onto the input's grid (their argmax can differ
@@ -137,22 +137,12 @@ class Predictor:
             self.cfg.data = str(folder)
         self._task = build_task(self.cfg, training=False, manifest=record)
         self.manifest = self._task.manifest
-        if self.cfg.is_segmentation:
-            self.task = "segmentation"
-            labels = self.manifest["labels"]
-            self.classes = sorted(labels, key=labels.get)
-            values = self.manifest.get("label_values") or {}
-            self.label_values = [int(values.get(str(labels[n]), labels[n])) for n in self.classes]
-            names = self.manifest.get("channel_names") or {"0": "image"}
-            self.channels = [str(names[k]) for k in sorted(names, key=int)]
-            self.spatial_dims = int(self.cfg.spatial_dims)
-            self.image_2d = bool(self.manifest.get("image_2d"))
-        else:
-            self.task = "classification"
-            self.classes = list(self.manifest["classes"])
-            self.channels = ["R", "G", "B"]
-            self.spatial_dims = 2
-            self.image_2d = True
+        self.task = self._task.kind
+        self.classes = list(self._task.classes)
+        self.label_values = list(self._task.label_values)
+        self.channels = list(self._task.channels)
+        self.spatial_dims = self._task.spatial_dims
+        self.image_2d = self._task.image_2d
 
     def __repr__(self) -> str:
         return (f"Predictor(run={str(self.run)!r}, task={self.task!r}, classes={self.classes}, "
@@ -168,7 +158,7 @@ class Predictor:
                 or an array: segmentation ``(x, y, z[, c])`` (with ``affine``, 4x4 RAS; default identity);
                 classification: a JPEG/PNG path, a PIL image or a uint8 ``(H, W, 3)`` RGB array.
             affine: The array's 4x4 RAS affine (arrays only).
-            tta: Segmentation: average the softmax over flips of each spatial axis.
+            tta: Average the softmax over flips of each spatial axis (flipped back).
             probabilities: Segmentation: also return the per-class probabilities on the input's grid.
 
         Raises:
@@ -176,7 +166,7 @@ class Predictor:
                 3-D run, not an image this run takes.
         """
         if self.task == "classification":
-            return self._classify(image)
+            return self._classify(image, tta=tta)
         stack, aff, where = self._read(image, affine)
         return self.segment(stack, aff, where, tta=tta, probabilities=probabilities)
 
@@ -191,7 +181,7 @@ class Predictor:
             axis = self.manifest["slice_axis"] or "third stored"
             raise InputError(where, f"is a 2-D image (shape {list(stack.shape[:3])}) that is not a slice along the "
                                     f"{axis} axis the run was trained on")
-        logits = self._task.predict_image(self.model, torch.from_numpy(pre["image"]), self.device, tta=tta)
+        logits = self._task.predict(self.model, torch.from_numpy(pre["image"]), self.device, tta=tta)
         prepared, raw = pre["prepared"].to_dict(), pre["raw"].to_dict()
         index = logits.argmax(0).numpy().astype(np.uint8)
         mask = raw_label_values(to_original_grid(index, prepared, raw), self.manifest)
@@ -222,7 +212,7 @@ class Predictor:
         raise InputError("image", f"cannot predict a {type(image).__name__}: give a path, a nibabel or SimpleITK "
                                   "image, or an array with its affine")
 
-    def _classify(self, image) -> Classification:
+    def _classify(self, image, *, tta: bool = False) -> Classification:
         size = int(self.manifest["size"])
         if isinstance(image, (str, os.PathLike)):
             path = Path(image)
@@ -239,7 +229,7 @@ class Predictor:
                 raise InputError("image", f"cannot classify a {type(image).__name__}: give a path, a PIL image or "
                                           "a uint8 (H, W, 3) array")
             pixels = square_image(image, size)
-        prob = self._task.predict_images(self.model, pixels[None], self.device)[0].softmax(0).numpy()
+        prob = self._task.predict(self.model, pixels, self.device, tta=tta).softmax(0).numpy()
         return Classification(label=self.classes[int(prob.argmax())],
                               probabilities={c: float(p) for c, p in zip(self.classes, prob)})
 

@@ -17,7 +17,7 @@ from medl2b.data.grid import image_from_xyz, prepare_volume, spacing_geometry
 from medl2b.data.msd import preprocess_image, prepare_msd, read_image
 from medl2b.data.nifti import Geometry, affine_from_geometry
 from medl2b.evaluate.run import evaluate_run
-from medl2b.tasks import SliceTask
+from medl2b.tasks import SegmentationTask
 from medl2b.train.trainer import Trainer
 
 TINY = {"features": [2, 2, 4, 4, 8, 2], "epochs": 1, "warmup_epochs": 0, "steps_per_epoch": 2, "batch_size": 4,
@@ -169,7 +169,7 @@ def test_eval_native_dice_is_the_dice_of_the_written_prediction_against_the_raw_
         _, _, clean = self.store.read(case, -1, noisy=False)
         return clean.astype(np.uint8), clean.astype(np.uint8)
 
-    monkeypatch.setattr(SliceTask, "predict_case", oracle)
+    monkeypatch.setattr(SegmentationTask, "predict_case", oracle)
     summary = evaluate_run(run, split="test", device="cpu", figures=False)
     assert summary["metric_grid"].startswith("native")
     for row in summary["per_case"]:

@@ -95,7 +95,7 @@ def test_patch_run_trains_validates_predicts_and_audits_by_sliding_windows(fundu
     pred, clean = task.predict_case(model, case, torch.device("cpu"))
     assert pred.shape == clean.shape == (SIZE, SIZE, 1)
     image = torch.randn(3, SIZE, SIZE, 1)
-    logits = task.predict_image(model, image, torch.device("cpu"))
+    logits = task.predict(model, image, torch.device("cpu"))
     assert logits.shape == (2, SIZE, SIZE, 1)
     whole = model(image.permute(3, 0, 1, 2))                  # not what a sliding window predicts
     assert not torch.allclose(logits.permute(3, 0, 1, 2), whole, atol=1e-4)

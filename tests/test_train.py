@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from medl2b.cli import app
 from medl2b.config import load_config
 from medl2b.errors import InputError
-from medl2b.tasks import _held_out
+from medl2b.tasks import held_out
 from medl2b.train.trainer import EpochStats, Trainer, train
 
 TINY_SEG = {"features": [4, 4, 8, 8, 16, 4], "batch_size": 4, "meta_batch_size": 4, "steps_per_epoch": 2}
@@ -347,7 +347,7 @@ def test_val_holdout_is_checked(promise12_prepared, tmp_path):
         seg_cfg(promise12_prepared, tmp_path / "x", val_holdout=1.0)
     cfg = seg_cfg(promise12_prepared, tmp_path / "y", val_holdout=0.5)
     with pytest.raises(InputError, match="val_holdout 0.5 needs at least 2"):
-        _held_out(cfg, ["case00"], None)  # one clean case: nothing can be held out
+        held_out(cfg, ["case00"], None)  # one clean case: nothing can be held out
 
 
 def test_meta_batches_come_from_foreground_slices(promise12_prepared, tmp_path):

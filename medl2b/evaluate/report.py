@@ -46,7 +46,8 @@ import yaml
 from medl2b.errors import InputError, atomic_file
 from medl2b.evaluate.metrics import SEG_KEYS, SEG_OPTIONAL_KEYS, EmptyPolicy, summarize_cases
 
-__all__ = ["compare_runs", "empty_policy_sentence", "write_cls_report", "write_seg_report"]
+__all__ = ["compare_runs", "empty_policy_sentence", "write_cls_report", "write_csv", "write_json",
+           "write_seg_report", "write_text"]
 
 _SEG_LABELS = {"dice": "Dice (%)", "hd95": "HD95 (mm)", "asd": "ASD (mm)", "cldice": "clDice (%)"}
 _PERCENT = ("dice", "cldice")  # fractions shown as percentages
@@ -81,16 +82,19 @@ def _jsonable(obj: Any) -> Any:
     raise ValueError(f"cannot write {type(obj).__name__} to JSON: {obj!r}")
 
 
-def _write_text(path: Path, text: str) -> None:
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
     with atomic_file(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    _write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON atomically (a NaN is an error)."""
+    write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
-def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Write a CSV file of a ``header`` row and ``rows`` (UTF-8) atomically."""
     with atomic_file(path) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
@@ -322,9 +326,9 @@ def write_seg_report(
         header += [f"{k}_{name}" for k in (*keys, "status")]
         for r, cells in zip(summary["per_case"], csv_rows):
             cells += [_csv_cell(r["per_class"][name][k]) for k in (*keys, "status")]
-    _write_json(out / "summary.json", summary)
-    _write_csv(out / "metrics.csv", header, csv_rows)
-    _write_text(out / "report.md", _seg_markdown(summary))
+    write_json(out / "summary.json", summary)
+    write_csv(out / "metrics.csv", header, csv_rows)
+    write_text(out / "report.md", _seg_markdown(summary))
     return summary
 
 
@@ -471,12 +475,12 @@ def write_cls_report(
         **extra_d,
     })
 
-    _write_json(out / "summary.json", summary)
-    _write_csv(out / "metrics.csv", ["class", "n_true", "recall"],
+    write_json(out / "summary.json", summary)
+    write_csv(out / "metrics.csv", ["class", "n_true", "recall"],
                [[n, int(s), _csv_cell(recall[n])] for n, s in zip(names, support)])
-    _write_csv(out / "confusion_matrix.csv", ["true\\pred", *names],
+    write_csv(out / "confusion_matrix.csv", ["true\\pred", *names],
                [[n, *row] for n, row in zip(names, cm.tolist())])
-    _write_text(out / "report.md", _cls_markdown(summary))
+    write_text(out / "report.md", _cls_markdown(summary))
     return summary
 
 
@@ -616,7 +620,7 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], out_path: str | os.PathL
         blocks.append(_compare_table(cls_runs, seg=False))
     text = "\n".join(blocks)
     if out_path is not None:
-        _write_text(Path(out_path), text)
+        write_text(Path(out_path), text)
     return text
 
 

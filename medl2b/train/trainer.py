@@ -549,7 +549,7 @@ class Trainer:
             reduce=(lambda t: distributed.sum_in_place(t, self.device)) if self.dist.enabled else None)
         quality: dict = {}
         if cfg.uses_meta and cfg.meta_set == "gmm" and self.epoch >= cfg.warmup_epochs and self.epoch < cfg.epochs:
-            losses = self.task.sample_losses(self.model, self.device, cfg.batch_size)
+            losses = self.task.sample_losses(self.model, self.device)
             candidates = self.task.meta_candidates()
             chosen, _ = select_clean(losses[candidates], threshold=cfg.gmm_threshold, seed=cfg.seed + self.epoch)
             self.online_meta = candidates[chosen]
