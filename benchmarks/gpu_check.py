@@ -24,13 +24,17 @@ every check at toy sizes in well under a minute (``tests/test_gpu_check.py`` run
 
    3-D UNet++ has an entry marked "not yet available".
 3. Cost of one full training step (``medl2b.meta.losses.weighted_losses``, backward, clipping, SGD
-   with momentum) for ``ce``, ``l2b`` (fast), ``l2b`` (fast-lowmem) and ``l2b`` with
-   ``--meta-scope last``: median of repeats after warm-up, round-robin, timed with CUDA events
-   (``time.perf_counter`` on the CPU), as a multiple of ``ce``; the peak of
-   ``torch.cuda.max_memory_allocated`` during one step (null on the CPU). UNet++ 256², batch 16;
-   ResNet-50 224², batch 64; bf16 autocast on CUDA as in the trainer.
+   with momentum) for ``ce``, ``l2b`` (fast), ``l2b`` (fast-lowmem), ``l2b`` with ``--meta-scope last``
+   and ``l2b`` with its meta step in float32 (``meta_amp`` off): median of repeats after warm-up,
+   round-robin, timed with CUDA events (``time.perf_counter`` on the CPU), as a multiple of ``ce``; the
+   peak of ``torch.cuda.max_memory_allocated`` during one step (null on the CPU). UNet++ 2-D 256², batch
+   16; ResNet-50 224², batch 64; UNet++ 3-D 64³, batch 2; the pretrained classification backbone
+   (EfficientNet-Lite0, packaged ImageNet weights) 224², batch 64. bf16 autocast on CUDA as in the
+   trainer after its first epoch (``meta_amp`` on: the meta step too, with float32 tangents).
 4. The whole CLI path in subprocesses: ``synth promise12`` → ``prepare promise12`` → ``train`` ``ce``
-   and ``l2b`` for 2 epochs (1 warm-up) → ``eval`` of both, each stage timed.
+   and ``l2b`` for 2 epochs (1 warm-up) → ``eval`` of both, each stage timed; the end-to-end throughput
+   of each training epoch (training images / epoch seconds, data loading and validation included) and
+   the l2b/ce ratio of the last (meta) epoch.
 5. The input pipeline: samples/s of the training DataLoader alone (``SegSliceDataset`` plus
    ``BatchAugment`` of whole batches on the device, as the trainer does) next to the samples/s of
    the ``ce`` and ``l2b`` steps at the same size and batch.
@@ -75,6 +79,8 @@ FULL = {
                "resnet50": {"width": 1.0, "size": 224, "batch": 64, "meta_batch": 64, "classes": 8, "clip": 0.8},
                "unetpp3d": {"features": (32, 32, 64, 128, 256, 32), "size": 64, "batch": 2, "meta_batch": 2,
                             "clip": 0.2},
+               "efficientnet-lite0": {"size": 224, "batch": 64, "meta_batch": 64, "classes": 8, "clip": 0.8,
+                                      "pretrained": "imagenet"},
                "warmup": 3, "repeats": 10},
     "pipeline": {"slices": 256, "passes": 2},
     "cli": {"cases": 8, "size": 144, "meta_cases": 2, "test_cases": 2, "sets": [], "figures": True, "timeout": 900},
@@ -86,6 +92,8 @@ TINY = {
     "timing": {"unetpp": {"features": (4, 4, 8, 8, 16, 4), "size": 32, "batch": 2, "meta_batch": 2, "clip": 0.2},
                "resnet50": {"width": 0.125, "size": 32, "batch": 2, "meta_batch": 2, "classes": 4, "clip": 0.8},
                "unetpp3d": {"features": (2, 2, 4, 4, 8, 2), "size": 32, "batch": 1, "meta_batch": 1, "clip": 0.2},
+               "efficientnet-lite0": {"size": 32, "batch": 2, "meta_batch": 2, "classes": 4, "clip": 0.8,
+                                      "pretrained": "imagenet"},
                "warmup": 1, "repeats": 3},
     "pipeline": {"slices": 16, "passes": 1},
     "cli": {"cases": 3, "size": 32, "meta_cases": 1, "test_cases": 1, "figures": False, "timeout": 600,
@@ -96,7 +104,9 @@ VARIANTS = {  # key -> (label, method, meta_impl, meta_scope)
     "l2b_fast": ("l2b (fast)", "l2b", "fast", "all"),
     "l2b_fast_lowmem": ("l2b (fast-lowmem)", "l2b", "fast-lowmem", "all"),
     "l2b_last": ("l2b (meta-scope last)", "l2b", "fast", "last"),
+    "l2b_fp32_meta": ("l2b (float32 meta step)", "l2b", "fast", "all"),
 }
+FLOAT32_STEP = {"l2b_fp32_meta"}  # no autocast around the step: the trainer with meta_amp off (or in epoch 1)
 
 
 class Report:
@@ -213,12 +223,15 @@ def _cls_batch(n: int, size: int, classes: int, device):
 
 
 def _build(net: str, spec: dict, device):
-    from medl2b.models import build_resnet50, build_unetpp
+    from medl2b.models import build_classifier, build_resnet50, build_unetpp
 
     if net in ("unetpp", "unetpp3d"):
         model = build_unetpp(features=tuple(spec["features"]), spatial_dims=3 if net == "unetpp3d" else 2)
-    else:
+    elif net == "resnet50":
         model = build_resnet50(num_classes=spec["classes"], width=spec["width"])
+    else:  # a registered backbone behind its input normalisation, with its packaged weights
+        model = build_classifier(net, num_classes=spec["classes"], image_size=spec["size"],
+                                 pretrained=spec.get("pretrained"))
     return model.to(device).train()
 
 
@@ -357,7 +370,8 @@ def check_equality(report: Report, device, sizes: dict) -> None:
             ok = errors["meta_grad"] <= BF16_TOL and cosine >= BF16_MIN_COSINE
             if drift < BF16_WARN_COSINE:
                 report.warn(f"{name}: bf16 meta-gradients have cosine {drift:.3f} with the float64 ones "
-                            f"(< {BF16_WARN_COSINE}): under bf16 autocast the learned weights are mostly rounding")
+                            f"(< {BF16_WARN_COSINE}) at initialisation (the trainer's first epoch keeps the meta "
+                            f"step in float32; after CE steps bf16 keeps it: tests/test_meta_amp.py)")
         else:
             # float32: pseudo-labels from each run's own forward (the default path); float64: the float32
             # ones, so that a tie broken differently in float64 does not count as float32's rounding error
@@ -410,7 +424,7 @@ def _stepper(model, key: str, data, *, device, amp: bool, clip: float):
     x, y, xm, ym = data
 
     def step():
-        with _autocast(device, amp):
+        with _autocast(device, amp and key not in FLOAT32_STEP):
             weights, losses, _ = weighted_losses(model, method, x, y, xm, ym, lr=opt.param_groups[0]["lr"],
                                                  meta_impl=impl, param_names=head)
             loss = sum((w * l.float()).sum() for w, l in zip(weights, losses))
@@ -445,7 +459,8 @@ def check_timing(report: Report, device, sizes: dict) -> None:
     warmup, repeats = sizes["warmup"], sizes["repeats"]
     results: dict = {}
     report.data["timing"] = results
-    for net, label in (("unetpp", "unetpp2d"), ("resnet50", "resnet50"), ("unetpp3d", "unetpp3d")):
+    for net, label in (("unetpp", "unetpp2d"), ("resnet50", "resnet50"), ("unetpp3d", "unetpp3d"),
+                       ("efficientnet-lite0", "efficientnet-lite0")):
         spec = sizes[net]
         torch.manual_seed(0)
         data = _data(net, spec, device)
@@ -596,12 +611,17 @@ def check_cli(report: Report, device, spec: dict, work: Path, env: dict) -> None
         if stage["rc"] != 0:
             report.fail(f"cli {name}: exit code {stage['rc']}: {' | '.join(stage['stderr_tail'][-2:])}")
             return  # every later stage needs this one
+    import yaml
+
     for method in ("ce", "l2b"):
         run = work / f"run_{method}"
         rows = _read_metrics(run / "metrics.csv")
         summary = json.loads((run / "eval" / "summary.json").read_text())
         dice = (summary.get("mean") or {}).get("dice")
+        batch = int(yaml.safe_load((run / "config.yaml").read_text())["batch_size"])
         info = {"epochs": len(rows), "epoch_s": [float(r["time_s"]) for r in rows],
+                # end to end: training images of the epoch over its seconds (loading and validation included)
+                "images_per_s": [int(r["steps"]) * batch / float(r["time_s"]) for r in rows],
                 "val_dice": [float(r["val_score"]) if r["val_score"] else None for r in rows],
                 "meta_loss_last": float(rows[-1]["meta_loss"]) if rows and rows[-1]["meta_loss"] else None,
                 "test_dice": dice, "test_cases": summary.get("n_cases"), "test_failed": summary.get("n_failed")}
@@ -619,6 +639,8 @@ def check_cli(report: Report, device, spec: dict, work: Path, env: dict) -> None
             problems.append("no meta loss after the warm-up epoch: the meta step did not run")
         for p in problems:
             report.fail(f"cli run {method}: {p}")
+    if all(m in runs and runs[m]["images_per_s"] for m in ("ce", "l2b")):  # the last epoch: l2b's is a meta epoch
+        report.data["cli"]["l2b_epoch_x_ce"] = runs["ce"]["images_per_s"][-1] / runs["l2b"]["images_per_s"][-1]
 
 
 # ----------------------------------------------------------------------------- output
@@ -685,7 +707,10 @@ def print_table(data: dict) -> None:
             print(f"{name:<12} {s['seconds']:>7.1f} s wall {s['cpu_s']:>6.1f} s CPU  exit {s['rc']}")
         for method, r in cli["runs"].items():
             print(f"run {method:<8} epochs {r['epochs']}, epoch s {[round(x, 2) for x in r['epoch_s']]}, "
+                  f"images/s {[round(x, 1) for x in r['images_per_s']]}, "
                   f"test Dice {_fmt(r['test_dice'], '.4f')}, last meta loss {_fmt(r['meta_loss_last'], '.4f')}")
+        if "l2b_epoch_x_ce" in cli:
+            print(f"end to end, last epoch (l2b's meta epoch): l2b takes {cli['l2b_epoch_x_ce']:.2f} x ce's time per image")
     print(f"\ntotal {data.get('total_s', 0):.1f} s wall, {data.get('cpu_s', 0):.1f} s CPU (with subprocesses); "
           f"{len(data['failures'])} failure(s), "
           f"{len(data['warnings'])} warning(s)")

@@ -54,9 +54,9 @@ def test_tiny_cpu_run_passes_every_check():
     assert {"unetpp3d_ce+dice_fp32", "unetpp3d_ce+dice_bf16"} <= set(checked)  # voxel-wise, float32 and bf16
     assert eq["unetpp3d_ce+dice_fp32"]["input"] == [1, 32, 32, 32]
 
-    for net in ("unetpp2d", "resnet50", "unetpp3d"):
+    for net in ("unetpp2d", "resnet50", "unetpp3d", "efficientnet-lite0"):
         variants = summary["timing"][net]["variants"]
-        assert set(variants) == {"ce", "l2b_fast", "l2b_fast_lowmem", "l2b_last"}
+        assert set(variants) == {"ce", "l2b_fast", "l2b_fast_lowmem", "l2b_last", "l2b_fp32_meta"}
         for key, v in variants.items():
             assert v["step_ms"] > 0 and v["x_ce"] > 0 and v["samples_per_s"] > 0, (net, key)
             assert v["peak_mb"] is None  # CUDA only
@@ -73,6 +73,8 @@ def test_tiny_cpu_run_passes_every_check():
     for method in ("ce", "l2b"):
         run = cli["runs"][method]
         assert run["epochs"] == 2 and 0.0 <= run["test_dice"] <= 1.0 and run["test_failed"] == 0
+        assert len(run["images_per_s"]) == 2 and min(run["images_per_s"]) > 0  # end-to-end epoch throughput
+    assert cli["l2b_epoch_x_ce"] > 0
     assert cli["runs"]["l2b"]["meta_loss_last"] is not None  # the meta step ran after the warm-up epoch
     assert not Path(cli["work"]).exists()  # the temporary folder is removed
     assert summary["total_s"] > 0
