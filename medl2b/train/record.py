@@ -68,6 +68,17 @@ class SampleRecord:
         self.totals += self._epoch.cpu()
         self._epoch.zero_()
 
+    def epoch_state(self) -> torch.Tensor:
+        """This process's sums of the epoch so far, ``(len(FIELDS), N)`` float64, a copy on the CPU (saved by an
+        interrupted epoch, so that its resume adds in the same order)."""
+        return self._epoch.detach().cpu().clone()
+
+    def load_epoch_state(self, sums: torch.Tensor) -> None:
+        """Continue an epoch from :meth:`epoch_state`'s sums."""
+        if sums.shape != self.totals.shape:
+            raise ValueError(f"epoch sums of shape {tuple(sums.shape)}; the record has {tuple(self.totals.shape)}")
+        self._epoch = sums.clone()
+
     def state_dict(self) -> dict:
         return {"fields": list(FIELDS), "totals": self.totals.clone()}
 

@@ -52,3 +52,12 @@ class StepModule(nn.Module):
         self._meta_grad = None if meta is None else meta.meta_grad
         loss = sum((w * l.float()).sum() for w, l in zip(weights, losses))
         return loss, weights, losses, meta
+
+    def meta_grad_state(self) -> list[torch.Tensor] | None:
+        """The reused meta gradient ``v`` (one tensor per weighed parameter), copied to the CPU; None before any
+        meta step or after a warm-up step."""
+        return None if self._meta_grad is None else [t.detach().cpu().clone() for t in self._meta_grad]
+
+    def load_meta_grad_state(self, grad: list[torch.Tensor] | None, device) -> None:
+        """Reuse ``grad`` (from :meth:`meta_grad_state`) on ``device`` until the next refreshed meta step."""
+        self._meta_grad = None if grad is None else [t.to(device) for t in grad]

@@ -17,9 +17,9 @@ Every epoch reseeds torch, NumPy and ``random`` from ``(seed, epoch)`` (the MONA
 augmentations draw their seeds from torch's generator, item by item), so a run resumed from ``checkpoint_latest.pt`` follows exactly
 the path of an uninterrupted one.
 
-Crashes: a checkpoint is written to ``checkpoint_latest.pt.tmp``, fsync'ed and read back (zip CRCs)
-before the old one moves to ``checkpoint_previous.pt`` and the new one takes its name, so a kill at
-any moment leaves at least one intact checkpoint; ``--resume`` falls back to the previous one when
+Crashes (:mod:`medl2b.train.checkpoint`): a checkpoint is written to ``checkpoint_latest.pt.tmp``,
+fsync'ed and read back (zip CRCs) before the old one moves to ``checkpoint_previous.pt`` and the new
+one takes its name, so a kill at any moment leaves at least one intact checkpoint; ``--resume`` falls back to the previous one when
 the latest does not read, and rebuilds ``metrics.csv`` from the history of the checkpoint it
 resumes from. Ctrl-C or SIGTERM (single process) finishes the current step, saves the state at
 that step boundary (RNG states, the epoch's running sums and sample record, the reused meta
@@ -40,12 +40,10 @@ import math
 import os
 import random
 import shlex
-import shutil
 import signal
 import sys
 import threading
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,12 +58,14 @@ from torch.utils.data.distributed import DistributedSampler
 from medl2b.config import TrainConfig, load_config_file, save_config
 from medl2b.data.record import RECORD_NAME, save_record
 from medl2b.device import resolve_device
-from medl2b.errors import DiskFullError, InputError, RunInterrupted, TrainingError, atomic_file, no_space
+from medl2b.errors import InputError, RunInterrupted, TrainingError, atomic_file
 from medl2b.meta.methods import get_method
 from medl2b.models import build_model, head_parameter_names
 from medl2b.runlock import run_lock
 from medl2b.tasks import build_task
 from medl2b.train import distributed
+from medl2b.train.checkpoint import (BEST, LATEST, PREVIOUS, checkpoint_state, copy_durably,
+                                     read_checkpoint, remove_leftovers, save_durably, set_rng_state)
 from medl2b.train.metaset import ClassBalancedBatches, select_clean
 from medl2b.train.record import SampleRecord
 from medl2b.train.resume import resume_config
@@ -78,8 +78,6 @@ log = logging.getLogger("medl2b")
 METRIC_COLUMNS = ["epoch", "warmup", "lr", "train_loss", "meta_loss", "alpha_sum", "beta_sum", "alpha_on_wrong",
                   "alpha_on_right", "beta_on_wrong", "beta_on_right", "beta_share_on_wrong", "beta_share_on_right",
                   "pseudo_differs_on_wrong", "beta_share_on_wrong_differ", "skipped_steps", "steps", "val_score", "meta_size", "meta_precision", "meta_base_rate", "time_s"]
-
-LATEST, PREVIOUS, BEST = "checkpoint_latest.pt", "checkpoint_previous.pt", "checkpoint_best.pt"
 
 
 def _seed_everything(seed: int) -> None:
@@ -384,9 +382,7 @@ class Trainer:
                 self._diagnostics.read_into(stats)
                 self._interrupted(None if step == first else {
                     "step": step, "total": total, "meta_drawn": drawn, "stats": dataclasses.asdict(stats),
-                    "record_epoch": self.record._epoch.detach().cpu().clone(),
-                    "meta_grad": (None if self.step_module._meta_grad is None else
-                                  [t.detach().cpu().clone() for t in self.step_module._meta_grad]),
+                    "record_epoch": self.record.epoch_state(), "meta_grad": self.step_module.meta_grad_state(),
                     "seconds": time.time() - started + (partial or {}).get("seconds", 0.0)})
             batch = next(batches)
             refresh = step % cfg.meta_every == 0
@@ -415,10 +411,9 @@ class Trainer:
             next(meta)
         for key, value in partial["stats"].items():
             setattr(stats, key, value)
-        self.record._epoch = partial["record_epoch"].clone()
-        grad = partial["meta_grad"]
-        self.step_module._meta_grad = None if grad is None else [t.to(self.device) for t in grad]
-        _set_rng(partial["rng"])
+        self.record.load_epoch_state(partial["record_epoch"])
+        self.step_module.load_meta_grad_state(partial["meta_grad"], self.device)
+        set_rng_state(partial["rng"])
         log.info("epoch %d continues at step %d/%d", self.epoch + 1, first + 1, partial["total"])
         return first, drawn
 
@@ -575,7 +570,7 @@ class Trainer:
         self.save_checkpoint(self.out / LATEST)
         self._write_metrics()
         if improved or not select:
-            _copy_durably(self.out / LATEST, self.out / BEST)
+            copy_durably(self.out / LATEST, self.out / BEST)
         log.info("epoch %d/%d  loss %.4f  meta %.4f  alpha %.3f beta %.3f  skipped %d  %s %.4f%s  %.1fs",
                  self.epoch, cfg.epochs, row["train_loss"], row["meta_loss"], row["alpha_sum"], row["beta_sum"],
                  stats.skipped, self.task.score_name, score, " *" if improved else "", seconds)
@@ -594,17 +589,15 @@ class Trainer:
 
     # ------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path: Path, partial: dict | None = None) -> None:
-        """Write the state durably (see :func:`_save_durably`); ``partial``: the position inside an
+        """Write the state durably (:mod:`medl2b.train.checkpoint`); ``partial``: the position inside an
         epoch of an interrupted run (None at an epoch's end)."""
-        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "best_score": self.best_score,
-                 "history": self.history, "config": self.cfg.to_dict(), "num_classes": self.task.num_classes,
-                 "in_channels": self.task.in_channels,
-                 "online_meta": None if self.online_meta is None else self.online_meta.tolist(),
-                 "record": self.record.state_dict(),
-                 "rng": _get_rng(), "partial": partial}
+        state = checkpoint_state(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                                 epoch=self.epoch, best_score=self.best_score, history=self.history,
+                                 config=self.cfg.to_dict(), num_classes=self.task.num_classes,
+                                 in_channels=self.task.in_channels, online_meta=self.online_meta,
+                                 record=self.record.state_dict(), partial=partial)
         rotate = path.name == LATEST and self._rotate
-        _save_durably(state, path, previous=path.with_name(PREVIOUS) if rotate else None)
+        save_durably(state, path, previous=path.with_name(PREVIOUS) if rotate else None)
         self._rotate = True
 
     def _replan(self, trained_for: int) -> None:
@@ -623,10 +616,8 @@ class Trainer:
                  self.optimizer.param_groups[0]["lr"])
 
     def load_checkpoint(self, path: Path) -> None:
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as exc:
-            raise InputError(path, f"cannot read checkpoint ({type(exc).__name__})") from None
+        """Continue from the checkpoint at ``path`` (an :class:`InputError` naming it when it does not read)."""
+        state = read_checkpoint(path, self.device)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -636,7 +627,7 @@ class Trainer:
         self.online_meta = None if state["online_meta"] is None else np.asarray(state["online_meta"])
         if "record" in state:  # runs from before the record start a fresh one
             self.record.load_state_dict(state["record"])
-        _set_rng(state["rng"])
+        set_rng_state(state["rng"])
         self._trained_for = int((state.get("config") or {}).get("epochs", self.cfg.epochs))
         if self._trained_for != self.cfg.epochs and self.cfg.epochs < self.epoch:
             raise InputError("--epochs", f"{self.out} has trained {self.epoch} epochs already; --epochs "
@@ -689,94 +680,6 @@ def _closed_form_lr(base: float, eta_min: float, epoch: int, epochs: int) -> flo
     return eta_min + (base - eta_min) * (1.0 + math.cos(math.pi * epoch / epochs)) / 2.0
 
 
-def _get_rng() -> dict:
-    rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    return rng
-
-
-def _set_rng(rng: dict) -> None:
-    torch.set_rng_state(rng["torch"].cpu())  # a checkpoint loaded with map_location=cuda moved it
-    np.random.set_state(rng["numpy"])
-    random.setstate(rng["python"])
-    if rng.get("cuda") is not None and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([state.cpu() for state in rng["cuda"]])
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the renames in ``folder`` durable (where the platform allows)."""
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _disk_full(path: Path, exc: BaseException) -> DiskFullError:
-    kept = "; the one already there is intact" if path.exists() else ""
-    return DiskFullError(f"no space left on device writing {path}{kept}")
-
-
-@contextlib.contextmanager
-def _through_temp(tmp: Path, path: Path):
-    """On any failure inside: remove ``tmp``; a full disk becomes one :class:`DiskFullError` naming ``path``."""
-    try:
-        yield
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if no_space(exc):
-            raise _disk_full(path, exc) from None
-        raise
-
-
-def _save_durably(state: dict, path: Path, *, previous: Path | None = None) -> None:
-    """``torch.save`` to ``PATH.tmp``, fsync, read it back (zip CRCs), move the current ``path`` to
-    ``previous`` (if given), rename the new file to ``path``. A kill at any moment leaves ``path`` or
-    ``previous`` intact; a full disk raises :class:`DiskFullError` with ``path`` untouched."""
-    tmp = path.with_name(path.name + ".tmp")
-    with _through_temp(tmp, path):
-        with open(tmp, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            with zipfile.ZipFile(tmp) as zf:
-                bad = zf.testzip()
-        except zipfile.BadZipFile as exc:
-            bad = str(exc)
-        if bad is not None:
-            raise TrainingError(f"{path}: the checkpoint just written does not read back ({bad}); "
-                                f"the one before is kept")
-        if previous is not None and path.exists():
-            os.replace(path, previous)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-
-
-def _copy_durably(src: Path, dst: Path) -> None:
-    """Copy ``src`` to ``dst`` through ``DST.tmp`` (fsync'ed, then renamed)."""
-    tmp = dst.with_name(dst.name + ".tmp")
-    with _through_temp(tmp, dst):
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dst)
-        _fsync_dir(dst.parent)
-
-
-def _remove_leftovers(out: Path) -> None:
-    """Temporary files of writes that a killed run never finished (the caller holds the run lock)."""
-    for pattern in ("checkpoint_*.pt.tmp", ".*.tmp-*"):
-        for path in out.glob(pattern):
-            if path.is_file():
-                with contextlib.suppress(OSError):
-                    path.unlink()
-
-
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = None,
           asked: dict | None = None) -> dict:
     """Train one run, holding the run folder's lock; return the final epoch's metrics row.
@@ -796,7 +699,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = Non
     out = Path(cfg.out)
     with run_lock(out, what="train"):
         if os.environ.get("RANK", "0") == "0":
-            _remove_leftovers(out)
+            remove_leftovers(out)
         if resume and (out / "config.yaml").exists():
             saved = load_config_file(out / "config.yaml", device=cfg.device)
             started = (out / LATEST).exists() or (out / PREVIOUS).exists()
