@@ -1,9 +1,13 @@
 """Run configuration: YAML in ``configs/`` validated into one dataclass.
 
-A task file (``configs/segmentation.yaml``) holds the paper's defaults at the top
-level and named profiles under ``profiles:`` (``cpu`` is a small profile that
-finishes in minutes on a 2-core machine). Precedence, lowest first: dataclass
-defaults < task YAML < profile < ``--config`` file < command-line flags.
+A task file (``configs/segmentation.yaml``) states where the task departs from the
+dataclass defaults, at the top level, and named profiles under ``profiles:`` (``cpu`` is a
+small profile that finishes in minutes on a 2-core machine). Precedence, lowest first:
+dataclass defaults < task YAML < profile < ``--config`` file < command-line flags.
+
+The keys are flat (in YAML and ``--set key=value``) and belong to five groups (:data:`GROUPS`):
+data, model, method, optimisation, runtime. Each group is checked by its own validator
+(:data:`VALIDATORS`); :meth:`TrainConfig.group` reads one group's values.
 
 An unknown key anywhere is an :class:`~medl2b.errors.InputError` naming the key
 and the file it came from.
@@ -20,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from medl2b.data.datasets import TASK_KINDS
 from medl2b.device import DEVICES
 from medl2b.errors import InputError, atomic_file
 from medl2b.meta.methods import META_IMPLS, META_LOSSES, META_METHODS, NORMALISATIONS
@@ -28,13 +33,17 @@ from medl2b.models.registry import backbone_names, get_backbone
 from medl2b.models.unetpp_encoder import SEGMENTATION_ARCHS
 import medl2b.models  # noqa: F401,E402  (registers the backbones)
 
-__all__ = ["TASKS", "SEG_TASKS", "TASK_ALIASES", "METHODS", "TrainConfig", "load_config", "load_config_file", "save_config", "task_config_path"]
+__all__ = ["GROUPS", "METHODS", "SEG_TASKS", "TASKS", "TASK_ALIASES", "VALIDATORS", "TrainConfig", "load_config",
+           "load_config_file", "save_config", "task_config_path"]
 
-TASKS = ("segmentation", "prostate-seg", "skin-lesion-cls", "classification")
-SEG_TASKS = ("segmentation", "prostate-seg")
-#: Task names that read another task's YAML. ``prostate-seg`` (PROMISE12, the name users know) is
-#: ``segmentation``; ``cfg.task`` keeps the name given, so its datasets and run folders still match.
-TASK_ALIASES = {"prostate-seg": "segmentation", "classification": "skin-lesion-cls"}
+#: Every task name (:data:`medl2b.data.datasets.TASK_KINDS`, the one table of them).
+TASKS = tuple(TASK_KINDS)
+SEG_TASKS = tuple(t for t, kind in TASK_KINDS.items() if kind == "segmentation")
+#: The YAML of each kind of task (``configs/<name>.yaml``).
+KIND_CONFIGS = {"segmentation": "segmentation", "classification": "skin-lesion-cls"}
+#: Task names that read another task's YAML (derived): ``prostate-seg`` (PROMISE12, the name users know) reads
+#: ``segmentation``'s; ``cfg.task`` keeps the name given, so its datasets and run folders still match.
+TASK_ALIASES = {t: KIND_CONFIGS[kind] for t, kind in TASK_KINDS.items() if t != KIND_CONFIGS[kind]}
 #: Profiles of an alias that have another name in the YAML it reads.
 ALIAS_PROFILES = {"prostate-seg": {"cpu": "prostate-cpu"}}
 METHODS = tuple(METHOD_TABLE)  # every list of allowed values comes from the method table
@@ -121,87 +130,16 @@ class TrainConfig:
     log_every: int = 10
 
     def validate(self, where: str = "config") -> "TrainConfig":
-        """Check values; raise :class:`InputError` naming the key."""
-        choices = {"task": TASKS, "method": METHODS, "meta_set": ("clean", "gmm"),
-                   "label_source": ("noisy", "clean"), "meta_impl": META_IMPLS,
-                   "meta_scope": ("all", "last"), "device": DEVICES,
-                   "meta_loss": META_LOSSES, "meta_normalise": NORMALISATIONS}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise InputError(where, f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
-        positive = ("epochs", "batch_size", "meta_batch_size", "lr", "meta_every")
-        for key in positive:
-            if not getattr(self, key) > 0:
-                raise InputError(where, f"{key} must be > 0, got {getattr(self, key)!r}")
-        if self.spatial_dims not in (2, 3):
-            raise InputError(where, f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
-        if self.spatial_dims == 3 and not self.is_segmentation:
-            raise InputError(where, f"spatial_dims 3 needs a segmentation task, not {self.task}")
-        if len(self.patch_size) != 3 or any(p <= 0 or p % 16 for p in self.patch_size):
-            raise InputError(where, f"patch_size must be three positive multiples of 16, got {self.patch_size}")
-        if len(self.patch_size_2d) != 2 or any(p < 32 or p % 16 for p in self.patch_size_2d):
-            raise InputError(where, f"patch_size_2d must be two multiples of 16 of at least 32, got {self.patch_size_2d}")
-        if self.patches_per_slice < 1:
-            raise InputError(where, f"patches_per_slice must be >= 1, got {self.patches_per_slice}")
-        if not self.cache_mb >= 0:
-            raise InputError(where, f"cache_mb must be >= 0, got {self.cache_mb}")
-        if not 0.0 <= self.patch_fg <= 1.0:
-            raise InputError(where, f"patch_fg must be in [0, 1], got {self.patch_fg}")
-        if self.meta_every > 1 and self.meta_impl == "reference":
-            raise InputError(where, "meta_every > 1 reuses the meta gradient of the fast step; use meta_impl fast")
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            raise InputError(where, f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
-        if self.warmup_until_score is not None:
-            if self.meta_set != "clean":
-                raise InputError(where, "warmup_until_score needs the clean meta set to score on (meta_set clean)")
-            if not 0.0 < self.warmup_until_score <= 1.0:
-                raise InputError(where, f"warmup_until_score must be in (0, 1], got {self.warmup_until_score}")
-        if self.warmup_max_epochs is not None and not self.warmup_epochs <= self.warmup_max_epochs <= self.epochs:
-            raise InputError(where, f"warmup_max_epochs must be in [warmup_epochs, epochs], got {self.warmup_max_epochs}")
-        if not 0.0 <= self.bootstrap_beta <= 1.0:
-            raise InputError(where, f"bootstrap_beta must be in [0, 1], got {self.bootstrap_beta}")
-        if not 0.0 < self.gmm_threshold < 1.0:
-            raise InputError(where, f"gmm_threshold must be in (0, 1), got {self.gmm_threshold}")
-        if self.meta_loss != "ce" and not self.is_segmentation:
-            raise InputError(where, f"meta_loss {self.meta_loss} needs a segmentation task; use ce for {self.task}")
-        if self.val_metric not in ("accuracy", "balanced_accuracy"):
-            raise InputError(where, f"val_metric must be accuracy or balanced_accuracy, got {self.val_metric!r}")
-        if self.val_metric != "accuracy" and self.is_segmentation:
-            raise InputError(where, "val_metric applies to classification; segmentation validates on Dice")
-        if self.meta_balance and self.is_segmentation:
-            raise InputError(where, "meta_balance applies to classification; segmentation uses meta_foreground")
-        if not 0.0 <= self.val_holdout < 1.0:
-            raise InputError(where, f"val_holdout must be in [0, 1), got {self.val_holdout}")
-        if self.meta_smooth < 1 or self.meta_smooth % 2 == 0:
-            raise InputError(where, f"meta_smooth must be an odd size >= 1, got {self.meta_smooth}")
-        if self.meta_smooth > 1 and not self.is_segmentation:
-            raise InputError(where, "meta_smooth applies to segmentation (per-pixel weights)")
-        if not 0.0 <= self.pseudo_floor < 1.0:
-            raise InputError(where, f"pseudo_floor must be in [0, 1), got {self.pseudo_floor}")
+        """Check values group by group (:data:`VALIDATORS`); raise :class:`InputError` naming the key."""
         if isinstance(self.pretrained, str) and self.pretrained.strip().lower() in ("", "none", "null"):
             self.pretrained = None  # --pretrained none: from scratch
-        if self.is_segmentation:
-            if self.arch not in SEGMENTATION_ARCHS:
-                raise InputError(where, f"arch must be one of {', '.join(SEGMENTATION_ARCHS)} for segmentation, "
-                                        f"got {self.arch!r}")
-            if self.arch != "unetpp" and self.spatial_dims != 2:
-                raise InputError(where, f"arch {self.arch} is 2-D only; use arch unetpp for spatial_dims 3")
-        else:
-            if self.arch not in backbone_names():
-                raise InputError(where, f"arch must be one of {', '.join(backbone_names())}, got {self.arch!r}")
-            if self.width != 1.0 and self.arch != "resnet50":
-                raise InputError(where, f"width applies to arch resnet50 only, not {self.arch}")
-            if self.pretrained == "imagenet" and not get_backbone(self.arch).packaged_weights:
-                raise InputError(where, f"no installed package ships ImageNet weights for {self.arch}; set pretrained "
-                                        "to a local weights file, or null to train from scratch")
-        if self.train_balance and self.is_segmentation:
-            raise InputError(where, "train_balance applies to classification")
-        if self.meta_set == "gmm" and self.method in TRAINS_ON_META:
-            raise InputError(where, f"{self.method} trains on the clean meta cases and needs them as its meta set "
-                                    "(meta_set clean)")
-        if self.meta_set == "gmm" and not self.uses_meta:
-            raise InputError(where, f"meta_set gmm only applies to meta-learning methods, not {self.method!r}")
+        for check in VALIDATORS.values():
+            check(self, where)
         return self
+
+    def group(self, name: str) -> dict[str, Any]:
+        """The values of one group of keys (:data:`GROUPS`), e.g. ``cfg.group("optimisation")``."""
+        return {key: getattr(self, key) for key in GROUPS[name]}
 
     def in_warmup(self, epoch: int, scores: list[float]) -> bool:
         """Whether 0-based ``epoch`` is still warm-up (plain CE), given the validation scores of the
@@ -231,12 +169,141 @@ class TrainConfig:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
+#: The config's keys by the part of medl2b that reads them. Each key is in exactly one group.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "data": ("task", "data", "label_source", "val_holdout", "image_size", "augment", "cache_mb", "patch_size",
+             "patch_size_2d", "patch_fg", "patches_per_slice", "train_balance"),
+    "model": ("arch", "features", "spatial_dims", "width", "pretrained"),
+    "method": ("method", "meta_set", "meta_batch_size", "bootstrap_beta", "meta_impl", "meta_scope", "meta_every",
+               "pseudo_label_tta", "gmm_threshold", "meta_foreground", "meta_balance", "meta_loss", "meta_normalise",
+               "meta_smooth", "pseudo_floor"),
+    "optimisation": ("epochs", "warmup_epochs", "warmup_until_score", "warmup_max_epochs", "batch_size", "lr",
+                     "momentum", "weight_decay", "clip_grad", "steps_per_epoch", "val_metric"),
+    "runtime": ("out", "seed", "device", "amp", "meta_amp", "num_workers", "log_every"),
+}
+
+
+def _choose(cfg: TrainConfig, where: str, choices: dict[str, tuple]) -> None:
+    for key, allowed in choices.items():
+        if getattr(cfg, key) not in allowed:
+            raise InputError(where, f"{key} must be one of {', '.join(allowed)}, got {getattr(cfg, key)!r}")
+
+
+def _positive(cfg: TrainConfig, where: str, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        if not getattr(cfg, key) > 0:
+            raise InputError(where, f"{key} must be > 0, got {getattr(cfg, key)!r}")
+
+
+def _only_for_classification(cfg: TrainConfig, where: str, checks: dict[str, tuple[bool, str]]) -> None:
+    """``checks``: key -> (whether it is set away from its segmentation value, the message)."""
+    for key, (set_, message) in checks.items():
+        if set_ and cfg.is_segmentation:
+            raise InputError(where, message)
+
+
+def validate_data(cfg: TrainConfig, where: str) -> None:
+    """The dataset, its labels and how samples are read (patches, cache, hold-out)."""
+    _choose(cfg, where, {"task": TASKS, "label_source": ("noisy", "clean")})
+    if len(cfg.patch_size) != 3 or any(p <= 0 or p % 16 for p in cfg.patch_size):
+        raise InputError(where, f"patch_size must be three positive multiples of 16, got {cfg.patch_size}")
+    if len(cfg.patch_size_2d) != 2 or any(p < 32 or p % 16 for p in cfg.patch_size_2d):
+        raise InputError(where, f"patch_size_2d must be two multiples of 16 of at least 32, got {cfg.patch_size_2d}")
+    if cfg.patches_per_slice < 1:
+        raise InputError(where, f"patches_per_slice must be >= 1, got {cfg.patches_per_slice}")
+    if not cfg.cache_mb >= 0:
+        raise InputError(where, f"cache_mb must be >= 0, got {cfg.cache_mb}")
+    if not 0.0 <= cfg.patch_fg <= 1.0:
+        raise InputError(where, f"patch_fg must be in [0, 1], got {cfg.patch_fg}")
+    if not 0.0 <= cfg.val_holdout < 1.0:
+        raise InputError(where, f"val_holdout must be in [0, 1), got {cfg.val_holdout}")
+    _only_for_classification(cfg, where, {"train_balance": (cfg.train_balance, "train_balance applies to "
+                                                                               "classification")})
+
+
+def validate_model(cfg: TrainConfig, where: str) -> None:
+    """The network: a segmentation architecture (2-D or 3-D) or a registered classification backbone."""
+    if cfg.spatial_dims not in (2, 3):
+        raise InputError(where, f"spatial_dims must be 2 or 3, got {cfg.spatial_dims}")
+    if cfg.spatial_dims == 3 and not cfg.is_segmentation:
+        raise InputError(where, f"spatial_dims 3 needs a segmentation task, not {cfg.task}")
+    if cfg.is_segmentation:
+        if cfg.arch not in SEGMENTATION_ARCHS:
+            raise InputError(where, f"arch must be one of {', '.join(SEGMENTATION_ARCHS)} for segmentation, "
+                                    f"got {cfg.arch!r}")
+        if cfg.arch != "unetpp" and cfg.spatial_dims != 2:
+            raise InputError(where, f"arch {cfg.arch} is 2-D only; use arch unetpp for spatial_dims 3")
+        return
+    if cfg.arch not in backbone_names():
+        raise InputError(where, f"arch must be one of {', '.join(backbone_names())}, got {cfg.arch!r}")
+    if cfg.width != 1.0 and cfg.arch != "resnet50":
+        raise InputError(where, f"width applies to arch resnet50 only, not {cfg.arch}")
+    if cfg.pretrained == "imagenet" and not get_backbone(cfg.arch).packaged_weights:
+        raise InputError(where, f"no installed package ships ImageNet weights for {cfg.arch}; set pretrained "
+                                "to a local weights file, or null to train from scratch")
+
+
+def validate_method(cfg: TrainConfig, where: str) -> None:
+    """The method and its meta step (allowed values from the method table, :mod:`medl2b.meta.methods`)."""
+    _choose(cfg, where, {"method": METHODS, "meta_set": ("clean", "gmm"), "meta_impl": META_IMPLS,
+                         "meta_scope": ("all", "last"), "meta_loss": META_LOSSES, "meta_normalise": NORMALISATIONS})
+    _positive(cfg, where, ("meta_batch_size", "meta_every"))
+    if cfg.meta_every > 1 and cfg.meta_impl == "reference":
+        raise InputError(where, "meta_every > 1 reuses the meta gradient of the fast step; use meta_impl fast")
+    if not 0.0 <= cfg.bootstrap_beta <= 1.0:
+        raise InputError(where, f"bootstrap_beta must be in [0, 1], got {cfg.bootstrap_beta}")
+    if not 0.0 < cfg.gmm_threshold < 1.0:
+        raise InputError(where, f"gmm_threshold must be in (0, 1), got {cfg.gmm_threshold}")
+    if cfg.meta_loss != "ce" and not cfg.is_segmentation:
+        raise InputError(where, f"meta_loss {cfg.meta_loss} needs a segmentation task; use ce for {cfg.task}")
+    _only_for_classification(cfg, where, {"meta_balance": (cfg.meta_balance, "meta_balance applies to "
+                                                           "classification; segmentation uses meta_foreground")})
+    if cfg.meta_smooth < 1 or cfg.meta_smooth % 2 == 0:
+        raise InputError(where, f"meta_smooth must be an odd size >= 1, got {cfg.meta_smooth}")
+    if cfg.meta_smooth > 1 and not cfg.is_segmentation:
+        raise InputError(where, "meta_smooth applies to segmentation (per-pixel weights)")
+    if not 0.0 <= cfg.pseudo_floor < 1.0:
+        raise InputError(where, f"pseudo_floor must be in [0, 1), got {cfg.pseudo_floor}")
+    if cfg.meta_set == "gmm" and cfg.method in TRAINS_ON_META:
+        raise InputError(where, f"{cfg.method} trains on the clean meta cases and needs them as its meta set "
+                                "(meta_set clean)")
+    if cfg.meta_set == "gmm" and not cfg.uses_meta:
+        raise InputError(where, f"meta_set gmm only applies to meta-learning methods, not {cfg.method!r}")
+
+
+def validate_optimisation(cfg: TrainConfig, where: str) -> None:
+    """The schedule: epochs, warm-up, batches, SGD, and the validation score that picks the best checkpoint."""
+    _positive(cfg, where, ("epochs", "batch_size", "lr"))
+    if not 0 <= cfg.warmup_epochs <= cfg.epochs:
+        raise InputError(where, f"warmup_epochs must be in [0, epochs], got {cfg.warmup_epochs}")
+    if cfg.warmup_until_score is not None:
+        if cfg.meta_set != "clean":
+            raise InputError(where, "warmup_until_score needs the clean meta set to score on (meta_set clean)")
+        if not 0.0 < cfg.warmup_until_score <= 1.0:
+            raise InputError(where, f"warmup_until_score must be in (0, 1], got {cfg.warmup_until_score}")
+    if cfg.warmup_max_epochs is not None and not cfg.warmup_epochs <= cfg.warmup_max_epochs <= cfg.epochs:
+        raise InputError(where, f"warmup_max_epochs must be in [warmup_epochs, epochs], got {cfg.warmup_max_epochs}")
+    if cfg.val_metric not in ("accuracy", "balanced_accuracy"):
+        raise InputError(where, f"val_metric must be accuracy or balanced_accuracy, got {cfg.val_metric!r}")
+    _only_for_classification(cfg, where, {"val_metric": (cfg.val_metric != "accuracy", "val_metric applies to "
+                                          "classification; segmentation validates on Dice")})
+
+
+def validate_runtime(cfg: TrainConfig, where: str) -> None:
+    """Where and how the run executes."""
+    _choose(cfg, where, {"device": DEVICES})
+
+
+#: The validator of each group, in the order they run.
+VALIDATORS = {"data": validate_data, "model": validate_model, "method": validate_method,
+              "optimisation": validate_optimisation, "runtime": validate_runtime}
+
 
 def task_config_path(task: str) -> Path:
     """The packaged YAML of a task (``configs/`` at the repo top level links to the same files)."""
     if task not in TASKS:
         raise InputError("--task", f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    return Path(str(resources.files("medl2b") / "configs" / f"{TASK_ALIASES.get(task, task)}.yaml"))
+    return Path(str(resources.files("medl2b") / "configs" / f"{KIND_CONFIGS[TASK_KINDS[task]]}.yaml"))
 
 
 def _read_yaml(path: Path) -> dict:

@@ -45,6 +45,7 @@ from medl2b.data.store import CaseStore
 from medl2b.errors import InputError
 
 __all__ = [
+    "TASK_KINDS",
     "ImageSet",
     "IsicDataset",
     "SegSliceDataset",
@@ -62,8 +63,11 @@ __all__ = [
 ]
 
 _SPLITS = ("train", "meta", "test")
-_SEG_TASKS = ("segmentation", "prostate-seg")
-_CLS_TASKS = ("classification", "skin-lesion-cls")
+#: Every task name a prepared dataset or a run carries, and its kind: the general ``segmentation`` and
+#: ``classification``, and the names of the benchmark datasets users know, ``prostate-seg`` (PROMISE12) and
+#: ``skin-lesion-cls`` (ISIC 2019). The one table of task names (:mod:`medl2b.config` derives its own from it).
+TASK_KINDS = {"segmentation": "segmentation", "prostate-seg": "segmentation",
+              "skin-lesion-cls": "classification", "classification": "classification"}
 
 
 def load_manifest(prepared_dir: str | os.PathLike, *, task: str | None = None) -> dict:
@@ -90,12 +94,9 @@ def load_manifest(prepared_dir: str | os.PathLike, *, task: str | None = None) -
     if not isinstance(manifest, dict) or manifest.get("format_version") != 1:
         raise InputError(path, "unknown format (expected format_version 1)")
     found = manifest.get("task")
-    if task == "segmentation":  # the general segmentation task reads any segmentation dataset
-        if found not in _SEG_TASKS:
-            raise InputError(path, f"holds task {found!r}, not a segmentation dataset")
-    elif task == "classification":  # ...and the general classification task any classification dataset
-        if found not in _CLS_TASKS:
-            raise InputError(path, f"holds task {found!r}, not a classification dataset")
+    if task in ("segmentation", "classification"):  # a general task reads any dataset of its kind
+        if TASK_KINDS.get(found) != task:
+            raise InputError(path, f"holds task {found!r}, not a {task} dataset")
     elif task is not None and found != task:
         hint = "; train it with --task segmentation" if found == "segmentation" else ""
         raise InputError(path, f"holds task {found!r}, expected {task!r}{hint}")
