@@ -1,28 +1,34 @@
 """Where the precision of the L2B meta step goes under mixed precision (issue 38), on the CPU.
 
     OMP_NUM_THREADS=1 python benchmarks/meta_precision.py [--nets unetpp2d,unetpp3d,resnet50,efficientnet-lite0]
-                                                          [--resnet-width 0.25] [--groups]
+                                                          [--resnet-width 0.25] [--warmup N] [--groups]
 
 For each registered network (UNet++ 2-D and 3-D, and every classification backbone of
-``medl2b.models.backbone_names()``) one fast meta step (``meta_weights(..., impl="fast")``, two loss
+``medl2b.models.backbone_names()``), at initialisation or after ``--warmup`` plain CE steps (SGD, lr 0.05,
+momentum 0.9; a third of them for the 3-D UNet++) on a learnable synthetic task with 40 % wrong labels
+(classification: a smooth colour prototype per class under 88 % uniform noise; segmentation: a brighter box
+on Gaussian noise, a wrong label map being another image's box), one fast meta step (``meta_weights(..., impl="fast")``, two loss
 terms, pseudo-labels fixed beforehand) is taken on one batch in float64 (the reference: the fast step is
 exact there, ``tests/test_meta_step.py``) and in each precision below, on a copy of the same network:
 
 * ``float32``: no autocast;
-* ``bf16``: ``torch.autocast("cpu", dtype=torch.bfloat16)``, what ``meta_amp`` runs;
-* ``bf16, exact v``: as ``bf16`` but weighed with the float64 meta gradient ``v = ∇_θ L_meta``: only the
-  forward-mode (tangent) pass is in bf16;
-* ``float64, bf16 v``: the float64 tangent pass weighed with the ``v`` of the bf16 step: only ``v`` is bf16;
+* ``bf16 (meta_amp)``: the step under ``torch.autocast("cpu", dtype=torch.bfloat16)`` as ``meta_amp`` runs it
+  since issue 38: ``v = ∇_θ L_meta`` in float32, the forward-mode pass in bf16 with float32 tangents;
+* ``bf16 v, bf16 tangents``: the step before issue 38 (``v`` from a bf16 meta forward and backward, every
+  layer's tangent rounded to its bf16 primal);
+* ``bf16 v, float32 tangents`` and ``float32 v, bf16 tangents``: one of the two changes alone;
+* ``float64, bf16 v``: the float64 forward-mode pass weighed with the bf16 ``v``: only ``v`` is bf16;
 * ``tf32 (emulated)``: float32, with the inputs of every 2-D convolution (and their gradients) rounded to
   TF32's 10-bit mantissa: what a "float32" meta step computes on CUDA, where cuDNN's TF32 is on by default;
-* ``bf16, BN eval``: bf16 with batch norms on running statistics (reference: float64, also in eval mode).
+* ``bf16, BN eval``: the ``bf16 (meta_amp)`` step with batch norms on running statistics (reference: float64,
+  also in eval mode).
 
 Each row gives the cosine and the Spearman rank correlation (ties averaged) of the weights and of the raw
 meta gradients ``∂L_meta/∂ε`` with the float64 ones. ``--groups`` adds, per parameter group (the first two
 parts of the parameter names), the group's share ``|c_g| / |Σ_g c_g|`` of the float64 meta gradient, where
 ``c_g,i = −η ⟨v_g, ∇_{θ_g} ℓ_i⟩`` (``v`` restricted to the group), the cosine of the group's ``v_g`` in bf16
-with float64, and the cosine of its bf16 contribution with the float64 one.
-Sizes are small (seconds to a minute per network on one thread).
+(a bf16 meta backward) with float64, and the cosine of its contribution (bf16 ``v_g``, the bf16 forward-mode pass
+with float32 tangents) with the float64 one. Sizes are small (seconds to two minutes per network on one thread).
 """
 
 from __future__ import annotations
@@ -46,11 +52,30 @@ SEG = {"unetpp2d": {"dims": 2, "features": (8, 8, 16, 16, 32, 8), "batch": 4, "s
        "unetpp3d": {"dims": 3, "features": (4, 4, 8, 8, 16, 4), "batch": 2, "size": 32}}
 CLS = {"batch": 16, "size": 64, "classes": 8}
 PRETRAINED = {"efficientnet-lite0": "imagenet"}  # backbones whose packaged ImageNet weights are loaded
-VARIANTS = ("float32", "bf16", "bf16, exact v", "float64, bf16 v", "tf32 (emulated)", "bf16, BN eval")
+VARIANTS = ("float32", "bf16 (meta_amp)", "bf16 v, bf16 tangents", "bf16 v, float32 tangents",
+            "float32 v, bf16 tangents", "float64, bf16 v", "tf32 (emulated)", "bf16, BN eval")
 
 
-def network_case(name: str, *, resnet_width: float = 0.25, seed: int = 0):
-    """A small network of the kind ``name``, a training batch and a meta batch, with fixed pseudo-labels.
+def _batch(name: str, n: int, gen: torch.Generator, protos: torch.Tensor, clean: bool = False):
+    """A batch ``(x, y)`` of the synthetic task (see the module docstring); ``clean``: no wrong labels."""
+    wrong = torch.zeros(n, dtype=torch.bool) if clean else torch.rand(n, generator=gen) < 0.4
+    if name not in SEG:
+        y = torch.randint(0, CLS["classes"], (n,), generator=gen)
+        x = 0.12 * protos[y] + 0.88 * torch.rand(n, 3, CLS["size"], CLS["size"], generator=gen)
+        return x, torch.where(wrong, torch.randint(0, CLS["classes"], (n,), generator=gen), y)
+    spec = SEG[name]
+    shape = (spec["size"],) * spec["dims"]
+    y = torch.zeros(n, *shape, dtype=torch.long)
+    for i in range(n):
+        corner = torch.randint(0, spec["size"] // 2, (spec["dims"],), generator=gen).tolist()
+        y[(i, *(slice(c, c + spec["size"] * 3 // 8) for c in corner))] = 1
+    x = torch.randn(n, 1, *shape, generator=gen) + y[:, None].float()
+    return x, torch.where(wrong.view(-1, *[1] * spec["dims"]), y.roll(1, 0), y)
+
+
+def network_case(name: str, *, resnet_width: float = 0.25, warmup: int = 0, seed: int = 0):
+    """A small network of the kind ``name`` after ``warmup`` CE steps, a training batch and a clean meta batch,
+    with fixed pseudo-labels.
 
     Returns:
         ``(model, x, y, xm, ym, pseudo)``: the float32 network in train mode; ``x`` ``(B, C, *S)``,
@@ -58,22 +83,40 @@ def network_case(name: str, *, resnet_width: float = 0.25, seed: int = 0):
         (argmax of the float32 forward, so every precision weighs the same two terms).
     """
     torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    protos = F.interpolate(torch.rand(CLS["classes"], 3, 4, 4, generator=gen), size=(CLS["size"],) * 2,
+                           mode="bilinear")
     if name in SEG:
         spec = SEG[name]
-        model = build_unetpp(features=spec["features"], spatial_dims=spec["dims"])
-        shape = (spec["size"],) * spec["dims"]
-        x, xm = torch.randn(spec["batch"], 1, *shape), torch.randn(spec["batch"], 1, *shape)
-        y, ym = torch.randint(0, 2, (spec["batch"], *shape)), torch.randint(0, 2, (spec["batch"], *shape))
+        model, n = build_unetpp(features=spec["features"], spatial_dims=spec["dims"]), spec["batch"]
     else:
         width = resnet_width if name == "resnet50" else 1.0
         model = build_classifier(name, num_classes=CLS["classes"], image_size=CLS["size"], width=width,
                                  pretrained=PRETRAINED.get(name))
-        x, xm = torch.rand(CLS["batch"], 3, CLS["size"], CLS["size"]), torch.rand(CLS["batch"], 3, CLS["size"], CLS["size"])
-        y, ym = torch.randint(0, CLS["classes"], (CLS["batch"],)), torch.randint(0, CLS["classes"], (CLS["batch"],))
+        n = CLS["batch"]
     model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(warmup // 3 if name == "unetpp3d" else warmup):
+        x, y = _batch(name, n, gen, protos)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    (x, y), (xm, ym) = _batch(name, n, gen, protos), _batch(name, n, gen, protos, clean=True)
     with torch.no_grad():
         pseudo = copy.deepcopy(model)(x).argmax(1)
     return model, x, y, xm, ym, pseudo
+
+
+@contextlib.contextmanager
+def bf16_tangents():
+    """Every tangent rounded to its primal's dtype, as :mod:`medl2b.meta.jvp` did before issue 38."""
+    keep = jvp._tangent_dtype
+    jvp._tangent_dtype = lambda primal: primal.dtype
+    try:
+        yield
+    finally:
+        jvp._tangent_dtype = keep
 
 
 def _tf32(t: torch.Tensor) -> torch.Tensor:
@@ -129,6 +172,18 @@ def meta_step(case, dtype: torch.dtype, *, bf16: bool = False, v=None, eval_norm
                             meta_grad=None if v is None else [t.to(dtype) for t in v])
 
 
+def bf16_meta_grad(case) -> list[torch.Tensor]:
+    """``v = ∇_θ L_meta`` from a meta forward and backward under bf16 autocast (float32 parameters, so the
+    gradients are float32 tensors carrying bf16's rounding), one per trainable parameter."""
+    model, _x, _y, xm, ym, _pseudo = case
+    net = copy.deepcopy(model)
+    params = [p for p in net.parameters() if p.requires_grad]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = meta_objective("ce", ym)(net(xm))
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
+
+
 def flat(tensors) -> torch.Tensor:
     """Concatenate detached tensors as one float64 vector."""
     return torch.cat([t.detach().double().flatten() for t in tensors])
@@ -153,28 +208,33 @@ def agreement(out, ref) -> dict:
             "g_cos": cosine(g, g0), "g_rank": rank_correlation(g, g0)}
 
 
-def measure(name: str, *, resnet_width: float = 0.25) -> dict:
+def measure(name: str, *, resnet_width: float = 0.25, warmup: int = 0) -> dict:
     """Every variant of :data:`VARIANTS` against float64, for one network."""
-    case = network_case(name, resnet_width=resnet_width)
+    case = network_case(name, resnet_width=resnet_width, warmup=warmup)
     ref = meta_step(case, torch.float64)
-    bf16 = meta_step(case, torch.float32, bf16=True)
+    v_bf16 = bf16_meta_grad(case)
     with emulated_tf32():
         tf32 = meta_step(case, torch.float32)
+    with bf16_tangents():
+        before = meta_step(case, torch.float32, bf16=True, v=v_bf16)
+        tangents_only = meta_step(case, torch.float32, bf16=True)
     rows = {"float32": agreement(meta_step(case, torch.float32), ref),
-            "bf16": agreement(bf16, ref),
-            "bf16, exact v": agreement(meta_step(case, torch.float32, bf16=True, v=ref.meta_grad), ref),
-            "float64, bf16 v": agreement(meta_step(case, torch.float64, v=bf16.meta_grad), ref),
+            "bf16 (meta_amp)": agreement(meta_step(case, torch.float32, bf16=True), ref),
+            "bf16 v, bf16 tangents": agreement(before, ref),
+            "bf16 v, float32 tangents": agreement(meta_step(case, torch.float32, bf16=True, v=v_bf16), ref),
+            "float32 v, bf16 tangents": agreement(tangents_only, ref),
+            "float64, bf16 v": agreement(meta_step(case, torch.float64, v=v_bf16), ref),
             "tf32 (emulated)": agreement(tf32, ref)}
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in case[0].modules())
     if has_bn:
         rows["bf16, BN eval"] = agreement(meta_step(case, torch.float32, bf16=True, eval_norm=True),
                                           meta_step(case, torch.float64, eval_norm=True))
-    return {"case": case, "ref": ref, "bf16": bf16, "rows": rows}
+    return {"case": case, "ref": ref, "v_bf16": v_bf16, "rows": rows}
 
 
 def group_contributions(result: dict, depth: int = 2) -> list[dict]:
     """Per parameter group: share of the float64 meta gradient, bf16 ``v_g`` and contribution cosines."""
-    case, ref, bf16 = result["case"], result["ref"], result["bf16"]
+    case, ref, v_bf16 = result["case"], result["ref"], result["v_bf16"]
     names = [n for n, p in case[0].named_parameters() if p.requires_grad]
     group_of = [".".join(n.split(".")[:depth]) for n in names]
     total = flat(ref.meta_grads)
@@ -182,11 +242,11 @@ def group_contributions(result: dict, depth: int = 2) -> list[dict]:
     for group in dict.fromkeys(group_of):
         mask = [g == group for g in group_of]
         v64 = [t if m else torch.zeros_like(t) for t, m in zip(ref.meta_grad, mask)]
-        vbf = [t if m else torch.zeros_like(t) for t, m in zip(bf16.meta_grad, mask)]
+        vbf = [t if m else torch.zeros_like(t) for t, m in zip(v_bf16, mask)]
         c64 = flat(meta_step(case, torch.float64, v=v64).meta_grads)
         cbf = flat(meta_step(case, torch.float32, bf16=True, v=vbf).meta_grads)
         rows.append({"group": group, "share": float(c64.norm() / total.norm()),
-                     "v_cos": cosine(flat(t for t, m in zip(bf16.meta_grad, mask) if m),
+                     "v_cos": cosine(flat(t for t, m in zip(v_bf16, mask) if m),
                                      flat(t for t, m in zip(ref.meta_grad, mask) if m)),
                      "contribution_cos": cosine(cbf, c64)})
     return rows
@@ -196,6 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nets", default=",".join(["unetpp2d", "unetpp3d", *backbone_names()]))
     ap.add_argument("--resnet-width", type=float, default=0.25)
+    ap.add_argument("--warmup", type=int, default=0, help="plain CE steps before the meta step (0: at initialisation)")
     ap.add_argument("--groups", action="store_true", help="per-parameter-group contributions (bf16 vs float64)")
     args = ap.parse_args(argv)
     print("| network | precision | weights cosine | weights rank corr. | meta-grad cosine | meta-grad rank corr. |")
@@ -203,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     groups = {}
     for name in args.nets.split(","):
         start = time.perf_counter()
-        result = measure(name, resnet_width=args.resnet_width)
+        result = measure(name, resnet_width=args.resnet_width, warmup=args.warmup)
         label = f"{name} (width {args.resnet_width:g})" if name == "resnet50" else name
         if name in PRETRAINED:
             label += f" ({PRETRAINED[name]})"

@@ -18,6 +18,8 @@ for K terms (k = given label, pseudo-label), each of shape ``S`` (``(B,)`` or
   back-propagates through.
   The heavy layers use the hand-written tangent rules of :mod:`medl2b.meta.jvp`
   (same numbers as PyTorch's generic ones, less time, and no tangent outlives its layer).
+  Under autocast (config ``meta_amp``), the forward-mode pass runs in bf16 like the training forward it is,
+  with float32 tangents, while ``v`` is computed in float32 (issue 38, ``benchmarks/meta_precision.py``).
 * ``impl="fast-lowmem"``: as ``fast``, but the forward-mode pass runs without an
   autograd graph and the real step takes its own plain forward: one forward more, for
   a peak that never holds the training graph and the tangents at once (measured in
@@ -228,9 +230,13 @@ def _fast(model, params, inputs, loss_terms, meta_inputs, meta_loss, lr, normali
     fresh = v is None
     m_value = None
     if fresh:
-        meta_out = functional_call(model, _cloned_buffers(model), (meta_inputs,), strict=False)
-        m_loss = meta_loss(meta_out)
-        v = torch.autograd.grad(m_loss, tensors, allow_unused=True)
+        # v in float32 even under autocast: in bf16, the weight gradient of a convolution before a norm is a sum
+        # over every pixel (voxel) that cancels to almost nothing, and its rounding is what remains (UNet++ 3-D:
+        # weights' cosine with float64 0.34 from a bf16 v; benchmarks/meta_precision.py, issue 38)
+        with torch.autocast(meta_inputs.device.type, enabled=False):
+            meta_out = functional_call(model, _cloned_buffers(model), (meta_inputs,), strict=False)
+            m_loss = meta_loss(meta_out)
+            v = torch.autograd.grad(m_loss, tensors, allow_unused=True)
         m_value = float(m_loss.detach())
         # with a restricted scope (--meta-scope last) the backward stopped at the head: the rest of the
         # meta graph is still alive and would sit beside the training graph
