@@ -143,6 +143,7 @@ class Predictor:
         self.channels = list(self._task.channels)
         self.spatial_dims = self._task.spatial_dims
         self.image_2d = self._task.image_2d
+        self._predict_one = {"segmentation": self._segment_input, "classification": self._classify}[self.task]
 
     def __repr__(self) -> str:
         return (f"Predictor(run={str(self.run)!r}, task={self.task!r}, classes={self.classes}, "
@@ -165,8 +166,9 @@ class Predictor:
             InputError: naming the file (or ``image``): unreadable, wrong channel count, a 2-D image for a
                 3-D run, not an image this run takes.
         """
-        if self.task == "classification":
-            return self._classify(image, tta=tta)
+        return self._predict_one(image, affine=affine, tta=tta, probabilities=probabilities)
+
+    def _segment_input(self, image, *, affine, tta: bool, probabilities: bool) -> Segmentation:
         stack, aff, where = self._read(image, affine)
         return self.segment(stack, aff, where, tta=tta, probabilities=probabilities)
 
@@ -212,7 +214,9 @@ class Predictor:
         raise InputError("image", f"cannot predict a {type(image).__name__}: give a path, a nibabel or SimpleITK "
                                   "image, or an array with its affine")
 
-    def _classify(self, image, *, tta: bool = False) -> Classification:
+    def _classify(self, image, *, affine=None, tta: bool = False, probabilities: bool = True) -> Classification:
+        """Classify a JPEG/PNG path, a PIL image or a uint8 ``(H, W, 3)`` array (``affine`` does not apply; the
+        class probabilities are always returned)."""
         size = int(self.manifest["size"])
         if isinstance(image, (str, os.PathLike)):
             path = Path(image)
@@ -332,51 +336,96 @@ def predict_files(run: str | os.PathLike, inputs: str | os.PathLike, output: str
     if fmt not in FORMATS:
         raise InputError("--format", f"must be one of {', '.join(FORMATS)}, got {fmt!r}")
     predictor = load_run(run, checkpoint=checkpoint, device=device, data=data)
-    seg = predictor.task == "segmentation"
-    if not seg and fmt != "same":
-        raise InputError("--format", "applies to segmentation runs; a classification run writes predictions.csv")
-    if seg and fmt == "png" and not predictor.image_2d:
-        raise InputError("--format", "png applies to runs on 2-D image datasets; this run's masks are volumes: "
-                                     "choose nii.gz, nii, mha or nrrd")
-    endings = (_SEG_ENDINGS if predictor.image_2d else IMAGE_ENDINGS) if seg else CLASSIFICATION_ENDINGS
-    cases, skipped = find_inputs(inputs, endings, len(predictor.channels), channels=seg)
-    if not cases:
-        raise InputError(inputs, f"holds no images this run reads ({', '.join(endings)})")
     output = Path(output)
+    writer = _WRITERS[predictor.task](predictor, output, fmt=fmt, tta=tta, save_probabilities=save_probabilities,
+                                      overwrite=overwrite)
+    cases, skipped = find_inputs(inputs, writer.endings, len(predictor.channels), channels=writer.channels)
+    if not cases:
+        raise InputError(inputs, f"holds no images this run reads ({', '.join(writer.endings)})")
     if output.exists() and not output.is_dir():
         raise InputError(output, "exists and is not a folder")
     source = Path(inputs) if Path(inputs).is_dir() else Path(inputs).parent
     if output.resolve() == source.resolve():
         raise InputError(output, "is the input folder; choose another OUTPUT (masks are named after the cases)")
-    table = output / "predictions.csv"
-    if not seg and table.exists() and not overwrite:
-        raise InputError(table, "exists; pass --overwrite to replace it")
+    writer.check()
     output.mkdir(parents=True, exist_ok=True)
 
-    written, failed, rows = [], [], []
+    written, failed = [], []
     t0 = time.perf_counter()
     with progress_bar(progress, len(cases), "predicting") as advance:
         for case, files in cases:
             try:
-                if seg:
-                    written += _segment_case(predictor, case, files, output, fmt=fmt, tta=tta,
-                                             save_probabilities=save_probabilities, overwrite=overwrite)
-                else:
-                    result = predictor.predict(files[0])
-                    rows.append([files[0].name, result.label, *(f"{p:.6f}" for p in result.probabilities.values())])
+                written += writer.add(case, files)
             except InputError as exc:
                 failed.append(f"error: {exc}")
                 echo(failed[-1])
             advance(f"predicting {case}")
-    if not seg and rows:
-        with atomic_file(table) as tmp, open(tmp, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["image", "predicted", *(f"p_{c}" for c in predictor.classes)])
-            writer.writerows(rows)
-        written.append(table)
+    written += writer.finish()
     done = len(cases) - len(failed)
     return {"predicted": written, "cases": done, "failed": failed, "skipped": skipped,
             "seconds_per_case": (time.perf_counter() - t0) / max(done, 1)}
+
+
+class _MaskWriter:
+    """Segmentation: one label map per case in ``output``, in the input's format or ``fmt`` (and, with
+    ``save_probabilities``, ``CASE.npz``)."""
+
+    channels = True  # CASE_0000, CASE_0001, ... are the channel files of one case
+
+    def __init__(self, predictor: Predictor, output: Path, *, fmt: str, tta: bool, save_probabilities: bool,
+                 overwrite: bool) -> None:
+        if fmt == "png" and not predictor.image_2d:
+            raise InputError("--format", "png applies to runs on 2-D image datasets; this run's masks are volumes: "
+                                         "choose nii.gz, nii, mha or nrrd")
+        self.endings = _SEG_ENDINGS if predictor.image_2d else IMAGE_ENDINGS
+        self.predictor, self.output = predictor, output
+        self.options = {"fmt": fmt, "tta": tta, "save_probabilities": save_probabilities, "overwrite": overwrite}
+
+    def check(self) -> None:
+        """Nothing to check before predicting: each mask is checked as it is written."""
+
+    def add(self, case: str, files: list[Path]) -> list[Path]:
+        return _segment_case(self.predictor, case, files, self.output, **self.options)
+
+    def finish(self) -> list[Path]:
+        return []
+
+
+class _TableWriter:
+    """Classification: one row per image (image, predicted, p_<class> per class) in ``output/predictions.csv``,
+    written once all are predicted."""
+
+    channels = False
+    endings = CLASSIFICATION_ENDINGS
+
+    def __init__(self, predictor: Predictor, output: Path, *, fmt: str, tta: bool, save_probabilities: bool,
+                 overwrite: bool) -> None:
+        if fmt != "same":
+            raise InputError("--format", "applies to segmentation runs; a classification run writes predictions.csv")
+        self.predictor, self.table, self.overwrite = predictor, output / "predictions.csv", overwrite
+        self.rows: list[list[str]] = []
+
+    def check(self) -> None:
+        if self.table.exists() and not self.overwrite:
+            raise InputError(self.table, "exists; pass --overwrite to replace it")
+
+    def add(self, case: str, files: list[Path]) -> list[Path]:
+        result = self.predictor.predict(files[0])
+        self.rows.append([files[0].name, result.label, *(f"{p:.6f}" for p in result.probabilities.values())])
+        return []
+
+    def finish(self) -> list[Path]:
+        if not self.rows:
+            return []
+        with atomic_file(self.table) as tmp, open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["image", "predicted", *(f"p_{c}" for c in self.predictor.classes)])
+            writer.writerows(self.rows)
+        return [self.table]
+
+
+#: How ``medl2b predict`` writes each kind of run's predictions.
+_WRITERS = {"segmentation": _MaskWriter, "classification": _TableWriter}
 
 
 def _segment_case(predictor: Predictor, case: str, files: list[Path], output: Path, *, fmt: str, tta: bool,
