@@ -90,12 +90,13 @@ def predict_dataset(model: nn.Module, dataset, *, batch_size: int = 32, device: 
 
 @torch.no_grad()
 def flip_averaged_probs(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
-                        dims: Sequence[int] = (2, 3)) -> torch.Tensor:
-    """Softmax averaged over the identity and one flip along each of ``dims``, ``(B, K, *spatial)``.
+                        dims: Sequence[int] = (2, 3), *, dense: bool = True) -> torch.Tensor:
+    """Softmax averaged over the identity and one flip of ``images`` ``(B, C, *spatial)`` along each of ``dims``:
+    ``(B, K, *spatial)``, or ``(B, K)`` for a classifier (``dense=False``).
 
-    The flipped predictions are flipped back before averaging. Used for segmentation pseudo-labels
-    (``pseudo_label_tta``: the two in-plane flips) and test-time augmentation. A module runs in eval
-    mode; any other callable (an inferer) as it is.
+    Dense predictions of the flipped images are flipped back before averaging; a classifier's are not (its
+    class does not move). Used for segmentation pseudo-labels (``pseudo_label_tta``: the two in-plane flips)
+    and test-time augmentation. A module runs in eval mode; any other callable (an inferer) as it is.
     """
     was_training = isinstance(model, nn.Module) and model.training
     if was_training:
@@ -103,7 +104,8 @@ def flip_averaged_probs(model: nn.Module | Callable[[torch.Tensor], torch.Tensor
     try:
         probs = model(images).softmax(1)
         for dim in dims:
-            probs = probs + model(images.flip(dim)).softmax(1).flip(dim)
+            flipped = model(images.flip(dim)).softmax(1)
+            probs = probs + (flipped.flip(dim) if dense else flipped)
     finally:
         if was_training:
             model.train(True)

@@ -16,11 +16,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 from typer.testing import CliRunner
 
 import medl2b
 from medl2b.cli import app
 from medl2b.config import load_config
+from medl2b.data.datasets import ImageSet, IsicDataset
+from medl2b.data.images import load_square_image
 from medl2b.data.msd import prepare_msd
 from medl2b.evaluate.run import evaluate_run
 from medl2b.train.trainer import train
@@ -302,3 +305,15 @@ def test_classification_run_writes_predictions_csv(isic_raw, isic_prepared, tmp_
     got = medl2b.load_run(tmp_path / "run", device="cpu").predict(inputs / images[0].name)
     row = next(r for r in rows if r[0] == images[0].name)
     assert got.label == row[1] and got.probabilities[classes[0]] == pytest.approx(float(row[2]), abs=1e-5)
+    # one predict signature for every task: tta averages the softmax over the image and its two flips
+    predictor = medl2b.load_run(tmp_path / "run", device="cpu")
+    flipped = predictor.predict(inputs / images[0].name, tta=True)
+    n = 1
+    pixels = load_square_image(inputs / images[0].name, int(predictor.manifest["size"]))[None]
+    x = IsicDataset(ImageSet(images=pixels, index=np.arange(n), label=np.zeros(n, dtype=np.int64),
+                             clean=np.zeros(n, dtype=np.int64), classes=classes))[0]["image"][None]
+    with torch.no_grad():
+        run = lambda v: predictor.model(predictor._task.input_transform(v)).softmax(1)[0]  # noqa: E731
+        expected = ((run(x) + run(x.flip(2)) + run(x.flip(3))) / 3).numpy()
+    assert list(flipped.probabilities.values()) == pytest.approx(expected.tolist(), abs=1e-6)
+    assert not np.allclose(expected, list(got.probabilities.values()), atol=1e-7)  # the flips change it

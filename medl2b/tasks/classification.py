@@ -75,7 +75,7 @@ class ClassificationTask(Task):
         x = IsicDataset(images)[0]["image"][None]
         run = lambda b: predict_logits(model, b, batch_size=1, device=device,  # noqa: E731
                                        transform=self.input_transform)
-        return (flip_averaged_probs(run, x, (2, 3)).log() if tta else run(x))[0]
+        return (flip_averaged_probs(run, x, (2, 3), dense=False).log() if tta else run(x))[0]
 
     def validate(self, model, device) -> float:
         if len(self.val_images) == 0:  # no trusted images: nothing clean to validate on
