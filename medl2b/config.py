@@ -123,9 +123,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"                # auto | cpu | cuda
     amp: bool = True                    # bf16 autocast on CUDA only
-    meta_amp: bool = True               # ...also for the meta step, after the first epoch (issue 38: with float32
-                                        # tangents, bf16 weights keep cosine >= 0.99 with float64 ones once CE has
-                                        # trained a few steps; at initialisation batch-norm classifiers lose them)
+    meta_amp: bool = True               # ...also for the meta step, after the first epoch (issue 38: with v and the
+                                        # tangents in float32, bf16 weights keep cosine >= 0.99 with float64 ones once
+                                        # CE has trained; at initialisation batch-norm classifiers lose them)
     num_workers: int = 0
     log_every: int = 10
 
