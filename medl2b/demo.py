@@ -63,7 +63,8 @@ def run_demo(out: str | Path, *, data: str = "hippocampus", cases: int | None = 
         cases, size, task = cases or 12, size or 64, "prostate-seg"
         echo(f"[1/4] synthesising {cases} phantom PROMISE12 cases (MetaImage) in {out / 'raw'}")
         synth_promise12(out / "raw", n_cases=cases, seed=seed, grid_scale=grid_scale)
-        echo(f"[2/4] preparing at {size}x{size}, noisy masks calibrated to mean Dice 0.6")
+        echo(f"[2/4] preparing at one spacing (the cases' median, at most {size} px in plane), noisy masks "
+             "calibrated to mean Dice 0.6")
         manifest = prepare_promise12(out / "raw", out / "prepared", size=size, noise_dice=0.6, meta_cases=2,
                                      test_cases=3, seed=seed, progress=True)
     else:
@@ -72,10 +73,12 @@ def run_demo(out: str | Path, *, data: str = "hippocampus", cases: int | None = 
         n = len(json.loads((raw / "dataset.json").read_text())["training"])
         echo(f"[1/4] {n} real hippocampus MRI cases of the Medical Segmentation Decathlon (CC-BY-SA 4.0, "
              f"medl2b/{DEMO_DATA}/README.md)")
-        echo(f"[2/4] preparing at {size}x{size}, noisy labels calibrated to mean foreground Dice 0.6")
+        echo(f"[2/4] preparing at one spacing (the cases' median, at most {size} px in plane), noisy labels "
+             "calibrated to mean foreground Dice 0.6")
         manifest = prepare_msd(raw, out / "prepared", size=size, noise_dice=0.6, meta_cases=3,
                                test_cases=max(2, n // 4), seed=seed, progress=True)
-    echo(f"      achieved mean noisy-vs-clean Dice {manifest['noise']['achieved_mean_dice']:.3f}; "
+    echo(f"      spacing {' x '.join(f'{v:.3g}' for v in manifest['spacing'])} mm; "
+         f"achieved mean noisy-vs-clean Dice {manifest['noise']['achieved_mean_dice']:.3f}; "
          f"train {len(manifest['splits']['train'])} / meta {len(manifest['splits']['meta'])} / "
          f"test {len(manifest['splits']['test'])} cases")
     runs = []
