@@ -82,8 +82,10 @@ def _network(name: str) -> nn.Module:
     torch.manual_seed(0)
     if name in ("unetpp2d", "unetpp3d"):
         return build_unetpp(features=(4, 4, 8, 8, 16, 4), spatial_dims=2 if name == "unetpp2d" else 3)
-    if name in SEGMENTATION_ARCHS:
+    if name == "unetpp-lite0":
         return build_unetpp_lite0(features=(8, 8, 16, 16, 32, 8), in_channels=1, pretrained=PRETRAINED.get(name))
+    if name in SEGMENTATION_ARCHS:  # a newly registered segmentation network: fail loudly until it has a case here
+        raise NotImplementedError(f"no small {name} case in tests/test_meta_amp.py yet")
     return build_classifier(name, num_classes=4, image_size=64, width=0.125 if name == "resnet50" else 1.0,
                             pretrained=PRETRAINED.get(name))
 
