@@ -7,9 +7,12 @@ their Spearman rank correlation ≥ 0.95 (the target of issue 38).
 
 The meta step runs where training runs it: after a warm-up of plain CE steps (``warmup_epochs`` ≥ 1 in
 every shipped config; the trainer keeps the first epoch's meta steps in float32 when there is none).
-Two losses of precision were found (``benchmarks/meta_precision.py``, ``BENCHMARKS.md``, "Mixed-precision
+Three losses of precision were found (``benchmarks/meta_precision.py``, ``BENCHMARKS.md``, "Mixed-precision
 meta step (issue 38)"):
 
+* a meta gradient ``v`` from a bf16 meta backward: the weight gradients of convolutions before a norm cancel
+  to almost nothing and bf16's rounding is what is left (UNet++ 3-D: cosine 0.35); :mod:`medl2b.meta.step`
+  computes ``v`` in float32;
 * tangents rounded to bf16 between layers lose the small per-element differences the weights are made
   of (a 3-D UNet++ after a few CE steps: cosine 0.33); :mod:`medl2b.meta.jvp` keeps them in float32;
 * at initialisation, the classifiers' train-mode batch norms amplify any rounding of the forward pass
