@@ -109,7 +109,7 @@ def _bias_shape(bias: torch.Tensor, ndim: int) -> torch.Tensor:
 
 
 def _linear_layer(module: nn.Module, op, x: torch.Tensor, **kw) -> torch.Tensor:
-    """conv / transposed conv: bilinear in (x, W), plus a bias."""
+    """conv / transposed conv / linear: bilinear in (x, W), plus a bias (on dim 1; a linear's on the last)."""
     x_p, x_t = _split(x)
     w_p, w_t = _split(module.weight)
     b_p, b_t = _split(module.bias)
@@ -121,7 +121,7 @@ def _linear_layer(module: nn.Module, op, x: torch.Tensor, **kw) -> torch.Tensor:
         if y_t is not None:
             y_t = y_t.to(_tangent_dtype(y))  # the bias tangent is added in float32 under autocast
         if b_t is not None:
-            bias_t = _bias_shape(b_t, y.dim()).to(_tangent_dtype(y))
+            bias_t = (b_t if op is F.linear else _bias_shape(b_t, y.dim())).to(_tangent_dtype(y))  # linear: last dim
             y_t = bias_t.expand_as(y).clone() if y_t is None else y_t.add_(bias_t)
     return _join(y, y_t)
 
