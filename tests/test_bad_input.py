@@ -11,6 +11,7 @@ import pytest
 import SimpleITK as sitk
 from typer.testing import CliRunner
 
+from cli_checks import one_line_error
 from medl2b.cli import app
 
 runner = CliRunner()
@@ -22,12 +23,7 @@ def _run(*args: str):
 
 def _assert_clean_failure(result, out: Path, *needles: str) -> None:
     """Exit 2, one `error:` line naming the file and the problem, no traceback, OUT untouched."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for needle in needles:
-        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    one_line_error(result, *needles)
     assert not (out / "dataset.json").exists()
     assert not out.exists() or not any(out.iterdir())
     assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.tmp")]

@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from cli_checks import one_line_error
 from medl2b.cli import app
 
 runner = CliRunner()
@@ -42,15 +43,7 @@ def _ok(result):
     return result.output
 
 
-def _one_line_error(result, *needles):
-    """Exit 2 and one ``error:`` line holding every needle, no traceback."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for needle in needles:
-        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
-    return lines[0]
+_one_line_error = one_line_error
 
 
 # --------------------------------------------------------------------------- segmentation data

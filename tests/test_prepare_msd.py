@@ -19,6 +19,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from cli_checks import one_line_error
 from medl2b.cli import app
 from medl2b.data.grid import prediction_to_raw
 from medl2b.data.msd import prepare_msd
@@ -418,12 +419,7 @@ def test_multiclass_noise_calibration_on_real_cases(hippo_raw, tmp_path, target)
 
 def _assert_clean_failure(result, out: Path, *needles: str) -> None:
     """Exit 2, exactly one `error:` line naming the file, no traceback, OUT not created."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for needle in needles:
-        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    one_line_error(result, *needles)
     assert not out.exists()
     assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
 
