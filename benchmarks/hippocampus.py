@@ -80,7 +80,8 @@ from accuracy import fmt, mean_std, paired, times, weight_figures, write_benchma
 
 ROOT = Path(__file__).resolve().parent.parent
 LEVELS = (0.8, 0.6, 0.4)
-SIZE = 48
+SIZE = 48  # the recorded tables' size (each slice stretched to 48 px before issue 39); a re-run at one spacing
+           # should use 64, which caps nothing (1 mm): 48 coarsens every case to 1.08 mm (BENCHMARKS.md, issue 39)
 SHARED = {"meta-only", "oracle"}  # independent of the noise level
 #: rows named without a floor ran before ``pseudo_floor: 0.6`` became the default; re-runs keep them floorless
 NOFLOOR = {"pseudo_floor": 0.0}

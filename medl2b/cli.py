@@ -485,7 +485,7 @@ def demo_cmd(
     data: str = typer.Option("hippocampus", "--data",
                              help="hippocampus (20 bundled real MRI cases) or phantoms (synthetic PROMISE12)."),
     cases: Optional[int] = typer.Option(None, "--cases", min=6, help="Number of cases (default: 20 / 12 phantoms)."),
-    size: Optional[int] = typer.Option(None, "--size", min=32, help="Slice size (default: 48 / 64 phantoms)."),
+    size: Optional[int] = typer.Option(None, "--size", min=32, help="Cap on the in-plane extent in pixels (default 64: the hippocampus stays at its 1 mm spacing)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Override the CPU profile's epochs."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
