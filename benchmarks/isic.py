@@ -37,8 +37,12 @@ writes the tables from what has finished, between the ``isic`` markers of BENCHM
     python benchmarks/isic.py --report-only    # tables from the finished runs
     python benchmarks/isic.py                  # the same in one process
 
-The finished runs are committed in ``benchmarks/results/isic_results.jsonl``; to continue from them,
-copy it to ``bench_runs/isic/results.jsonl`` first. Earlier profiles' runs are kept, each readable with
+``--setup pretrained`` (the default) runs the shipped ``cpu`` profile (ImageNet-pretrained EfficientNet-Lite0,
+64 px) into ``bench_runs/isic_pretrained``; its finished runs are committed in
+``benchmarks/results/isic_pretrained_results.jsonl`` (copy it to ``bench_runs/isic_pretrained/results.jsonl`` to
+continue). ``--setup scratch`` is the record before pretrained backbones (``cpu-scratch``: ResNet-50 x 0.25 from
+scratch at 32 px), committed in ``benchmarks/results/isic_results.jsonl`` (copy it to
+``bench_runs/isic/results.jsonl``). Earlier profiles' runs are kept, each readable with
 ``--report-only`` from a ``--work`` folder holding it as results.jsonl:
 ``isic_results_6epochs.jsonl`` (6 epochs, per-image augmentation) and ``isic_results_unbalanced.jsonl``
 (6 epochs, before ``train_balance`` became the default).
@@ -425,6 +429,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--blocks", default="1,2,3,4", help="comma-separated, from 1-7 (5-7: ablations)")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--no-fit", action="store_true",
+                    help="skip the fit table (it predicts every run's training images: minutes per run)")
     ap.add_argument("--workers", type=int, default=1,
                     help="start this many copies of the script, one thread each; they share the runs through claims")
     args = ap.parse_args()
@@ -460,7 +466,7 @@ def main() -> None:
                           f"auroc {row['auroc']:.3f} ({row['train_s']:.0f} s)", flush=True)
                     write_benchmarks_md(tables(rows), section=SETUP["section"])
     rows = load_rows(results)
-    fits = enrich(rows, args.work / "enrich.jsonl")
+    fits = {} if args.no_fit else enrich(rows, args.work / "enrich.jsonl")
     write_benchmarks_md(tables(rows, fits), section=SETUP["section"])
     print(tables(rows, fits))
 
