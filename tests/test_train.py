@@ -432,3 +432,29 @@ def test_classification_batches_are_augmented_on_the_device_only_when_asked(isic
     assert not torch.allclose(out["image"], batch["image"])
     torch.manual_seed(0)
     assert torch.equal(on.augment_batch(batch)["image"], out["image"])
+
+
+def _torchvision_resnet50_keys() -> set[str]:
+    """torchvision's ``resnet50().state_dict()`` key names, written out from its documented layout (torchvision
+    itself does not import beside this torch build): stem, 4 stages of [3, 4, 6, 3] bottlenecks, each with three
+    conv+bn pairs and a downsample (conv, bn) on its first block, then ``fc``."""
+    bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    keys = {"conv1.weight", *(f"bn1.{p}" for p in bn), "fc.weight", "fc.bias"}
+    for stage, blocks in enumerate((3, 4, 6, 3), start=1):
+        for b in range(blocks):
+            pre = f"layer{stage}.{b}."
+            for i in (1, 2, 3):
+                keys |= {f"{pre}conv{i}.weight", *(f"{pre}bn{i}.{p}" for p in bn)}
+            if b == 0:
+                keys |= {f"{pre}downsample.0.weight", *(f"{pre}downsample.1.{p}" for p in bn)}
+    return keys
+
+
+def test_resnet50_takes_torchvision_key_names():
+    """The registry's resnet50 has exactly torchvision's state-dict key names, so a torchvision ImageNet file
+    loads strictly."""
+    from medl2b.models import build_resnet50
+
+    keys = set(build_resnet50(num_classes=1000).state_dict())
+    assert keys == _torchvision_resnet50_keys()
+    assert len(keys) == 320
