@@ -92,19 +92,22 @@ def _grid(manifest: dict) -> str:
     return f"at {' x '.join(f'{v:.4g}' for v in spacing)} mm" if spacing else f"at {manifest['size']} px"
 
 
+#: the geometry options every `prepare` of volumes shares (medl2b.data.grid)
+_CAP_HELP = ("CAP on the in-plane extent of the prepared slices in pixels (not a resize): if the largest case at the "
+             "target spacing would exceed it, the in-plane spacing is coarsened for every case.")
+_SPACING_HELP = ("Target spacing in mm, 'sx,sy,sz' or in-plane 'sx,sy' (default: the training cases' median spacing). "
+                 "Every case is resampled to it, aspect ratio kept; slices of different sizes are padded per batch.")
+
+
 @prepare_app.command("promise12")
 @_user_errors
 def prepare_promise12_cmd(
     raw: Path = typer.Argument(..., help="Folder with CaseNN.mhd and CaseNN_segmentation.mhd (any depth)."),
     out: Path = typer.Argument(..., help="Prepared dataset folder (nnU-Net-like)."),
     size: int = typer.Option(144, "--size", min=16,
-                             help="CAP on the in-plane extent of the prepared slices in pixels (not a resize): if the "
-                                  "largest case at the target spacing would exceed it, the in-plane spacing is "
-                                  "coarsened for every case."),
+                             help=_CAP_HELP),
     spacing: Optional[str] = typer.Option(None, "--spacing",
-                                          help="Target spacing in mm, 'sx,sy,sz' or in-plane 'sx,sy' (default: the "
-                                               "training cases' median spacing). Every case is resampled to it, "
-                                               "aspect ratio kept."),
+                                          help=_SPACING_HELP),
     noise_dice: float = typer.Option(0.6, "--noise-dice", min=0.0, max=1.0,
                                      help="Target mean 3-D Dice of noisy vs clean masks; 1 = no noise."),
     meta_cases: int = typer.Option(3, "--meta-cases", min=0, help="Clean meta cases (taken from training)."),
@@ -135,13 +138,9 @@ def prepare_msd_cmd(
                                          ".jpg; RGB in one file)."),
     out: Path = typer.Argument(..., help="Prepared dataset folder (nnU-Net-like)."),
     size: Optional[int] = typer.Option(None, "--size", min=32,
-                                       help="CAP on the in-plane extent of the prepared slices in pixels (not a "
-                                            "resize; default: no cap): if the largest case at the target spacing "
-                                            "would exceed it, the in-plane spacing is coarsened for every case."),
+                                       help=_CAP_HELP + " Default: no cap."),
     spacing: Optional[str] = typer.Option(None, "--spacing",
-                                          help="Target spacing in mm, 'sx,sy,sz' or in-plane 'sx,sy' (default: the "
-                                               "training cases' median spacing). Every case is resampled to it, "
-                                               "aspect ratio kept; slices of different sizes are padded per batch."),
+                                          help=_SPACING_HELP),
     trusted_labels: Optional[Path] = typer.Option(None, "--trusted-labels",
                                                   help="YOUR OWN LABELS: labelsTr/ holds the given (noisy) labels, this "
                                                        "folder trusted labels of a few cases (same file names); they "
