@@ -80,6 +80,7 @@ import numpy as np
 
 from accuracy import fmt, mean_std, paired, times, weight_figures, write_benchmarks_md
 from isic import _finished, _history, load_rows
+from probe import evidence_probe
 
 from medl2b.config import load_config
 from medl2b.data.msd import prepare_msd
@@ -123,6 +124,9 @@ CANDIDATES = {
     "512px-p96-e12-lr0.01": (512, {"patch_size_2d": [96, 96], "epochs": 12, "warmup_epochs": 4, "lr": 0.01}),
     "512px-p128-e6-lr0.01": (512, {"patch_size_2d": [128, 128], "epochs": 6, "warmup_epochs": 2, "lr": 0.01}),
     "768px-p96-e6-lr0.01": (768, {"patch_size_2d": [96, 96], "epochs": 6, "warmup_epochs": 2, "lr": 0.01}),
+    # added after the first two: lr 0.1 led on validation and a run took ~100 s, not ~4 min (longer
+    # schedules do not fit three seeds of six methods in one session's lane)
+    "512px-p96-e12-lr0.1": (512, {"patch_size_2d": [96, 96], "epochs": 12, "warmup_epochs": 4, "lr": 0.1}),
 }
 SETUPS = {  # name -> run-folder name, BENCHMARKS.md section, blocks, method order, fixed overrides
     "scratch": {"folder": "annotators", "section": "annotators", "blocks": BLOCKS, "order": ORDER,
@@ -193,7 +197,7 @@ def _wall(rs: list[dict]) -> str:
 
 
 def tables(rows: list[dict], command: str, given: dict[str, float], settings: dict, *, size: int = SIZE,
-           net: str | None = None, order=ORDER) -> str:
+           net: str | None = None, order=ORDER, probe: dict[str, dict] | None = None) -> str:
     sources = [s for s in SOURCES if any(r["source"] == s and r["method"] not in SHARED for r in rows)]
     net = net or f"UNet++ {settings['features']}"
     out = [(f"### CHASE_DB1 retinal vessels, 8 test images (4 children), observer 1 as reference; {size} px, "
@@ -231,6 +235,7 @@ def tables(rows: list[dict], command: str, given: dict[str, float], settings: di
                        f"{_num(p['oracle'])} | {'–' if math.isnan(gap) else f'{gap:.0%}'} |")
     out += trusted_table(rows, sources)
     out += separation_table(rows, sources)
+    out += probe_table(rows, sources, probe or {})
     out += ["", f"Command: `{command}`; {len(rows)} runs finished."]
     return "\n".join(out)
 
@@ -277,6 +282,79 @@ def separation_table(rows: list[dict], sources) -> list[str]:
             lines.append(f"| {source} | {method} | {len(parts)} | {np.mean(w):.2f} | {np.mean(r_):.2f} | "
                          + ", ".join(f"{a:.2f} / {b:.2f}" for a, b in parts) + " |")
     return lines if len(lines) > 4 else []
+
+
+#: the methods the evidence probe measures (--probe), its batches per run and its seed
+PROBE_METHODS, PROBE_BATCHES, PROBE_SEED = ("l2b", "l2b+clean"), 16, 0
+
+
+def probes(rows: list[dict], work: Path, *, compute: bool = False) -> dict[str, dict]:
+    """The evidence probe (``benchmarks/probe.py``) of every ``l2b`` / ``l2b+clean`` row, by run folder, from the
+    cache ``work/probe.jsonl`` (one line per run, never rewritten: results.jsonl holds the runs only).
+    ``compute`` (``--probe``): first probe every such run that is not cached and whose folder is here, on
+    random patches of its own training window, :data:`PROBE_BATCHES` batches (at 1 thread beside another run,
+    about a minute or two a run for ``unetpp-lite0``). Without it nothing is computed."""
+    from medl2b.config import load_config_file
+
+    path = work / "probe.jsonl"
+    cache = {e["run"]: e for e in load_rows(path)}
+    if not compute:
+        return cache
+    for r in rows:
+        if r["method"] not in PROBE_METHODS or r["run"] in cache:
+            continue
+        run = Path(r["run"])
+        if not (run / "checkpoint_latest.pt").exists():
+            print(f"[annotators] probe: {run} has no checkpoint_latest.pt here, skipped", flush=True)
+            continue
+        patch = int(load_config_file(run / "config.yaml").patch_size_2d[0])
+        t = time.time()
+        entry = {"run": r["run"], "batches": PROBE_BATCHES, "seed": PROBE_SEED,
+                 **evidence_probe(str(run), batches=PROBE_BATCHES, seed=PROBE_SEED, patch=patch)}
+        entry["probe_s"] = round(time.time() - t, 1)
+        with open(path, "a") as fh:
+            fh.write(json.dumps(entry) + "\n")
+        cache[r["run"]] = entry
+        auc = {k: "–" if v is None else f"{v:.2f}" for k, v in entry["all"].items() if k.endswith("_auroc")}
+        print(f"[annotators] probe {r['source']} {r['method']} seed {r['seed']}: AUROC evidence "
+              f"{auc['evidence_auroc']}, margin {auc['confidence_auroc']}, β as trained {auc['beta_auroc']}, "
+              f"combined {auc['combined_auroc']} ({entry['probe_s']:.0f} s)", flush=True)
+    return cache
+
+
+def probe_table(rows: list[dict], sources, cache: dict[str, dict]) -> list[str]:
+    """The evidence probe of the ``l2b`` and ``l2b+clean`` runs (:func:`probes`' cache), mean over seeds."""
+    lines = []
+    for source, method in ((s, m) for s in sources for m in PROBE_METHODS):
+        found = [cache[r["run"]] for r in _pick(rows, source, method) if r["run"] in cache]
+        if not found:
+            continue
+
+        def avg(key, found=found):
+            vals = [e["all"][key] for e in found if e["all"].get(key) is not None]
+            return f"{np.mean(vals):.2f}" if vals else "–"
+        n = np.mean([e["all"]["n"] for e in found])
+        lines.append(f"| {source} | {method} | {len(found)} | {n:,.0f} / {avg('wrong_share')} | "
+                     f"{avg('evidence_auroc')} | {avg('confidence_auroc')} | {avg('beta_auroc')} | "
+                     f"{avg('combined_auroc')} | {avg('picks_pseudo_on_wrong')} / {avg('picks_pseudo_on_right')} |")
+    if not lines:
+        return []
+    e = next(iter(cache[r["run"]] for r in rows if r["run"] in cache))
+    drawn = (f"{e['patch'][0]} px patches of the training images, meta patches centred on a vessel" if e.get("patch")
+             else "whole training images")
+    return ["", ("Evidence probe (`benchmarks/probe.py`, `--probe`): the last network of each run, "
+                 f"{e['batches']} batches of {drawn}, seed {e['seed']}. Pixels: the training pixels whose pseudo-label "
+                 "(the last network's argmax) differs from the given label, mean count per run; wrong: the given "
+                 "label disagrees with observer 1 (its share of those pixels). AUROC at ranking the wrong ones first "
+                 "(0.5 = chance) of: the meta evidence for the pseudo-label, (−∂L_meta/∂ε_β) − (−∂L_meta/∂ε_α), "
+                 "without a floor; the network's confidence margin p(pseudo) − p(given); the β share β/(α+β) the "
+                 "run's own meta step trains with (its `pseudo_floor` and `meta_normalise`: β = 0 below the floor, "
+                 "so a floor that closes every such pixel gives 0.5); and the mean of the evidence's and the margin's "
+                 "ranks (evidence weighted by confidence). Picks pseudo: the share of those pixels whose meta evidence "
+                 "for the pseudo-label is positive, on wrong / right given labels. Mean over seeds:"), "",
+            ("| given labels | method | seeds | pixels / wrong share | AUROC meta evidence | AUROC confidence margin | "
+             "AUROC β share as trained | AUROC combined | picks pseudo on wrong / right |"),
+            "|---|---|---|---|---|---|---|---|---|", *lines]
 
 
 def _num(v: float, spec: str = ".2f") -> str:
@@ -328,6 +406,10 @@ def main() -> None:
                          "into BENCHMARKS.md")
     ap.add_argument("--no-write", action="store_true", help="print the tables only")
     ap.add_argument("--report-only", action="store_true", help="write the tables from the finished runs, train nothing")
+    ap.add_argument("--probe", action="store_true",
+                    help="first compute the evidence probe (benchmarks/probe.py) of every finished l2b and l2b+clean "
+                         "run missing from WORK/probe.jsonl (a minute or two a run), then write the tables; without "
+                         "it the probe table reads that cache only. With --report-only: probe, train nothing")
     args = ap.parse_args()
     setup = SETUPS[args.setup]
     pretrained = args.setup == "pretrained"
@@ -397,8 +479,9 @@ def main() -> None:
                           flush=True)
     given = {s: given_dice(work / f"chase_{size}px_{s}") for s in SOURCES
              if (work / f"chase_{size}px_{s}" / "dataset.json").exists()}
+    probe = probes(rows, work, compute=args.probe)
     text = tables(rows, command, given, {**fixed, **overrides}, size=size, order=setup["order"],
-                  net=setup["net"] if pretrained else None)
+                  net=setup["net"] if pretrained else None, probe=probe)
     if pretrained:
         text += "\n" + "\n".join(tune_table(tuned, chosen))
     if not (args.smoke or args.no_write):

@@ -55,7 +55,7 @@ Runs go in priority order, every seed of a block before the next block:
 Issue 25's runs go to their own tables: ``--section hippocampus-issue25`` (and their own ``--work``).
 Each L2B variant's row also gets, from its run folder, the weight separation over the last third of
 training, the last network's pseudo-labels on wrong pixels and the evidence probe
-(:func:`evidence_probe`), cached in ``--work/enrich.jsonl``.
+(:func:`probe.evidence_probe`, whole slices), cached in ``--work/enrich.jsonl``.
 
 Each run trains with the ``segmentation`` task's ``cpu`` profile (block 7: ``cpu-3d``), is
 evaluated on the 40 test cases with its best checkpoint (chosen on the clean meta cases, never
@@ -77,6 +77,7 @@ import time
 from pathlib import Path
 
 from accuracy import fmt, mean_std, paired, times, weight_figures, write_benchmarks_md
+from probe import evidence_probe  # the one implementation, shared with annotators.py
 
 ROOT = Path(__file__).resolve().parent.parent
 LEVELS = (0.8, 0.6, 0.4)
@@ -275,59 +276,6 @@ def pseudo_on_wrong(run: str) -> dict:
     n = max(int(wrong.sum()), 1)
     return {"right": float((pred[wrong] == train.clean[wrong]).sum()) / n,
             "same": float((pred[wrong] == train.label[wrong]).sum()) / n}
-
-
-def evidence_probe(run: str, *, batches: int = 32, seed: int = 0) -> dict:
-    """How much the meta step knows about each pixel, measured with the run's last network: on training
-    pixels whose pseudo-label differs from the given label, how well the meta evidence for the
-    pseudo-label, (−∂L_meta/∂ε_β) − (−∂L_meta/∂ε_α), ranks the wrongly labelled ones first (AUROC), against
-    the network's own confidence margin p(pseudo) − p(given); and how often the meta step picks the
-    pseudo-label (its evidence is the larger) on wrong and on right given labels, overall and per
-    (given, pseudo) class pair. ``batches`` random training batches of the run's batch size, each with a
-    random meta batch of clean foreground slices (seeded); the virtual step at the run's base learning rate."""
-    import copy
-
-    import numpy as np
-    import torch
-
-    from medl2b.data.datasets import load_slices
-    from medl2b.evaluate.ranking import ranking_quality
-    from medl2b.evaluate.run import load_run
-    from medl2b.meta.losses import weighted_losses
-    from medl2b.meta.methods import get_method
-
-    model, cfg = load_run(run, checkpoint="latest")
-    train = load_slices(cfg.data, "train", label="noisy")
-    meta = load_slices(cfg.data, "meta", label="clean")
-    fg = np.flatnonzero(meta.clean.flatten(1).sum(1).numpy() > 0)
-    rng = np.random.default_rng(seed)
-    method = get_method("l2b", normalise="element")
-    parts = {"evidence": [], "confidence": [], "wrong": [], "pair": []}
-    for _ in range(batches):
-        idx = rng.choice(len(train), cfg.batch_size, replace=False)
-        midx = rng.choice(fg, cfg.meta_batch_size, replace=False)
-        x, y, clean = train.image[idx], train.label[idx], train.clean[idx]
-        out = weighted_losses(copy.deepcopy(model).train(), method, x, y, meta.image[midx], meta.clean[midx],
-                              lr=cfg.lr, meta_loss=cfg.meta_loss)[2]
-        with torch.no_grad():
-            prob = model.eval()(x).softmax(1)
-        pseudo = prob.argmax(1)
-        differ = pseudo != y
-        margin = prob.gather(1, pseudo[:, None])[:, 0] - prob.gather(1, y[:, None])[:, 0]
-        parts["evidence"].append((out.meta_grads[0] - out.meta_grads[1])[differ].numpy())
-        parts["confidence"].append(margin[differ].numpy())
-        parts["wrong"].append((y != clean)[differ].numpy())
-        parts["pair"].append(np.stack([y[differ].numpy(), pseudo[differ].numpy()], 1))
-    ev, conf, wrong, pair = (np.concatenate(parts[k]) for k in ("evidence", "confidence", "wrong", "pair"))
-
-    def summary(m):
-        return {"n": int(m.sum()), "wrong_share": float(wrong[m].mean()),
-                "evidence_auroc": ranking_quality(ev[m], wrong[m])["auroc"],
-                "confidence_auroc": ranking_quality(conf[m], wrong[m])["auroc"],
-                "picks_pseudo_on_wrong": float((ev[m & wrong] > 0).mean()) if (m & wrong).any() else None,
-                "picks_pseudo_on_right": float((ev[m & ~wrong] > 0).mean()) if (m & ~wrong).any() else None}
-    pairs = {f"{g}->{p}": summary((pair[:, 0] == g) & (pair[:, 1] == p)) for g, p in sorted({tuple(r) for r in pair})}
-    return {"all": summary(np.ones(len(ev), dtype=bool)), "pairs": pairs}
 
 
 def variants_table(rows: list[dict]) -> list[str]:
