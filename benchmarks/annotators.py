@@ -61,9 +61,17 @@ patch size, epochs and learning rate are chosen on the 2 clean validation images
 2. the benchmark then runs with the candidate of the highest validation Dice (``--candidate NAME``
    overrides the choice; it is recorded in every row and in the tables).
 
-    python benchmarks/annotators.py --setup pretrained --tune        # ~30 min at 1 thread
-    python benchmarks/annotators.py --setup pretrained               # 3 seeds with the chosen candidate
+    python benchmarks/annotators.py --setup pretrained --tune        # ~22 min on 2 idle cores
+    python benchmarks/annotators.py --setup pretrained --blocks 1    # 3 seeds with the chosen candidate
     python benchmarks/annotators.py --setup pretrained --smoke       # 1 seed, ce and l2b, 2 steps
+
+**``--probe``** (with ``--report-only``: nothing is trained) measures, with each finished ``l2b`` and
+``l2b+clean`` run's last network, how well the meta step's evidence, the network's confidence margin, the β
+share the run's own settings give (floor included) and their rank mean rank the training pixels whose given
+label is wrong (vs observer 1) among those whose pseudo-label differs from it (``benchmarks/probe.py``), and
+caches it in ``WORK/probe.jsonl`` for the tables:
+
+    python benchmarks/annotators.py --setup pretrained --report-only --probe
 """
 
 from __future__ import annotations
