@@ -13,7 +13,8 @@ annotations each, converted by ``data_prep/chasedb1/convert.py`` (``convert_chas
   simulated disagreement of the same strength.
 
 Methods: ``ce``, ``ce+clean`` (the noisy train images plus the 2 clean meta images as training data),
-``meta-only`` (the 2 clean images alone), ``l2b`` (the default, α_i + β_i = 1 per pixel) and ``oracle``
+``meta-only`` (the 2 clean images alone), ``l2b`` (the defaults, α_i + β_i = 1 per pixel, in the paper's pure
+form: ``--method l2b-pure``, see :data:`METHOD`) and ``oracle``
 (``ce`` on observer 1's labels). ``meta-only`` and ``oracle`` do not see the given labels, so they are
 the same runs for both label sources: they run once per seed and serve both. ``--seeds`` paired seeds
 (default 3): every method of a seed sees the same split and the same given labels.
@@ -107,7 +108,9 @@ OVERRIDES = {"features": [8, 8, 16, 32, 64, 8], "patch_size_2d": [96, 96], "patc
              "epochs": 6, "warmup_epochs": 2}
 SMOKE = {"epochs": 1, "warmup_epochs": 0, "patches_per_slice": 1, "steps_per_epoch": 2}
 SHARED = {"meta-only", "oracle"}  # independent of the given labels: run once per seed, on the observers copy
-METHOD = {"oracle": ("ce", {"label_source": "clean"})}
+#: row name -> (config method, overrides); other rows run the method they name. The ``l2b`` rows are the paper's pure
+#: form (``--method l2b-pure`` since ``--method l2b`` trains on its trusted cases, issue 37); ``l2b+clean`` is that
+METHOD = {"oracle": ("ce", {"label_source": "clean"}), "l2b": ("l2b-pure", {}), "l2b+clean": ("l2b", {})}
 BLOCKS = [
     [("observers", m) for m in ("ce", "l2b", "ce+clean", "meta-only", "oracle")],
     [("synthetic", m) for m in ("ce", "l2b", "ce+clean")],

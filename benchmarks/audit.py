@@ -19,7 +19,8 @@ Datasets with known synthetic corruption (one noisy label set each, noise seed 0
 
 Rankers, per seed (``--seeds``, default 3):
 
-* **medl2b**: ``medl2b audit`` of an ``l2b`` run (the task's cpu profile);
+* **medl2b**: ``medl2b audit`` of an ``l2b`` run (the task's cpu profile; the paper's pure form,
+  ``--method l2b-pure`` since ``--method l2b`` trains on its trusted cases, issue 37);
 * **cleanlab**: cleanlab 2.9 on out-of-sample predicted probabilities, as cleanlab asks:
   ``--folds`` (default 3) ``ce`` runs, each trained without one fold of the train samples and
   predicting it; ``cleanlab.segmentation.rank.get_label_quality_scores`` per slice (a case's
@@ -99,13 +100,27 @@ def _train(data: Path, run: Path, method: str, seed: int, epochs: int | None, pr
     from medl2b.config import load_config
     from medl2b.train.trainer import train
 
-    if (run / "checkpoint_latest.pt").exists() and (run / "done").exists():
-        return
+    if (run / "checkpoint_latest.pt").exists() and ((run / "done").exists() or _trained_out(run)):
+        return  # finished (a run of benchmarks/isic.py has no "done"): an l2b run from before issue 37 that says
+                # method l2b is the pure form, which a resume under today's l2b would refuse
     extra = {} if epochs is None else {"epochs": epochs, "warmup_epochs": max(1, epochs // 3)}
     cfg = load_config(_task(data), profile=profile, overrides={"data": str(data), "out": str(run), "method": method,
                                                              "seed": seed, "device": "auto", **extra})
     train(cfg, resume=True, progress=False)  # continues an interrupted run; a finished one is left as it is
     (run / "done").write_text("")
+
+
+def _trained_out(run: Path) -> bool:
+    """Whether ``run`` trained every epoch of its own ``config.yaml``."""
+    import csv
+
+    import yaml
+
+    if not (run / "config.yaml").exists() or not (run / "metrics.csv").exists():
+        return False
+    epochs = int(yaml.safe_load((run / "config.yaml").read_text())["epochs"])
+    with open(run / "metrics.csv") as fh:
+        return len(list(csv.DictReader(fh))) >= epochs
 
 
 def _fold_dataset(data: Path, keep: list, out: Path) -> Path:
@@ -191,7 +206,7 @@ def run_seed(name: str, data: Path, work: Path, seed: int, folds: int, epochs: i
     if name in REAL_ISIC and epochs is None:  # the runs of benchmarks/isic.py
         isic_work = isic_work or ROOT / "bench_runs" / REAL_ISIC[name][0]
         l2b_run, ce_run = (isic_work / "runs" / f"{m}_0.4_s{seed}" for m in ("l2b", "ce"))
-    _train(data, l2b_run, "l2b", seed, epochs, profile)
+    _train(data, l2b_run, "l2b-pure", seed, epochs, profile)  # the rows' l2b: the pure form (issue 37)
     audit_run(l2b_run, figures=False)
     ours = _scores_from_ranking(l2b_run / "audit" / "ranking.csv", units, "score", data)
     row["medl2b"] = ranking_quality(ours, truth)

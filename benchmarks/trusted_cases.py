@@ -6,11 +6,12 @@ by seed at each noise level:
 
 * ``l2b+clean``: L2B whose 4 clean meta cases also train, at full weight on their labels (``pseudo_floor``
   0: it ran before the floor became the default);
-* ``l2b``: the paper's pure form with the same floor (0), the clean cases used only by the meta step;
-* ``l2b-floor6``: the shipped default (``pseudo_floor: 0.6``);
+* ``l2b``: the paper's pure form with the same floor (0), the clean cases used only by the meta step
+  (``--method l2b-pure`` since ``--method l2b`` trains on its trusted cases);
+* ``l2b-floor6``: the shipped default until then (``pseudo_floor: 0.6``, the pure form);
 * ``ce+clean``: CE on the noisy cases plus the clean ones; ``ce``.
 
-* ``l2b+clean-floor6``: ``l2b+clean`` with the default floor, what ``--method l2b`` would ship if it trained on
+* ``l2b+clean-floor6``: ``l2b+clean`` with the default floor, what ``--method l2b`` ships since it trains on
   its trusted cases (``benchmarks/hippocampus.py --blocks 24,25``; not run when this was written).
 
 The CHASE_DB1 counterpart is the ``l2b+clean`` table of ``benchmarks/annotators.py --setup pretrained``. The

@@ -4,10 +4,11 @@ The public library API is exactly the names in ``__all__`` (defined in :mod:`med
 ``load_run`` in :mod:`medl2b.predict`; importable from here), versioned by :data:`API_VERSION`:
 
 * ``l2b_step(model, x, y, x_meta, y_meta, *, lr, method="l2b", meta_loss="ce", impl="fast",
-  scope="all", normalise=None, warm=False) -> L2BStep``: the α/β weights and the weighted loss
-  of one training batch.
+  scope="all", normalise=None, warm=False, trusted=None) -> L2BStep``: the α/β weights and the weighted
+  loss of one training batch (``trusted``, since 1.2: samples of the batch whose given label is known
+  right keep plain CE's weight; method ``l2b`` only; ``l2b-pure``, since 1.2, is the same step without it).
 * ``L2B(method, meta_loss, impl, scope, normalise, bootstrap_beta)``: the same options held once;
-  ``L2B(...).step(model, x, y, x_meta, y_meta, *, lr, warm=False) -> L2BStep``.
+  ``L2B(...).step(model, x, y, x_meta, y_meta, *, lr, warm=False, trusted=None) -> L2BStep``.
 * ``L2BStep``: ``loss`` (scalar to back-propagate), ``alpha``, ``beta`` (shape of the per-element
   losses), ``losses``, ``meta_loss``, ``skipped``.
 * ``monai_iteration(meta_data, l2b=None, *, warmup_epochs=0, lr=None)``: an ``iteration_update``
@@ -27,7 +28,7 @@ meaning.
 """
 
 __version__ = "0.1.0"
-API_VERSION = "1.1"
+API_VERSION = "1.2"
 
 __all__ = ["API_VERSION", "L2B", "L2BStep", "l2b_step", "load_run", "monai_iteration"]
 

@@ -14,6 +14,8 @@ one virtual SGD step of that loss lowers the clean meta loss most.
 * :func:`l2b_step`: one call per training batch, returns an :class:`L2BStep` with the scalar
   ``loss`` to back-propagate and the weights ``alpha``, ``beta``.
 * :class:`L2B`: the same, with the options held once (``L2B(method="l2b").step(model, ...)``).
+  ``trusted`` marks samples of the batch whose given label is known right (clean cases trained on, as
+  ``medl2b train --method l2b`` does with its trusted cases): they keep plain CE's weight.
   ``L2B()`` is the paper's step (weights normalised over the batch, CE meta loss);
   ``L2B.for_segmentation()`` and ``L2B.for_classification()`` are the options ``medl2b train``
   ships for each task (read from the same task YAML), which is what BENCHMARKS.md measures.
@@ -44,6 +46,8 @@ from medl2b.models import head_parameter_names
 __all__ = ["L2B", "L2BStep", "l2b_step", "monai_iteration"]
 
 API_METHODS = STEP_METHODS  # the methods that are a loss on a batch (ce+clean / meta-only change the data)
+#: the methods that take a ``trusted`` mask (the rest never train on trusted samples)
+TRUSTED_METHODS = tuple(name for name in API_METHODS if get_method(name).trusted)
 
 
 @dataclass
@@ -82,10 +86,13 @@ class L2B:
     """The options of the L2B step, held once; :meth:`step` (or calling the object) takes one step.
 
     Args:
-        method: ``"l2b"`` (α, β from the meta step, Σα + Σβ = 1 per batch; default),
-            ``"l2b-sum1"`` (α_i + β_i = 1 per element), ``"l2rw"`` (α only, Ren et al.),
-            ``"ce"`` (α = 1/N) or ``"bootstrap"`` (α = b/N, β = (1−b)/N, Reed et al.). The last
-            two take no meta batch: baselines through the same code path.
+        method: ``"l2b"`` (α, β from the meta step, Σα + Σβ = 1 per batch; default; the samples a
+            ``trusted`` mask marks keep α = 1/N, β = 0), ``"l2b-pure"`` (the same step, the paper's: it takes
+            no ``trusted`` mask, its clean samples only take the meta step), ``"l2b-sum1"``
+            (α_i + β_i = 1 per element), ``"l2rw"`` (α only, Ren et al.), ``"ce"`` (α = 1/N) or
+            ``"bootstrap"`` (α = b/N, β = (1−b)/N, Reed et al.). The last two take no meta batch:
+            baselines through the same code path. Without a ``trusted`` mask ``l2b`` and ``l2b-pure``
+            are the same step; which data the batches hold is the caller's choice.
         meta_loss: the clean objective the weights are learned for: ``"ce"`` (mean cross-entropy,
             the paper's), ``"dice"`` (soft foreground Dice over the meta batch; segmentation only)
             or ``"ce+dice"``. Small structures favour ``"dice"``: a pixel-mean CE is dominated by
@@ -97,7 +104,7 @@ class L2B:
             ``"last"`` (the head only, cheaper and approximate; known for medl2b's UNet++ and for
             models whose head is ``.fc``) or an explicit sequence of parameter names as in
             ``model.named_parameters()``.
-        normalise: ``None`` = the method's own (``"batch"`` for ``l2b``/``l2rw``, ``"element"``
+        normalise: ``None`` = the method's own (``"batch"`` for ``l2b``/``l2b-pure``/``l2rw``, ``"element"``
             for ``l2b-sum1``); ``"batch"``: all weights of the batch sum to 1; ``"element"``:
             α_i + β_i = 1 per element, divided by the number of elements. Meta methods only.
         bootstrap_beta: b of ``method="bootstrap"``.
@@ -179,7 +186,8 @@ class L2B:
         return list(self.scope)
 
     def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_meta: torch.Tensor | None = None,
-             y_meta: torch.Tensor | None = None, *, lr: float, warm: bool = False) -> L2BStep:
+             y_meta: torch.Tensor | None = None, *, lr: float, warm: bool = False,
+             trusted: torch.Tensor | None = None) -> L2BStep:
         """One training step's weights and weighted loss. Does not touch gradients or the optimiser.
 
         Args:
@@ -189,9 +197,14 @@ class L2B:
             y: given labels, integer class indices ``(B,)`` or ``(B, H, W)``; a channel axis of size 1
                 (MONAI's ``(B, 1, H, W)``) is dropped, float labels are rounded to ``long``.
             x_meta, y_meta: a clean meta batch in the same layouts (any batch size); required for
-                ``l2rw``, ``l2b``, ``l2b-sum1`` unless ``warm``, ignored otherwise.
+                ``l2rw``, ``l2b``, ``l2b-pure``, ``l2b-sum1`` unless ``warm``, ignored otherwise.
             lr: the virtual step size η: the optimiser's current learning rate.
             warm: warm-up: plain CE on the given labels for every method, no meta step.
+            trusted: ``l2b`` only (since API 1.2): bool ``(B,)``, the samples of ``x`` whose given label is
+                known right (e.g. your clean meta samples, also trained on). After the meta step their every
+                element gets α = 1/N, β = 0 (N: elements in the batch) and the others are rescaled to the rest
+                of the batch's share (per element: keep their weights); a batch with a trusted sample is never
+                skipped. ``None``: no sample is trusted.
 
         Returns:
             :class:`L2BStep`; ``alpha``, ``beta`` and ``losses[k]`` have the shape of ``y`` (after
@@ -207,10 +220,18 @@ class L2B:
             y_meta = _class_indices(y_meta, x_meta)
         if method.uses_meta and not warm and (x_meta is None or y_meta is None):
             raise ValueError(f"method {self.method!r} needs a meta batch: pass x_meta and y_meta (or warm=True)")
+        if trusted is not None:
+            if not method.trusted:
+                raise ValueError(f"trusted: method {self.method!r} never trains on trusted samples; use one of "
+                                 f"{', '.join(TRUSTED_METHODS)}")
+            trusted = torch.as_tensor(_plain(trusted), device=y.device).bool().reshape(-1)
+            if trusted.numel() != y.shape[0]:
+                raise ValueError(f"trusted must hold one flag per sample of the batch ({y.shape[0]}), got "
+                                 f"{trusted.numel()}")
         weights, losses, meta = weighted_losses(
             model, method, x, y, x_meta, y_meta, lr=lr, warm=warm, bootstrap_beta=self.bootstrap_beta,
             meta_impl=self.impl, param_names=self.param_names(model), meta_loss=self.meta_loss,
-            pseudo_floor=self.pseudo_floor)
+            pseudo_floor=self.pseudo_floor, trusted=trusted)
         loss = sum((w * l.float()).sum() for w, l in zip(weights, losses))
         alpha = weights[0]
         beta = weights[1] if len(weights) > 1 else torch.zeros_like(alpha)
@@ -224,7 +245,7 @@ class L2B:
 def l2b_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_meta: torch.Tensor | None = None,
              y_meta: torch.Tensor | None = None, *, lr: float, method: str = "l2b", meta_loss: str = "ce",
              impl: str = "fast", scope: str | Sequence[str] = "all", normalise: str | None = None,
-             warm: bool = False) -> L2BStep:
+             warm: bool = False, trusted: torch.Tensor | None = None) -> L2BStep:
     """The α/β weights and the weighted loss of one training batch: ``L2B(...).step(...)`` in one call.
 
     Typical loop::
@@ -235,10 +256,10 @@ def l2b_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_meta: torch.T
             out.loss.backward()
             optimizer.step()
 
-    Arguments as in :class:`L2B` (options) and :meth:`L2B.step` (tensors, ``lr``, ``warm``).
+    Arguments as in :class:`L2B` (options) and :meth:`L2B.step` (tensors, ``lr``, ``warm``, ``trusted``).
     """
     return L2B(method=method, meta_loss=meta_loss, impl=impl, scope=scope, normalise=normalise).step(
-        model, x, y, x_meta, y_meta, lr=lr, warm=warm)
+        model, x, y, x_meta, y_meta, lr=lr, warm=warm, trusted=trusted)
 
 
 def monai_iteration(meta_data: Iterable, l2b: L2B | None = None, *, warmup_epochs: int = 0,

@@ -1,6 +1,7 @@
 """``medl2b audit``: rank a run's training annotations by how likely they are wrong.
 
-Two signals per training sample, both from the run itself (no extra training):
+Two signals per training sample with a given label, both from the run itself (no extra training); the trusted
+cases a method also trains on (``l2b``) are checked already and not ranked:
 
 1. **What the meta step did** (the L2B record, :mod:`medl2b.train.record`): over every meta
    step that weighed the sample, the weight it moved from the given label to the model's own
@@ -82,11 +83,14 @@ def audit_run(run: str | Path, *, data: str | Path | None = None, out: str | Pat
         if top < 1:
             raise InputError("--top", f"must be >= 1, got {top}")
         record = _load_record(run)
-        task = build_task(cfg)
+        task = build_task(cfg, trusted=False)  # the given labels: trusted cases a method trains on are not in question
         n = len(task.train_plain)
-        if len(record["seen"]) != n:
+        # the record holds the train split, then any trusted cases (l2b); a run of l2b from before it trained
+        # on them (the pure form) holds the train split alone, and is audited the same
+        if len(record["seen"]) not in (n, n + task.trusted_samples()):
             raise InputError(cfg.data, f"holds {n} training samples but the run recorded {len(record['seen'])}; "
                                        "is it the dataset the run trained on?")
+        record = {name: values[:n] for name, values in record.items()}
         out = Path(out) if out is not None else run / "audit"
         out.mkdir(parents=True, exist_ok=True)
         signal, has_meta = _first_signal(record)

@@ -259,7 +259,10 @@ def train_cmd(
                                                             "(default: the prepared dataset's own)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared dataset folder."),
     out: Path = typer.Option(..., "--out", help="Run folder (config, log, metrics, checkpoints)."),
-    method: Optional[str] = typer.Option(None, "--method", help="ce | bootstrap | l2rw | l2b | l2b-sum1 | ce+clean | l2b+clean | meta-only."),
+    method: Optional[str] = typer.Option(None, "--method", help="ce | bootstrap | l2rw | l2b (default; with a clean "
+                                         "meta set it also trains on the trusted cases at full weight) | l2b-pure "
+                                         "(the paper's: the trusted cases only take the meta step) | l2b-sum1 | "
+                                         "ce+clean | meta-only. l2b+clean is read as l2b (its old name)."),
     meta_set: Optional[str] = typer.Option(None, "--meta-set", help="clean (trusted meta split) | gmm (no trusted set)."),
     profile: Optional[str] = typer.Option(None, "--profile", help="A profile of the task config, e.g. cpu."),
     config: Optional[Path] = typer.Option(None, "--config", help="Extra YAML of config keys."),

@@ -27,7 +27,7 @@ import yaml
 from medl2b.data.datasets import TASK_KINDS
 from medl2b.device import DEVICES
 from medl2b.errors import InputError, atomic_file
-from medl2b.meta.methods import META_IMPLS, META_LOSSES, META_METHODS, NORMALISATIONS
+from medl2b.meta.methods import META_IMPLS, META_LOSSES, META_METHODS, NORMALISATIONS, canonical_method
 from medl2b.meta.methods import METHODS as METHOD_TABLE
 from medl2b.models.registry import backbone_names, get_backbone
 from medl2b.models.unetpp_encoder import SEGMENTATION_ARCHS
@@ -47,8 +47,6 @@ TASK_ALIASES = {t: KIND_CONFIGS[kind] for t, kind in TASK_KINDS.items() if t != 
 #: Profiles of an alias that have another name in the YAML it reads.
 ALIAS_PROFILES = {"prostate-seg": {"cpu": "prostate-cpu"}}
 METHODS = tuple(METHOD_TABLE)  # every list of allowed values comes from the method table
-#: the meta methods that also train on their clean meta cases
-TRAINS_ON_META = tuple(n for n, m in METHOD_TABLE.items() if m.uses_meta and m.train_on != "train")
 
 
 @dataclass
@@ -58,7 +56,8 @@ class TrainConfig:
     task: str = "prostate-seg"
     data: str | None = None            # prepared dataset folder
     out: str | None = None             # run folder
-    method: str = "l2b"                # ce | bootstrap | l2rw | l2b | l2b-sum1 | ce+clean | l2b+clean | meta-only
+    method: str = "l2b"                # ce | bootstrap | l2rw | l2b | l2b-pure | l2b-sum1 | ce+clean | meta-only
+                                        # (l2b+clean, the old name of l2b, is read as l2b: ALIASES)
     meta_set: str = "clean"            # clean (trusted meta split) | gmm (online, no trusted set)
     label_source: str = "noisy"        # noisy | clean (clean = the oracle ceiling)
     # optimisation (paper: SGD, momentum 0.9, wd 5e-4, cosine annealing, gradient clipping)
@@ -129,6 +128,11 @@ class TrainConfig:
     num_workers: int = 0
     log_every: int = 10
 
+    def __post_init__(self) -> None:
+        # the one place an old method name (medl2b.meta.methods.ALIASES) is resolved: every config, made from
+        # YAML, flags, a saved run folder or dataclasses.replace, holds the method's name of today
+        self.method = canonical_method(self.method)
+
     def validate(self, where: str = "config") -> "TrainConfig":
         """Check values group by group (:data:`VALIDATORS`); raise :class:`InputError` naming the key."""
         if isinstance(self.pretrained, str) and self.pretrained.strip().lower() in ("", "none", "null"):
@@ -162,6 +166,12 @@ class TrainConfig:
     @property
     def uses_meta(self) -> bool:
         return self.method in META_METHODS
+
+    @property
+    def training_set(self) -> str:
+        """What the method trains on with this ``meta_set`` (:meth:`medl2b.meta.methods.Method.training_set`):
+        ``train``, ``train+trusted``, ``train+meta`` or ``meta``."""
+        return METHOD_TABLE[self.method].training_set(self.meta_set)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -264,9 +274,6 @@ def validate_method(cfg: TrainConfig, where: str) -> None:
         raise InputError(where, "meta_smooth applies to segmentation (per-pixel weights)")
     if not 0.0 <= cfg.pseudo_floor < 1.0:
         raise InputError(where, f"pseudo_floor must be in [0, 1), got {cfg.pseudo_floor}")
-    if cfg.meta_set == "gmm" and cfg.method in TRAINS_ON_META:
-        raise InputError(where, f"{cfg.method} trains on the clean meta cases and needs them as its meta set "
-                                "(meta_set clean)")
     if cfg.meta_set == "gmm" and not cfg.uses_meta:
         raise InputError(where, f"meta_set gmm only applies to meta-learning methods, not {cfg.method!r}")
 

@@ -69,7 +69,7 @@ def test_3d_l2b_trains_on_volumes_and_evaluates_with_sliding_windows(hippo3d, tm
     assert cfg.spatial_dims == 3 and cfg.batch_size == 2
     trainer = Trainer(cfg, progress=False)
     assert trainer.model.net.conv_0_0.conv_0.conv.weight.ndim == 5   # a 3-D UNet++
-    assert len(trainer.task.train_set) == 4                           # one sample per volume
+    assert len(trainer.task.train_set) == 4 + 1     # one sample per volume: 4 train volumes, the trusted one (l2b)
     trainer.fit()
     state = torch.load(run / "checkpoint_latest.pt", weights_only=False)
     assert state["record"]["totals"][2].sum() == 4                     # epoch 2: both batches weighed voxel-wise

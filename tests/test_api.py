@@ -50,7 +50,7 @@ def model_and_data(task, seed=0):
 
 def test_exported_names_are_pinned_and_versioned():
     assert medl2b.__all__ == PUBLIC
-    assert medl2b.API_VERSION == "1.1"  # 1.1 added load_run
+    assert medl2b.API_VERSION == "1.2"  # 1.1 added load_run; 1.2 the trusted mask and method l2b-pure
     for name in PUBLIC:
         assert getattr(medl2b, name) is not None
         assert name in dir(medl2b)
@@ -65,7 +65,7 @@ def test_import_medl2b_does_not_import_torch():
 
 
 @pytest.mark.parametrize("impl", ["fast", "reference"])
-@pytest.mark.parametrize("method", ["ce", "bootstrap", "l2rw", "l2b", "l2b-sum1"])
+@pytest.mark.parametrize("method", ["ce", "bootstrap", "l2rw", "l2b", "l2b-pure", "l2b-sum1"])
 @pytest.mark.parametrize("task", ["seg", "cls"])
 def test_weights_equal_the_training_engine(task, method, impl):
     model, x, y, xm, ym = model_and_data(task)
@@ -157,6 +157,56 @@ def test_normalise_option_and_scope():
 def test_bad_options_are_refused_at_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):
         L2B(**kwargs)
+
+
+def test_api_methods_are_the_losses_on_a_batch():
+    """l2b and l2b-pure are API methods (a loss on a batch); ce+clean and meta-only change the training data and
+    are not. Without a trusted mask l2b and l2b-pure are one step."""
+    from medl2b.api import API_METHODS, TRUSTED_METHODS
+    from medl2b.config import METHODS
+
+    assert {"l2b", "l2b-pure", "l2b-sum1", "l2rw", "ce", "bootstrap"} == set(API_METHODS)
+    assert set(METHODS) - set(API_METHODS) == {"ce+clean", "meta-only"} and TRUSTED_METHODS == ("l2b",)
+    for name in ("ce+clean", "meta-only", "l2b+clean"):
+        with pytest.raises(ValueError, match="method must be one of"):
+            L2B(method=name)
+    for task in ("seg", "cls"):
+        model, x, y, xm, ym = model_and_data(task)
+        a = l2b_step(copy.deepcopy(model), x, y, xm, ym, lr=0.1, method="l2b")
+        b = l2b_step(copy.deepcopy(model), x, y, xm, ym, lr=0.1, method="l2b-pure")
+        assert torch.equal(a.alpha, b.alpha) and torch.equal(a.beta, b.beta) and torch.equal(a.loss, b.loss)
+
+
+@pytest.mark.parametrize("task", ["seg", "cls"])
+@pytest.mark.parametrize("normalise", ["batch", "element"])
+def test_trusted_samples_keep_plain_ce_weights(task, normalise):
+    """l2b's trusted mask: the marked samples of the batch get α = 1/N, β = 0 on every element, the others the
+    meta step's weights rescaled to the rest (the engine's weights: the same code path)."""
+    model, x, y, xm, ym = model_and_data(task)
+    plain = l2b_step(copy.deepcopy(model), x, y, xm, ym, lr=0.1, normalise=normalise)
+    n = y.numel()
+    away = ((plain.alpha - 1.0 / n).abs() + plain.beta).reshape(y.shape[0], -1).sum(1)
+    k = int(away.argmax())  # trust the sample whose meta weights are furthest from CE's
+    assert float(away[k]) > 1e-6
+    trusted = torch.zeros(y.shape[0], dtype=torch.bool)
+    trusted[k] = True
+    step = l2b_step(copy.deepcopy(model), x, y, xm, ym, lr=0.1, normalise=normalise, trusted=trusted)
+    torch.testing.assert_close(step.alpha[k], torch.full_like(step.alpha[k], 1.0 / n))
+    assert not step.beta[k].any() and not step.skipped
+    assert float(step.alpha.sum() + step.beta.sum()) == pytest.approx(1.0, abs=1e-5)
+    method = get_method("l2b", normalise=normalise)
+    weights, _, _ = weighted_losses(copy.deepcopy(model), method, x, y, xm, ym, lr=0.1, trusted=trusted)
+    assert torch.equal(step.alpha, weights[0]) and torch.equal(step.beta, weights[1])
+    none = l2b_step(copy.deepcopy(model), x, y, xm, ym, lr=0.1, normalise=normalise,
+                    trusted=torch.zeros_like(trusted))
+    assert torch.equal(none.alpha, plain.alpha)
+    warm = l2b_step(copy.deepcopy(model), x, y, lr=0.1, warm=True, trusted=trusted)  # warm-up: CE for all
+    torch.testing.assert_close(warm.alpha, torch.full_like(warm.alpha, 1.0 / n))
+    for method in ("l2b-pure", "l2b-sum1", "l2rw", "ce"):
+        with pytest.raises(ValueError, match="never trains on trusted samples"):
+            l2b_step(model, x, y, xm, ym, lr=0.1, method=method, trusted=trusted)
+    with pytest.raises(ValueError, match="one flag per sample"):
+        l2b_step(model, x, y, xm, ym, lr=0.1, trusted=trusted[:-1])
 
 
 def test_meta_method_needs_a_meta_batch_and_dice_needs_segmentation():

@@ -111,7 +111,11 @@ def test_audit_ranks_the_cases_of_a_segmentation_run(half_noisy, tmp_path):
     for r in cases:
         assert (float(r["given_vs_clean_dice"]) == 1.0) == (r["corrupted"] == "0")
     slices = _rows(run / "audit" / "ranking_slices.csv")
-    assert len(slices) == n_slices
+    from medl2b.data.datasets import load_slices
+
+    n_train = len(load_slices(half_noisy, "train"))  # l2b also trained on the 2 trusted cases: not ranked
+    assert len(slices) == n_train == n_slices - len(load_slices(half_noisy, "meta"))
+    assert {r["case"] for r in slices} == set(manifest["splits"]["train"])
     summary = json.loads((run / "audit" / "summary.json").read_text())
     assert summary["quality"]["cases"]["n_corrupted"] == 3
     assert 0.0 <= summary["quality"]["cases"]["auroc"] <= 1.0
@@ -136,6 +140,20 @@ def test_audit_ranks_the_images_of_a_classification_run(isic_prepared, tmp_path)
         entry = names[r["image"]]
         assert (r["corrupted"] == "1") == (entry["label"] != entry["noisy_label"])
     assert any(r["meta_signal"] for r in rows) and any(not r["meta_signal"] for r in rows)  # 2 steps saw 16 images
+    # l2b trained on the trusted images too (the record holds them after the train split): they are not ranked
+    record = torch.load(run / "checkpoint_latest.pt", weights_only=False)["record"]["totals"]
+    assert record.shape[1] == len(manifest["splits"]["train"]) + len(manifest["splits"]["meta"])
+    # a run of l2b from before it trained on its trusted cases says method l2b and recorded the train split
+    # alone: it is audited the same
+    old = tmp_path / "old"
+    train(load_config("skin-lesion-cls", profile="cpu", overrides={
+        "data": str(isic_prepared), "out": str(old), "method": "l2b-pure", "arch": "resnet50", "pretrained": "none",
+        "width": 0.0625, "image_size": 32, "batch_size": 8, "meta_batch_size": 8, "steps_per_epoch": 2, "epochs": 2,
+        "warmup_epochs": 1, "device": "cpu"}), progress=False)
+    (old / "config.yaml").write_text((old / "config.yaml").read_text().replace("method: l2b-pure\n", "method: l2b\n"))
+    result = runner.invoke(app, ["audit", str(old), "--no-figures"])
+    assert result.exit_code == 0, result.output
+    assert sorted(r["image"] for r in _rows(old / "audit" / "ranking.csv")) == sorted(r["image"] for r in rows)
 
 
 @pytest.mark.slow

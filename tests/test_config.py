@@ -61,3 +61,36 @@ def test_one_table_of_task_names():
         cfg = load_config(task)
         assert cfg.task == task and cfg.is_segmentation == (TASK_KINDS[task] == "segmentation")
     assert load_config("prostate-seg", profile="cpu").features == [8, 8, 16, 32, 64, 8]  # its prostate-cpu profile
+
+
+def test_methods_come_from_the_method_table_and_old_names_resolve_on_load(tmp_path):
+    """Every method of the table (and nothing else) is allowed and named in ``medl2b train --method``'s help;
+    l2b+clean, the old name of l2b, resolves when any config is made and is saved as l2b."""
+    import inspect
+    import re
+
+    from medl2b.cli import train_cmd
+    from medl2b.config import METHODS
+    from medl2b.meta.methods import ALIASES, METHODS as TABLE
+
+    assert METHODS == tuple(TABLE) and "l2b-pure" in METHODS and "l2b+clean" not in METHODS
+    help_text = inspect.signature(train_cmd).parameters["method"].default.help
+    named = re.findall(r"(?:^|\| )([a-z0-9+-]+)", help_text)
+    assert named == list(METHODS), named
+    assert all(old in help_text for old in ALIASES)
+    for make in (lambda: TrainConfig(method="l2b+clean"),
+                 lambda: dataclasses.replace(TrainConfig(method="ce"), method="l2b+clean"),
+                 lambda: load_config("segmentation", overrides={"method": "l2b+clean"})):
+        cfg = make()
+        assert cfg.method == "l2b" and cfg.uses_meta and cfg.training_set == "train+trusted"
+    old = tmp_path / "config.yaml"
+    save_config(load_config("segmentation"), old)
+    old.write_text(old.read_text().replace("method: l2b\n", "method: l2b+clean\n"))
+    cfg = load_config_file(old)
+    assert cfg == load_config("segmentation") and cfg.method == "l2b"
+    save_config(cfg, tmp_path / "again.yaml")
+    assert yaml.safe_load((tmp_path / "again.yaml").read_text())["method"] == "l2b"
+    assert load_config("segmentation", overrides={"method": "l2b", "meta_set": "gmm"}).training_set == "train"
+    assert load_config("segmentation", overrides={"method": "l2b-pure"}).training_set == "train"
+    with pytest.raises(InputError, match="method must be one of ce, bootstrap, l2rw, l2b, l2b-pure"):
+        load_config("segmentation", overrides={"method": "l2b+trusted"})

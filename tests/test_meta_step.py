@@ -330,7 +330,7 @@ def test_fast_step_equals_the_reference_in_3d(net):
 
 
 def test_trusted_samples_keep_plain_ce_weights():
-    """l2b+clean: a trusted sample's every pixel gets α = 1/N, β = 0; the others keep their meta weights
+    """l2b (its trusted cases): a trusted sample's every pixel gets α = 1/N, β = 0; the others keep their meta weights
     (per-element normalisation) or share what is left (batch normalisation)."""
     from medl2b.meta.methods import trust_weights
 

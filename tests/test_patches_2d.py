@@ -65,7 +65,8 @@ def test_large_slices_train_on_patches_with_foreground_oversampling(fundus, tmp_
     task = build_task(_cfg(fundus, tmp_path / "r"))
     assert task.window == (WINDOW, WINDOW)
     n = len(task.train_plain)
-    assert n == 5 and len(task.train_set) == 4 * n       # patches_per_slice random patches of every slice
+    assert n == 5 + 2 and task.trusted_samples() == 2     # l2b: the 5 train slices and the 2 trusted ones
+    assert len(task.train_set) == 4 * n                   # patches_per_slice random patches of every slice
     torch.manual_seed(0)
     items = [task.train_set[i] for i in range(len(task.train_set))]
     assert all(it["image"].shape == (3, WINDOW, WINDOW) and it["label"].shape == (WINDOW, WINDOW) for it in items)
@@ -83,7 +84,7 @@ def test_patch_run_trains_validates_predicts_and_audits_by_sliding_windows(fundu
     run = tmp_path / "run"
     Trainer(_cfg(fundus, run), progress=False).fit()
     rows = list(csv.DictReader(open(run / "metrics.csv")))
-    assert len(rows) == 1 and int(rows[0]["steps"]) == 5 and rows[0]["meta_loss"] != ""
+    assert len(rows) == 1 and int(rows[0]["steps"]) == 7 and rows[0]["meta_loss"] != ""  # 7 slices x 4 patches / 4
     summary = evaluate_run(run, split="test", figures=True, device="cpu")
     assert summary["n_cases"] == 1 and 0.0 <= summary["mean"]["cldice"] <= 1.0
     assert (run / "eval" / "figures" / "weight_maps.png").exists()   # the central crop of the window

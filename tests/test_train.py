@@ -36,7 +36,7 @@ def read_rows(run):
         return list(csv.DictReader(fh))
 
 
-@pytest.mark.parametrize("method", ["ce", "bootstrap", "l2rw", "l2b", "l2b-sum1"])
+@pytest.mark.parametrize("method", ["ce", "bootstrap", "l2rw", "l2b", "l2b-pure", "l2b-sum1"])
 @pytest.mark.parametrize("task", ["seg", "cls"])
 def test_every_method_trains_on_both_tasks(task, method, promise12_prepared, isic_prepared, tmp_path):
     run = tmp_path / f"{task}-{method}"
@@ -68,7 +68,7 @@ def test_every_method_trains_on_both_tasks(task, method, promise12_prepared, isi
         assert a == pytest.approx(0.8) and b == pytest.approx(0.2) and skipped == 0
     else:
         assert skipped < steps and a + b == pytest.approx(taken, abs=1e-4) and b > 0.0
-    if method in ("l2rw", "l2b", "l2b-sum1"):
+    if method in ("l2rw", "l2b", "l2b-pure", "l2b-sum1"):
         assert math.isfinite(float(main["meta_loss"]))
     assert 0.0 <= float(main["val_score"]) <= 1.0
     assert warm["pseudo_differs_on_wrong"] == ""  # one loss term in warm-up: not defined (NaN, written empty)
@@ -115,7 +115,7 @@ def test_score_gated_warmup_waits_for_the_validation_score():
 
 @pytest.mark.parametrize("overrides,match", [
     ({"meta_smooth": 4}, "meta_smooth must be an odd size"), ({"meta_smooth": 0}, "meta_smooth must be an odd size"),
-    ({"method": "l2b+clean", "meta_set": "gmm"}, "needs them as its meta set"),
+    ({"method": "ce+clean", "meta_set": "gmm"}, "only applies to meta-learning methods"),
     ({"pseudo_floor": 1.0}, "pseudo_floor must be in"), ({"pseudo_floor": -0.1}, "pseudo_floor must be in"),
 ])
 def test_new_meta_keys_are_checked(overrides, match):
@@ -275,18 +275,34 @@ def test_clean_case_baselines_train_on_the_right_samples(task, promise12_prepare
     assert n_meta > 0 and sizes["ce+clean"] == sizes["ce"] + n_meta
 
 
+def _train_split_size(task, data):
+    """The number of samples of the (noisy) train split alone."""
+    if task == "seg":
+        from medl2b.data.datasets import load_slices
+
+        return len(load_slices(data, "train"))
+    from medl2b.data.datasets import load_isic
+
+    return len(load_isic(data, "train"))
+
+
 @pytest.mark.parametrize("task", ["seg", "cls"])
-def test_l2b_plus_clean_trains_on_its_trusted_meta_cases(task, promise12_prepared, isic_prepared, tmp_path):
-    """l2b+clean: the clean meta cases join the training data marked trusted (full weight on their given
-    label) and stay the meta set; the noisy samples get meta weights; the statistics leave the trusted out."""
-    run = tmp_path / f"{task}-l2b+clean"
-    cfg = (seg_cfg(promise12_prepared, run, method="l2b+clean") if task == "seg"
-           else cls_cfg(isic_prepared, run, method="l2b+clean"))
+def test_l2b_trains_on_its_trusted_meta_cases(task, promise12_prepared, isic_prepared, tmp_path):
+    """l2b with a clean meta set: the clean meta cases join the training data (after the train split) marked
+    trusted (full weight on their given label) and stay the meta set; the noisy samples get meta weights; the
+    statistics leave the trusted out."""
+    run = tmp_path / f"{task}-l2b"
+    data = promise12_prepared if task == "seg" else isic_prepared
+    cfg = seg_cfg(data, run, method="l2b") if task == "seg" else cls_cfg(data, run, method="l2b")
+    assert cfg.meta_set == "clean" and cfg.training_set == "train+trusted"
     trainer = Trainer(cfg, progress=False)
     train = trainer.task.train_slices if task == "seg" else trainer.task.train_images
     meta = trainer.task.meta_slices if task == "seg" else trainer.task.meta_images
     n_meta = len(meta)
     assert n_meta > 0 and trainer.task.meta_set is not None
+    n_train = _train_split_size(task, data)
+    assert len(train) == len(trainer.task.train_plain) == n_train + n_meta == trainer.record.totals.shape[1]
+    assert trainer.task.trusted_samples() == n_meta
     trusted = np.asarray(train.trusted)
     assert trusted[-n_meta:].all() and not trusted[:-n_meta].any()
     assert bool(trainer.task.train_set[len(train) - 1]["trusted"]) and not trainer.task.train_set[0]["trusted"]
@@ -305,16 +321,87 @@ def test_l2b_plus_clean_trains_on_its_trusted_meta_cases(task, promise12_prepare
     trainer.fit()
     rows = read_rows(run)
     assert float(rows[-1]["beta_sum"]) > 0.0 and rows[-1]["warmup"] == "0"
+    assert f"{n_train + n_meta} training samples ({n_meta} of them trusted)" in (run / "train.log").read_text()
+
+
+@pytest.mark.parametrize("task", ["seg", "cls"])
+@pytest.mark.parametrize("method, meta_set", [("l2b-pure", "clean"), ("l2b", "gmm"), ("l2b-pure", "gmm")])
+def test_l2b_trains_on_the_train_split_alone_without_trusted_cases(task, method, meta_set, promise12_prepared,
+                                                                   isic_prepared, tmp_path):
+    """l2b-pure (the paper's form) never trains on its clean meta cases; l2b with meta_set gmm has none to
+    train on (its meta set is picked from the training data): both train on the train split alone, and no
+    step gets a trusted mask."""
+    data = promise12_prepared if task == "seg" else isic_prepared
+    make = seg_cfg if task == "seg" else cls_cfg
+    cfg = make(data, tmp_path / "run", method=method, meta_set=meta_set)  # accepted
+    assert cfg.method == method and cfg.training_set == "train"
+    trainer = Trainer(cfg, progress=False)
+    train = trainer.task.train_slices if task == "seg" else trainer.task.train_images
+    assert len(train) == len(trainer.task.train_plain) == _train_split_size(task, data)
+    assert not np.asarray(train.trusted).any() and trainer.task.trusted_samples() == 0
+    assert (trainer.task.meta_set is not None) == (meta_set == "clean")
+    masks = []
+    original = trainer.engine.forward
+
+    def spy(*args, **kwargs):
+        masks.append(kwargs.get("trusted"))
+        return original(*args, **kwargs)
+
+    trainer.engine.forward = spy
+    trainer.fit()
+    assert masks and all(m is None for m in masks)
+    assert math.isfinite(float(read_rows(tmp_path / "run")[-1]["meta_loss"]))
+
+
+def test_l2b_plus_clean_is_read_as_l2b_and_trains_the_same(isic_prepared, tmp_path):
+    """l2b+clean, the old name of l2b: a config (or a run folder's config.yaml) that says it loads as l2b, is saved
+    as l2b and trains exactly as l2b does."""
+    from medl2b.config import load_config_file, save_config
+
+    old = tmp_path / "old.yaml"
+    cfg = cls_cfg(isic_prepared, tmp_path / "alias", method="l2b+clean", epochs=3)
+    save_config(cfg, old)
+    old.write_text(old.read_text().replace("method: l2b\n", "method: l2b+clean\n"))
+    assert "method: l2b+clean" in old.read_text()
+    loaded = load_config_file(old)
+    assert cfg.method == loaded.method == "l2b" and loaded == cfg
+    for name, c in (("alias", loaded), ("l2b", cls_cfg(isic_prepared, tmp_path / "l2b", method="l2b", epochs=3))):
+        train(c, progress=False)
+    assert yaml.safe_load((tmp_path / "alias" / "config.yaml").read_text())["method"] == "l2b"
+    same = lambda run: [{k: v for k, v in r.items() if k != "time_s"} for r in read_rows(run)]  # noqa: E731
+    assert same(tmp_path / "alias") == same(tmp_path / "l2b") and read_rows(tmp_path / "l2b")[-1]["meta_loss"] != ""
+    # a finished run whose config.yaml still says l2b+clean resumes (nothing to do) and is the same method
+    (tmp_path / "alias" / "config.yaml").write_text(old.read_text())
+    row = train(cls_cfg(isic_prepared, tmp_path / "alias", method="l2b+clean", epochs=3), resume=True,
+                progress=False)
+    assert int(row["epoch"]) == 3
+
+
+def test_a_pure_l2b_run_from_before_resumes_only_as_l2b_pure(isic_prepared, tmp_path):
+    """A run folder of l2b from before l2b trained on its trusted cases says method l2b but recorded the train
+    split alone: --resume names the fix (method l2b-pure in its config.yaml) instead of training another
+    method on it, and continues once it is made."""
+    run = tmp_path / "old"
+    train(cls_cfg(isic_prepared, run, method="l2b-pure", epochs=2), progress=False)
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("method: l2b-pure\n", "method: l2b\n"))
+    with pytest.raises(InputError, match="write method: l2b-pure into") as err:
+        train(cls_cfg(isic_prepared, run, epochs=3), resume=True, progress=False)
+    assert err.value.where == "--method" and str(config) in str(err.value)
+    config.write_text(config.read_text().replace("method: l2b\n", "method: l2b-pure\n"))
+    row = train(cls_cfg(isic_prepared, run, method="l2b-pure", epochs=3), resume=True, progress=False,
+                asked={"epochs": 3})
+    assert int(row["epoch"]) == 3
 
 
 @pytest.mark.parametrize("task", ["seg", "cls"])
 def test_val_holdout_validates_on_clean_cases_kept_out_of_meta_step_and_training(task, promise12_prepared,
                                                                                   isic_prepared, tmp_path):
-    """val_holdout: part of the clean split validates only; the rest is the meta set and what l2b+clean
+    """val_holdout: part of the clean split validates only; the rest is the meta set and what l2b
     trains on. The same part for every seed."""
     def task_of(seed, **kw):
-        cfg = (seg_cfg(promise12_prepared, tmp_path / f"{task}-{seed}", method="l2b+clean", seed=seed, **kw)
-               if task == "seg" else cls_cfg(isic_prepared, tmp_path / f"{task}-{seed}", method="l2b+clean",
+        cfg = (seg_cfg(promise12_prepared, tmp_path / f"{task}-{seed}", method="l2b", seed=seed, **kw)
+               if task == "seg" else cls_cfg(isic_prepared, tmp_path / f"{task}-{seed}", method="l2b",
                                              seed=seed, **kw))
         return Trainer(cfg, progress=False)
 
@@ -374,14 +461,14 @@ def test_same_command_twice_gives_identical_metrics(promise12_prepared, tmp_path
 
 @pytest.mark.slow
 def test_segmentation_l2b_normalises_per_pixel_by_default(promise12_prepared, tmp_path):
-    """The segmentation default ``meta_normalise: element`` makes ``l2b`` the very computation of
+    """The segmentation default ``meta_normalise: element`` makes ``l2b-pure`` the very computation of
     ``l2b-sum1`` (identical metrics); ``batch`` is another one. Classification keeps ``batch``."""
     assert load_config("segmentation", profile="cpu").meta_normalise == "element"
     assert load_config("prostate-seg").meta_normalise == "element"
     assert load_config("skin-lesion-cls", profile="cpu").meta_normalise == "batch"
     tables = {}
-    for name, method, extra in (("l2b", "l2b", {}), ("sum1", "l2b-sum1", {}),
-                                ("batch", "l2b", {"meta_normalise": "batch"})):
+    for name, method, extra in (("l2b", "l2b-pure", {}), ("sum1", "l2b-sum1", {}),
+                                ("batch", "l2b-pure", {"meta_normalise": "batch"})):
         run = tmp_path / name
         train(seg_cfg(promise12_prepared, run, method=method, **extra), progress=False)
         tables[name] = [{k: v for k, v in row.items() if k != "time_s"} for row in read_rows(run)]

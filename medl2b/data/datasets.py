@@ -161,7 +161,7 @@ class SliceSet:
     Attributes:
         case: Case id of each item.
         slice_index: Axial index z of each slice in its volume; -1 for a whole volume.
-        trusted: bool (N,); True for clean meta cases trained on (``l2b+clean``): their given label
+        trusted: bool (N,); True for clean meta cases trained on (``l2b``): their given label
             is known to be right and keeps its full weight. Default all False.
         noisy: Per item of a lazy set: its label is the noisy map where the case has one (else the clean one).
     """
@@ -424,7 +424,7 @@ class ImageSet:
         label: int64 (N,), noisy labels for the train split with ``label="noisy"``, else clean.
         clean: int64 (N,), clean labels.
         classes: Class names, label ``k`` is ``classes[k]``.
-        trusted: bool (N,); True for clean meta images trained on (``l2b+clean``). Default all False.
+        trusted: bool (N,); True for clean meta images trained on (``l2b``). Default all False.
     """
 
     images: np.ndarray

@@ -1,7 +1,7 @@
 """The L2B step core, shared by every task and method.
 
 * :mod:`medl2b.meta.methods`: the method table (``ce``, ``bootstrap``, ``l2rw``, ``l2b``,
-  ``l2b-sum1``, ``ce+clean``, ``meta-only``) and every list of allowed values derived from it;
+  ``l2b-pure``, ``l2b-sum1``, ``ce+clean``, ``meta-only``) and every list of allowed values derived from it;
 * :mod:`medl2b.meta.step`: the meta gradient and the learned weights (:func:`meta_weights`),
   for losses of any shape, ``(B,)`` per sample or ``(B, H, W[, D])`` per pixel or voxel;
 * :mod:`medl2b.meta.losses`: the weighted losses of one step for any method

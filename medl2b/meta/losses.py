@@ -38,7 +38,7 @@ def weighted_losses(model, method: Method, x: torch.Tensor, y: torch.Tensor, xm:
     ``meta_loss`` is the clean objective the weights are learned for (:func:`meta_objective`).
     ``meta_grad``: reuse this ``v = ∇_θ L_meta`` of an earlier step instead of a new meta batch
     (the amortised step, config ``meta_every``; ``xm``/``ym`` may then be ``None``).
-    ``trusted``: bool ``(B,)``, samples whose given label is known right (``l2b+clean`` trains on its clean
+    ``trusted``: bool ``(B,)``, samples whose given label is known right (``l2b`` trains on its clean
     meta cases): a meta step gives them plain CE's weight (:func:`~medl2b.meta.methods.trust_weights`).
     ``meta_smooth``: segmentation, average each pixel's meta evidence over that neighbourhood first.
     ``pseudo_floor``: meta methods: the pseudo-label term counts only where the network's confidence is at

@@ -1,31 +1,39 @@
 """The training methods as one weighted loss over two terms.
 
 Every method trains on ``Σ_i α_i ℓ(f(x_i), y_i) + β_i ℓ(f(x_i), ŷ_i)`` (docs/METHOD.md, eq. 3)
-and differs only in where α and β come from:
+and differs only in where α and β come from, and in what it trains on:
 
-============  ==================================================  ===============
-method        weights                                             meta step
-============  ==================================================  ===============
-``ce``        α = 1/N, β = 0                                      no
-``bootstrap`` α = b/N, β = (1−b)/N (Reed et al., hard; b = 0.8)   no
-``l2rw``      α from the meta gradient, no β term (Ren et al.)    yes, 1 term
-``l2b``       α, β from the meta gradient, normalised per batch     yes, 2 terms
-              (Σα + Σβ = 1) or per element (config ``meta_normalise``)
-``l2b-sum1``  α, β from the meta gradient, α_i + β_i = 1          yes, 2 terms
-``ce+clean``  ``ce`` on the noisy training data plus the clean     no
-              meta cases as ordinary training data
-``l2b+clean`` ``l2b`` on the noisy training data plus the clean     yes, 2 terms
-              meta cases, which keep α = 1/N, β = 0 (trusted) and
-              stay the meta set
-``meta-only`` ``ce`` on the clean meta cases alone (the paper's    no
-              Table 5 "UNet++ meta")
-============  ==================================================  ===============
+=============  ==================================================  ===============  ====================
+method         weights                                             meta step        trains on
+=============  ==================================================  ===============  ====================
+``ce``         α = 1/N, β = 0                                      no               train
+``bootstrap``  α = b/N, β = (1−b)/N (Reed et al., hard; b = 0.8)   no               train
+``l2rw``       α from the meta gradient, no β term (Ren et al.)    yes, 1 term      train
+``l2b``        α, β from the meta gradient, normalised per batch   yes, 2 terms     train + trusted
+               (Σα + Σβ = 1) or per element (config                                 (meta_set clean);
+               ``meta_normalise``); its clean meta cases also                       train (meta_set gmm)
+               train, trusted: α = 1/N, β = 0, and stay the meta set
+``l2b-pure``   ``l2b`` as the paper has it: the clean meta cases   yes, 2 terms     train
+               only take the meta step
+``l2b-sum1``   α, β from the meta gradient, α_i + β_i = 1          yes, 2 terms     train
+``ce+clean``   ``ce`` on the noisy training data plus the clean    no               train + meta
+               meta cases as ordinary training data
+``meta-only``  ``ce`` on the clean meta cases alone (the paper's   no               meta
+               Table 5 "UNet++ meta")
+=============  ==================================================  ===============  ====================
 
-N is the number of elements (samples, or pixels for segmentation). During
-warm-up every method trains with ``ce``. The last two are the first things anyone
-with a few clean cases would try; they differ from ``ce`` only in the training
-set (``Method.train_on``). Their validation cases are then training data too, so
-the "best" checkpoint they select is not chosen on held-out data.
+N is the number of elements (samples, or pixels for segmentation). During warm-up every method trains
+with ``ce``. ``l2b`` trains on its trusted cases because on the hippocampus benchmark that beat the
+paper's pure form on 5 of 5 paired seeds (BENCHMARKS.md, issue 37); with ``meta_set: gmm`` there are no
+trusted cases (the meta set is picked from the training data itself) and it trains on the train split
+alone. ``l2b+clean``, its name before it was the default, is an alias (:data:`ALIASES`), resolved when a
+config is made (:class:`medl2b.config.TrainConfig`), so old configs and run folders still load.
+
+``ce+clean`` and ``meta-only`` are the first things anyone with a few clean cases would try; they differ
+from ``ce`` only in the training set (``Method.train_on``), so they are no loss on a batch and not in the
+public API (:data:`STEP_METHODS`). The validation cases of every method that trains on its clean cases
+are then training data too, so the "best" checkpoint it selects is not chosen on held-out data
+(config ``val_holdout`` keeps some out).
 """
 
 from __future__ import annotations
@@ -37,8 +45,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["META_IMPLS", "META_LOSSES", "META_METHODS", "METHODS", "Method", "NORMALISATIONS", "STEP_METHODS",
-           "fixed_weights", "floor_weights", "get_method", "make_loss_terms", "trust_weights"]
+__all__ = ["ALIASES", "META_IMPLS", "META_LOSSES", "META_METHODS", "METHODS", "Method", "NORMALISATIONS",
+           "PURE_BEFORE", "STEP_METHODS", "TRAINING_SETS", "canonical_method", "fixed_weights", "floor_weights",
+           "get_method", "make_loss_terms", "trust_weights"]
+
+#: what a method can train on (:meth:`Method.training_set`)
+TRAINING_SETS: tuple[str, ...] = ("train", "train+trusted", "train+meta", "meta")
 
 
 @dataclass(frozen=True)
@@ -50,23 +62,42 @@ class Method:
     n_terms: int           # 1: given label only; 2: given label and pseudo-label
     normalise: str = "batch"
     train_on: str = "train"  # training set: train (noisy) | train+meta (noisy + clean meta) | meta (clean only)
+    #: also trains on its clean meta cases where it has them (``meta_set: clean``), as trusted samples: their
+    #: given label at full weight (α = 1/N, β = 0, :func:`trust_weights`); they stay the meta set. Still a loss
+    #: on a batch (``train_on`` is ``train``): the trusted samples are a mask over the batch.
+    trusted: bool = False
+
+    def training_set(self, meta_set: str = "clean") -> str:
+        """What it trains on with config ``meta_set`` (one of :data:`TRAINING_SETS`): ``train`` (the noisy train
+        split), ``train+trusted`` (and the clean meta cases, marked trusted), ``train+meta`` (and the clean meta
+        cases as ordinary samples) or ``meta`` (the clean meta cases alone). With ``meta_set: gmm`` there are
+        no trusted cases: the online meta set is training data already."""
+        if self.trusted and meta_set == "clean":
+            return "train+trusted"
+        return self.train_on
 
 
 METHODS: dict[str, Method] = {
     "ce": Method("ce", uses_meta=False, n_terms=1),
     "bootstrap": Method("bootstrap", uses_meta=False, n_terms=2),
     "l2rw": Method("l2rw", uses_meta=True, n_terms=1),
-    "l2b": Method("l2b", uses_meta=True, n_terms=2),
+    "l2b": Method("l2b", uses_meta=True, n_terms=2, trusted=True),
+    "l2b-pure": Method("l2b-pure", uses_meta=True, n_terms=2),
     "l2b-sum1": Method("l2b-sum1", uses_meta=True, n_terms=2, normalise="element"),
     "ce+clean": Method("ce+clean", uses_meta=False, n_terms=1, train_on="train+meta"),
-    "l2b+clean": Method("l2b+clean", uses_meta=True, n_terms=2, train_on="train+meta"),
     "meta-only": Method("meta-only", uses_meta=False, n_terms=1, train_on="meta"),
 }
+#: old method names -> the method they name now; accepted wherever a config is made (and so in saved run folders)
+ALIASES: dict[str, str] = {"l2b+clean": "l2b"}  # l2b+clean: l2b on train + trusted, before that was l2b itself
+#: the one-line remedy for a run folder of ``l2b`` from before ``l2b`` trained on its trusted cases
+PURE_BEFORE = ("a run of l2b started before l2b trained on its trusted cases is the paper's pure form, now called "
+               "l2b-pure: write method: l2b-pure into {config} to continue it as it was trained")
 
 
 #: the methods that take a meta step (derived from the table)
 META_METHODS: tuple[str, ...] = tuple(name for name, m in METHODS.items() if m.uses_meta)
-#: the methods that are a loss on a batch, whatever the training set (the public API's methods)
+#: the methods that are a loss on a batch (the public API's methods): ``ce+clean`` and ``meta-only`` only change the
+#: training data; ``l2b``'s trusted cases are samples of the caller's batch, marked by a mask
 STEP_METHODS: tuple[str, ...] = tuple(name for name, m in METHODS.items() if m.train_on == "train")
 #: the clean objectives a meta step can learn the weights for (``dice``: segmentation only)
 META_LOSSES: tuple[str, ...] = ("ce", "dice", "ce+dice")
@@ -76,16 +107,22 @@ NORMALISATIONS: tuple[str, ...] = ("batch", "element")
 META_IMPLS: tuple[str, ...] = ("fast", "fast-lowmem", "reference")
 
 
+def canonical_method(name):
+    """The method an old name (:data:`ALIASES`) stands for now; any other value as it is."""
+    return ALIASES.get(name, name) if isinstance(name, str) else name
+
+
 def get_method(name: str, *, normalise: str | None = None) -> Method:
     """The method called ``name``. ``normalise`` (``"batch"`` | ``"element"``) overrides how
-    ``l2b`` and ``l2b+clean`` normalise their weights (config key ``meta_normalise``); ``l2b-sum1``
-    is always ``"element"`` and ``l2rw`` (one term) always ``"batch"``, so it is ignored for them."""
+    ``l2b`` and ``l2b-pure`` normalise their weights (config key ``meta_normalise``); ``l2b-sum1``
+    is always ``"element"`` and ``l2rw`` (one term) always ``"batch"``, so it is ignored for them.
+    An alias is not resolved here: a config has resolved it already (:func:`canonical_method`)."""
     if name not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {name!r}")
     if normalise is not None and normalise not in NORMALISATIONS:
         raise ValueError(f"normalise must be one of {', '.join(NORMALISATIONS)}, got {normalise!r}")
     method = METHODS[name]
-    if name in ("l2b", "l2b+clean") and normalise is not None:
+    if name in ("l2b", "l2b-pure") and normalise is not None:
         method = dataclasses.replace(method, normalise=normalise)
     return method
 
@@ -160,7 +197,7 @@ def fixed_weights(method: Method, losses: list[torch.Tensor], *, bootstrap_beta:
 
 
 def trust_weights(weights: list[torch.Tensor], trusted: torch.Tensor, *, mode: str = "batch") -> list[torch.Tensor]:
-    """Give the elements of trusted samples (clean cases trained on, ``l2b+clean``) plain CE's weight.
+    """Give the elements of trusted samples (clean cases trained on, ``l2b``) plain CE's weight.
 
     Args:
         weights: the meta step's weights per term, each of shape ``(B, ...)``.

@@ -35,7 +35,7 @@ __all__ = ["AuditTable", "ClassificationTask", "SegmentationTask", "Task", "buil
            "split_items"]
 
 
-def build_task(cfg, *, training: bool = True, manifest: dict | None = None) -> Task:
+def build_task(cfg, *, training: bool = True, manifest: dict | None = None, trusted: bool = True) -> Task:
     """The task object of a config.
 
     Args:
@@ -44,6 +44,8 @@ def build_task(cfg, *, training: bool = True, manifest: dict | None = None) -> T
             the method takes no meta step).
         manifest: The prepared dataset's manifest, or a run's own copy of it (:mod:`medl2b.data.record`),
             instead of reading ``cfg.data`` (prediction needs nothing else).
+        trusted: With ``training``: the trusted cases the method trains on (``l2b``) are in its training set;
+            False leaves them out (the audit ranks the given labels only).
     """
     if cfg.is_segmentation:
         task: Task = SegmentationTask(cfg, manifest or load_manifest(cfg.data, task=cfg.task))
@@ -58,5 +60,5 @@ def build_task(cfg, *, training: bool = True, manifest: dict | None = None) -> T
             raise InputError(task.data / "dataset.json", f"has no trusted (clean meta) cases, which method "
                                                          f"{cfg.method} learns its weights on: prepare it with trusted "
                                                          "labels, or train with --meta-set gmm or --method ce")
-        task.setup_training(use_meta_cases=use_meta)
+        task.setup_training(use_meta_cases=use_meta, trusted=trusted)
     return task

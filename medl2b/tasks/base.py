@@ -12,9 +12,8 @@ from torch.utils.data import Dataset
 
 from medl2b.data.splits import hold_out
 from medl2b.errors import InputError
-from medl2b.meta import get_method
 
-__all__ = ["AuditTable", "Task", "compose", "held_out", "split_items"]
+__all__ = ["AuditTable", "Task", "compose", "held_out", "split_items", "trusted_count"]
 
 
 @dataclass
@@ -78,8 +77,14 @@ class Task:
         self.train_truth = bool(manifest.get("train_truth", True))
 
     # ------------------------------------------------------------- training
-    def setup_training(self, *, use_meta_cases: bool) -> None:
-        """Load the training, meta and validation sets (``use_meta_cases``: the trusted meta samples too)."""
+    def setup_training(self, *, use_meta_cases: bool, trusted: bool = True) -> None:
+        """Load the training, meta and validation sets (``use_meta_cases``: the trusted meta samples too).
+        ``trusted=False``: the training set without the trusted cases a method trains on (:func:`compose`)."""
+        raise NotImplementedError
+
+    def trusted_samples(self) -> int:
+        """How many trusted samples (clean meta cases, ``l2b``) follow the train split in the method's training
+        set, whether :meth:`setup_training` left them out or not."""
         raise NotImplementedError
 
     def input_transform(self, x: torch.Tensor) -> torch.Tensor:
@@ -170,15 +175,21 @@ def held_out(cfg, groups, strata) -> np.ndarray:
     return held
 
 
-def compose(cfg, load_train, clean_meta):
-    """The training samples of a method: the (noisy) train split, plus or instead of the clean meta cases.
-    A meta method that also trains on the clean cases (``l2b+clean``) marks them trusted: the meta step
-    leaves their given labels at full weight."""
-    method = get_method(cfg.method)
-    if method.train_on == "train":
+def compose(cfg, load_train, clean_meta, *, trusted: bool = True):
+    """The training samples of a method (``cfg.training_set``): the (noisy) train split, plus or instead of the
+    clean meta cases, always after it. A meta method that also trains on the clean cases (``l2b`` with
+    ``meta_set: clean``) marks them trusted: the meta step leaves their given labels at full weight.
+    ``trusted=False``: the train split alone for such a method (the audit ranks the given labels only)."""
+    training_set = cfg.training_set
+    if training_set == "train" or (training_set == "train+trusted" and not trusted):
         return load_train()
     if clean_meta is None or len(clean_meta) == 0:
         raise InputError(cfg.data, f"method {cfg.method} trains on the clean meta cases, but the dataset has none")
-    if method.train_on == "meta":
+    if training_set == "meta":
         return clean_meta
-    return load_train().concat(clean_meta.as_trusted() if method.uses_meta else clean_meta)
+    return load_train().concat(clean_meta.as_trusted() if training_set == "train+trusted" else clean_meta)
+
+
+def trusted_count(cfg, clean_meta) -> int:
+    """How many trusted samples :func:`compose` appends to the train split for ``cfg`` (with ``trusted=True``)."""
+    return len(clean_meta) if cfg.training_set == "train+trusted" and clean_meta is not None else 0

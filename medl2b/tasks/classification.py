@@ -16,7 +16,7 @@ from medl2b.evaluate import figures as fig
 from medl2b.evaluate.metrics import classification_metrics, one_vs_rest_auroc
 from medl2b.evaluate.report import write_cls_report
 from medl2b.inference import flip_averaged_probs, predict_dataset, predict_logits
-from medl2b.tasks.base import AuditTable, Task, compose, held_out, split_items
+from medl2b.tasks.base import AuditTable, Task, compose, held_out, split_items, trusted_count
 
 __all__ = ["ClassificationTask"]
 
@@ -36,7 +36,7 @@ class ClassificationTask(Task):
         self.size = cfg.image_size or int(manifest["size"])
         self._augment = SquareAugment() if cfg.augment else None
 
-    def setup_training(self, *, use_meta_cases: bool) -> None:
+    def setup_training(self, *, use_meta_cases: bool, trusted: bool = True) -> None:
         cfg = self.cfg
         clean = load_isic(self.data, "meta")
         entries = self.manifest["images"]
@@ -45,10 +45,14 @@ class ClassificationTask(Task):
         held = held_out(cfg, lesions, clean.clean)
         self.meta_images = clean.subset(~held)
         self.val_images = clean.subset(held) if held.any() else self.meta_images
-        train = compose(cfg, lambda: load_isic(self.data, "train", label=cfg.label_source), self.meta_images)
+        train = compose(cfg, lambda: load_isic(self.data, "train", label=cfg.label_source), self.meta_images,
+                        trusted=trusted)
         self.train_images = train
         self.meta_set = IsicDataset(self.meta_images) if use_meta_cases else None
         self.train_set = self.train_plain = IsicDataset(train)  # served plain; augment_batch augments on the device
+
+    def trusted_samples(self) -> int:
+        return trusted_count(self.cfg, self.meta_images)
 
     def input_transform(self, x: torch.Tensor) -> torch.Tensor:
         """The run's image size (the prepared images may be larger): ``(B, 3, S, S)`` -> ``(B, 3, s, s)``."""

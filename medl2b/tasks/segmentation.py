@@ -25,7 +25,7 @@ from medl2b.data.store import CaseStore
 from medl2b.dice import mean_foreground_dice
 from medl2b.evaluate import figures as fig
 from medl2b.inference import WholeInferer, WindowInferer, flip_averaged_probs
-from medl2b.tasks.base import AuditTable, Task, compose, held_out
+from medl2b.tasks.base import AuditTable, Task, compose, held_out, trusted_count
 from medl2b.tasks.geometry import GEOMETRIES
 from medl2b.tasks.seg_report import evaluate_cases
 from medl2b.tasks.weightmaps import foreground
@@ -101,13 +101,14 @@ class SegmentationTask(Task):
             return cases, cases
         return [c for c, h in zip(cases, held) if not h], [c for c, h in zip(cases, held) if h]
 
-    def setup_training(self, *, use_meta_cases: bool) -> None:
+    def setup_training(self, *, use_meta_cases: bool, trusted: bool = True) -> None:
         cfg, splits = self.cfg, self.manifest["splits"]
         meta_cases, val_cases = self.clean_cases()
         self.meta_slices = self.load(meta_cases, label="clean") if meta_cases else None
         self.val_slices = (self.meta_slices if val_cases == meta_cases
                            else self.load(val_cases, label="clean"))
-        train = compose(cfg, lambda: self.load(splits["train"], label=cfg.label_source), self.meta_slices)
+        train = compose(cfg, lambda: self.load(splits["train"], label=cfg.label_source), self.meta_slices,
+                        trusted=trusted)
         self.train_slices = train
         train_crop, meta_crop = self._crops(train)
         # items are served plain; BatchAugment transforms whole batches on the device (augment_batch)
@@ -124,6 +125,9 @@ class SegmentationTask(Task):
             self.train_set = Subset(self.train_set, list(range(len(train))) * cfg.patches_per_slice)
         self.train_plain = SegSliceDataset(train)
         self.meta_set = meta
+
+    def trusted_samples(self) -> int:
+        return trusted_count(self.cfg, self.meta_slices)
 
     def augment_batch(self, batch: dict) -> dict:
         if self._augment is None:

@@ -59,7 +59,7 @@ from medl2b.config import TrainConfig, load_config_file, save_config
 from medl2b.data.record import RECORD_NAME, save_record
 from medl2b.device import resolve_device
 from medl2b.errors import InputError, RunInterrupted, TrainingError, atomic_file
-from medl2b.meta.methods import get_method
+from medl2b.meta.methods import PURE_BEFORE, get_method
 from medl2b.models import build_model, head_parameter_names
 from medl2b.runlock import run_lock
 from medl2b.tasks import build_task
@@ -179,7 +179,7 @@ class Trainer:
             try:
                 self.load_checkpoint(path)
             except InputError as exc:
-                if exc.where == "--epochs":  # a flag the checkpoint refuses, not an unreadable checkpoint
+                if exc.where in ("--epochs", "--method"):  # the run refuses them, not an unreadable checkpoint
                     raise
                 problems.append(str(exc))
                 continue
@@ -230,9 +230,10 @@ class Trainer:
         cfg = self.cfg
         if self.epoch >= cfg.epochs:
             return self._finished_already()
-        log.info("task %s, network %s, method %s, meta set %s, %d training samples, device %s, seed %d",
+        trusted = self.task.trusted_samples()
+        log.info("task %s, network %s, method %s, meta set %s, %d training samples%s, device %s, seed %d",
                  cfg.task, _network_name(cfg), cfg.method, cfg.meta_set if self.method.uses_meta else "-",
-                 len(self.task.train_set), self.device, cfg.seed)
+                 len(self.task.train_set), f" ({trusted} of them trusted)" if trusted else "", self.device, cfg.seed)
         row: dict = {}
         try:
             with self._stop_on_signals():
@@ -456,8 +457,8 @@ class Trainer:
                                                   for k, v in meta_batch.items() if k != "index"})
             xm = self.task.input_transform(meta_batch["image"])
             ym = meta_batch["label"]
-        # only a method that trains on its clean cases has trusted samples; the others skip the check (a host sync)
-        trusted = batch.get("trusted") if self.method.train_on != "train" else None
+        # only a method that trains on its trusted cases has them; the others skip the check (a host sync)
+        trusted = batch.get("trusted") if self.cfg.training_set == "train+trusted" else None
         with self._autocast(meta=self.method.uses_meta and not warm):
             loss, weights, losses, meta_out = self.engine(x, y, xm, ym, lr=self.optimizer.param_groups[0]["lr"],
                                                           warm=warm, refresh=refresh, trusted=trusted)
@@ -626,6 +627,14 @@ class Trainer:
         self.history = list(state["history"])
         self.online_meta = None if state["online_meta"] is None else np.asarray(state["online_meta"])
         if "record" in state:  # runs from before the record start a fresh one
+            recorded = int(state["record"]["totals"].shape[1])
+            if recorded != len(self.record):
+                message = (f"recorded {recorded} training samples, but method {self.cfg.method} trains on "
+                           f"{len(self.record)} here")
+                if recorded == len(self.record) - self.task.trusted_samples():  # all but its trusted cases
+                    raise InputError("--method", f"{path} {message}; "
+                                                 + PURE_BEFORE.format(config=self.out / "config.yaml"))
+                raise InputError(path, f"{message}: is it the dataset the run trained on?")
             self.record.load_state_dict(state["record"])
         set_rng_state(state["rng"])
         self._trained_for = int((state.get("config") or {}).get("epochs", self.cfg.epochs))
