@@ -3,28 +3,15 @@ an interrupted benchmark is taken over."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _isic():
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # it imports its sibling accuracy.py
-    try:
-        spec = importlib.util.spec_from_file_location("bench_isic", ROOT / "benchmarks" / "isic.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+from bench_scripts import load_benchmark
 
 
 def test_claims_are_exclusive_and_stale_ones_are_taken_over(tmp_path):
-    isic = _isic()
+    isic = load_benchmark("isic")
     key = (0.4, "l2b", 1)
     assert isic.claim(tmp_path, key)
     path = tmp_path / "claims" / "0.4_l2b_1.pid"

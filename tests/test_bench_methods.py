@@ -4,26 +4,10 @@ form (config ``l2b``). Checked on each script's map from row name to training co
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
+from bench_scripts import load_benchmark
 from medl2b.config import METHODS
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script(name: str):
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # they import their siblings (accuracy.py, probe.py, isic.py)
-    try:
-        spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
 
 
 def _expected(row: str) -> str | None:
@@ -47,7 +31,7 @@ def _check(rows, config_method) -> None:
 
 @pytest.mark.parametrize("name", ["hippocampus", "annotators", "isic"])
 def test_row_names_map_to_the_config_method_they_meant(name):
-    bench = _script(name)
+    bench = load_benchmark(name)
     blocks = list(bench.BLOCKS) + list(getattr(bench, "PRETRAINED_BLOCKS", []))
     rows = [row for block in blocks for _, row in block]
     _check(rows, lambda row: bench.METHOD.get(row, (row, {}))[0])
@@ -56,10 +40,10 @@ def test_row_names_map_to_the_config_method_they_meant(name):
 
 
 def test_accuracy_and_gpu_check_rows():
-    acc = _script("accuracy")
+    acc = load_benchmark("accuracy")
     plan = acc.seg_plan(acc.SEG_LEVELS) + acc.cls_plan(acc.CLS_LEVELS)
     extra = {name: e for _, _, name, e in plan}
     _check([name for _, _, name, _ in plan],
            lambda row: extra[row].get("method", acc.CONFIG_METHOD.get(row, row if row in METHODS else "l2b-pure")))
-    gpu = _script("gpu_check")
+    gpu = load_benchmark("gpu_check")
     assert gpu.CLI_METHOD == {"l2b": "l2b-pure"}

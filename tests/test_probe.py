@@ -3,10 +3,8 @@ the 3-channel 96 px "fundus" set of test_patches_2d.py (CHASE_DB1's shape in sma
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from bench_scripts import load_benchmark
 from medl2b.config import load_config_file
 from medl2b.train.trainer import train
 from test_patches_2d import SIZE, _cfg, fundus  # noqa: F401  (fundus: the fixture, used by name)
@@ -22,21 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 BATCH = 4  # _cfg's batch_size and meta_batch_size
 
 
-def _bench(name: str):
-    """A benchmark script as a module (benchmarks/ on sys.path while it loads: it imports its siblings)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-
-
 @pytest.fixture(scope="module")
 def probe():
-    return _bench("probe")
+    return load_benchmark("probe")
 
 
 @pytest.fixture(scope="module")
@@ -97,13 +84,13 @@ def test_crops_and_unit_ranks(probe):
 
 
 def test_hippocampus_uses_the_shared_probe():
-    hippocampus = _bench("hippocampus")
+    hippocampus = load_benchmark("hippocampus")
     assert hippocampus.evidence_probe.__module__ == "probe"
     assert hippocampus.evidence_probe.__code__.co_filename == str(ROOT / "benchmarks" / "probe.py")
 
 
 def test_annotators_probes_only_when_asked_and_caches_by_run(runs, tmp_path, monkeypatch):
-    annotators = _bench("annotators")
+    annotators = load_benchmark("annotators")
     run, _ = runs
     rows = [{"source": "observers", "method": m, "seed": 0, "run": str(run)} for m in ("l2b", "ce")]
     assert annotators.probes(rows, tmp_path) == {}  # the default reads the cache only
