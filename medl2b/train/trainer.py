@@ -131,6 +131,8 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
         self._setup_logging()
         self.method = get_method(cfg.method, normalise=cfg.meta_normalise)
+        # only a method that trains on its trusted cases has them; the others skip the check (a host sync)
+        self._trusts = cfg.training_set == "train+trusted"
         _seed_everything(cfg.seed)
         self.task = build_task(cfg)
         self.model = build_model(cfg, num_classes=self.task.num_classes,
@@ -457,8 +459,7 @@ class Trainer:
                                                   for k, v in meta_batch.items() if k != "index"})
             xm = self.task.input_transform(meta_batch["image"])
             ym = meta_batch["label"]
-        # only a method that trains on its trusted cases has them; the others skip the check (a host sync)
-        trusted = batch.get("trusted") if self.cfg.training_set == "train+trusted" else None
+        trusted = batch.get("trusted") if self._trusts else None
         with self._autocast(meta=self.method.uses_meta and not warm):
             loss, weights, losses, meta_out = self.engine(x, y, xm, ym, lr=self.optimizer.param_groups[0]["lr"],
                                                           warm=warm, refresh=refresh, trusted=trusted)
