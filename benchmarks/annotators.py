@@ -62,7 +62,7 @@ patch size, epochs and learning rate are chosen on the 2 clean validation images
 2. the benchmark then runs with the candidate of the highest validation Dice (``--candidate NAME``
    overrides the choice; it is recorded in every row and in the tables).
 
-    python benchmarks/annotators.py --setup pretrained --tune        # ~22 min on 2 idle cores
+    python benchmarks/annotators.py --setup pretrained --tune        # 6 runs, ~18 min on 2 idle cores
     python benchmarks/annotators.py --setup pretrained --blocks 1    # 3 seeds with the chosen candidate
     python benchmarks/annotators.py --setup pretrained --smoke       # 1 seed, ce and l2b, 2 steps
 
